@@ -1,0 +1,177 @@
+"""Config validation and the typed model config built from an ``ml_collections.ConfigDict``.
+
+Everything a run needs is checked here, before any array is allocated or anything is compiled, so a
+typo or an impossible value fails in a second with the offending key named.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import ml_collections
+
+from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
+from semrel_jax.method.ica import ICAConfig
+from semrel_jax.method.vlm import VLMConfig
+from semrel_jax.models.llama import LlamaConfig
+from semrel_jax.models.vit import ViTConfig
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config.{key}: {message}")
+
+
+def _positive_int(c, key: str, allow_zero: bool = False) -> None:
+    value = _get(c, key)
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    _check(ok, key, f"expected a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
+
+
+def _one_of(c, key: str, choices) -> None:
+    value = _get(c, key)
+    _check(value in choices, key, f"expected one of {tuple(choices)}, got {value!r}")
+
+
+def _get(c, key: str) -> Any:
+    node = c
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def parse_start(spec: str, steps_per_epoch: float) -> int:
+    """ICA mask start: 'always' -> 0, 'never' -> -1, 'step:N' -> N, 'epoch:N' -> first step of epoch N."""
+    if spec == "always":
+        return 0
+    if spec == "never":
+        return -1
+    match = re.fullmatch(r"(step|epoch):(\d+)", spec)
+    if not match:
+        raise ConfigError(f"config.model.ica.start: expected 'always', 'never', 'step:N' or 'epoch:N', got {spec!r}")
+    n = int(match.group(2))
+    return n if match.group(1) == "step" else int(round(n * steps_per_epoch))
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError on the first invalid value."""
+    _one_of(c, "data.name", ("sort_of_clevr",))
+    for key in ("data.train_images", "data.eval_images", "data.questions_per_image", "data.max_text_len"):
+        _positive_int(c, key)
+    _positive_int(c, "data.num_workers", allow_zero=True)
+    _one_of(c, "model.injection", ("ica", "prefix"))
+    _positive_int(c, "model.num_memory_slots", allow_zero=True)
+    for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):
+        _positive_int(c, f"model.llm.{key}")
+    _positive_int(c, "model.llm.vocab_size", allow_zero=True)
+    for key in ("dtype", "param_dtype"):
+        _one_of(c, f"model.llm.{key}", DTYPES)
+    _check(len(c.model.encoders) > 0, "model.encoders", "at least one vision encoder is needed")
+    for name, enc in c.model.encoders.items():
+        for key in ("image_size", "patch_size", "width", "depth", "heads", "mlp_dim"):
+            _positive_int(c, f"model.encoders.{name}.{key}")
+        taps = tuple(enc.taps)
+        _check(
+            len(taps) > 0 and all(isinstance(t, int) and 0 <= t <= enc.depth for t in taps),
+            f"model.encoders.{name}.taps",
+            f"expected hidden_states indices in 0..depth={enc.depth}, got {taps}",
+        )
+        _check(len(set(taps)) == len(taps), f"model.encoders.{name}.taps", f"duplicate taps in {taps}")
+    _one_of(c, "model.projector.fusion", ("sum", "mean"))
+    _positive_int(c, "model.projector.hidden")
+    _check(0.0 <= c.model.ica.delta < 1.0, "model.ica.delta", f"expected 0 <= delta < 1, got {c.model.ica.delta}")
+    _check(0.0 < c.model.ica.lam <= 1.0, "model.ica.lam", f"expected 0 < lam <= 1, got {c.model.ica.lam}")
+    _check(0.0 <= c.model.ica.dropout < 1.0, "model.ica.dropout", f"expected 0 <= dropout < 1, got {c.model.ica.dropout}")
+    parse_start(c.model.ica.start, 1.0)
+    for key in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        _positive_int(c, f"train.{key}")
+    _positive_int(c, "train.warmup_steps", allow_zero=True)
+    _check(c.train.learning_rate > 0, "train.learning_rate", f"must be > 0, got {c.train.learning_rate}")
+    _check(c.train.warmup_steps < c.train.num_steps, "train.warmup_steps", "must be smaller than train.num_steps")
+    _one_of(c, "train.nonfinite", ("stop", "skip"))
+    _one_of(c, "train.frozen_dtype", DTYPES)
+    for key in ("trainable", "frozen"):
+        for pattern in _get(c, f"train.{key}"):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"config.train.{key}: bad regex {pattern!r}: {e}") from None
+    for axis in ("data", "fsdp", "tensor"):
+        value = c.mesh[axis]
+        _check(isinstance(value, int) and (value == -1 or value > 0), f"mesh.{axis}", f"expected -1 or > 0, got {value!r}")
+    _check(
+        [c.mesh.data, c.mesh.fsdp, c.mesh.tensor].count(-1) <= 1, "mesh", "at most one axis may be -1 (fill)"
+    )
+    _positive_int(c, "eval.batch_size")
+    _positive_int(c, "eval.num_examples", allow_zero=True)
+    _positive_int(c, "eval.max_new_tokens")
+
+
+def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
+    """The typed model config; ``vocab_size`` comes from the tokenizer unless the config fixes it."""
+    try:
+        return _model_config(c, vocab_size)
+    except ConfigError:
+        raise
+    except ValueError as e:  # the typed configs' own consistency checks
+        raise ConfigError(f"config.model: {e}") from None
+
+
+def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
+    m = c.model
+    llm = LlamaConfig(
+        vocab_size=m.llm.vocab_size or vocab_size,
+        dim=m.llm.dim,
+        n_layers=m.llm.n_layers,
+        n_heads=m.llm.n_heads,
+        n_kv_heads=m.llm.n_kv_heads,
+        mlp_dim=m.llm.mlp_dim,
+        rope_theta=m.llm.rope_theta,
+        norm_eps=m.llm.norm_eps,
+        tie_embeddings=m.llm.tie_embeddings,
+        dtype=m.llm.dtype,
+        param_dtype=m.llm.param_dtype,
+    )
+    if llm.vocab_size < vocab_size:
+        raise ConfigError(f"config.model.llm.vocab_size={llm.vocab_size} is smaller than the tokenizer's {vocab_size}.")
+    encoders = []
+    for name, e in m.encoders.items():
+        vit = ViTConfig(
+            image_size=e.image_size,
+            patch_size=e.patch_size,
+            width=e.width,
+            depth=e.depth,
+            heads=e.heads,
+            mlp_dim=e.mlp_dim,
+            act=e.act,
+            adapter_dim=e.adapter_dim,
+            adapter_scale=e.adapter_scale,
+            dtype=m.llm.dtype,
+            param_dtype=m.llm.param_dtype,
+        )
+        encoders.append(EncoderSpec(name=name, vit=vit, taps=tuple(e.taps), post_ln=e.post_ln, drop_cls=e.drop_cls))
+    vision = EnsembleConfig(
+        encoders=tuple(encoders),
+        out_dim=llm.dim,
+        projector_hidden=m.projector.hidden,
+        learnable_diagonal=m.projector.learnable_diagonal,
+        fusion=m.projector.fusion,
+        memory_scale=m.projector.memory_scale,
+        dtype=m.llm.dtype,
+        param_dtype=m.llm.param_dtype,
+    )
+    return VLMConfig(
+        llm=llm,
+        vision=vision,
+        injection=m.injection,
+        num_memory_slots=m.num_memory_slots,
+        ica=ICAConfig(scale=m.ica.scale, delta=m.ica.delta, lam=m.ica.lam, dropout=m.ica.dropout),
+        modality_embedding=m.modality_embedding,
+    )

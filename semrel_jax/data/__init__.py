@@ -1,0 +1,1 @@
+"""Data: datasets (Sort-of-CLEVR, ...), tokenizers, image preprocessing, grain pipelines."""

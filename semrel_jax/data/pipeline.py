@@ -1,0 +1,124 @@
+"""grain input pipelines: example -> model features, shuffled/sharded/batched datasets.
+
+Training data is a ``grain.MapDataset`` that is indexable by step: batch ``s`` of the infinite,
+per-epoch reshuffled stream is ``dataset[s]``. Resuming at step ``s`` is ``dataset[s:]`` — exact and
+O(1), with no iterator state to save. Each host reads only its shard (``source[i::n]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import grain
+import numpy as np
+
+from semrel_jax.data import prompts
+from semrel_jax.data.preprocess import ImagePreprocessor
+
+
+@dataclasses.dataclass
+class VQAFeaturizer:
+    """Turns a raw VQA example (``image`` uint8, ``question``, ``answer``) into arrays.
+
+    Training features (right-padded to ``max_len``): ``tokens``, ``targets`` (next token),
+    ``loss_mask`` (1 on targets that belong to the answer or its EOS), ``valid``.
+    Generation features: ``prompt`` / ``prompt_valid`` LEFT-padded to ``max_len`` so every row's
+    next token is at the same slot. Images: ``images[encoder]`` float32, per-encoder preprocessed.
+    """
+
+    tokenizer: Any
+    preprocessors: Mapping[str, ImagePreprocessor]
+    max_len: int
+    prompt_format: str = "qa"
+
+    def _images(self, example) -> dict[str, Any]:
+        return {
+            "images": {name: prep(example["image"]) for name, prep in self.preprocessors.items()},
+            "has_image": np.int32(1),
+            "index": np.int64(example.get("index", -1)),
+        }
+
+    def _prompt_ids(self, example) -> list[int]:
+        text = prompts.vqa_prompt(example["question"], self.prompt_format)
+        return [self.tokenizer.bos_token_id] + self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _check_length(self, n: int, example) -> None:
+        if n > self.max_len:
+            raise ValueError(
+                f"Example {example.get('index', '?')} needs {n} tokens but data.max_text_len={self.max_len}: "
+                "raise max_text_len (no silent truncation of prompts or answers)."
+            )
+
+    def train(self, example) -> dict[str, Any]:
+        prompt = self._prompt_ids(example)
+        answer = self.tokenizer(" " + example["answer"], add_special_tokens=False)["input_ids"]
+        ids = prompt + answer + [self.tokenizer.eos_token_id]
+        n = len(ids) - 1
+        self._check_length(n, example)
+        pad = self.max_len - n
+        tokens = np.asarray(ids[:-1] + [self.tokenizer.pad_token_id] * pad, np.int32)
+        targets = np.asarray(ids[1:] + [self.tokenizer.pad_token_id] * pad, np.int32)
+        loss_mask = np.zeros(self.max_len, np.float32)
+        loss_mask[len(prompt) - 1 : n] = 1.0  # positions whose NEXT token is an answer token or EOS
+        valid = np.arange(self.max_len) < n
+        return {**self._images(example), "tokens": tokens, "targets": targets, "loss_mask": loss_mask, "valid": valid}
+
+    def prompt(self, example) -> dict[str, Any]:
+        ids = self._prompt_ids(example)
+        self._check_length(len(ids), example)
+        pad = self.max_len - len(ids)
+        return {
+            **self._images(example),
+            "prompt": np.asarray([self.tokenizer.pad_token_id] * pad + ids, np.int32),
+            "prompt_valid": np.arange(self.max_len) >= pad,
+        }
+
+
+def training_dataset(
+    source, featurize, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+) -> grain.MapDataset:
+    """Infinite stream of per-host batches, reshuffled every epoch; ``ds[step]`` is step's batch."""
+    if batch_size % process_count:
+        raise ValueError(f"Global batch {batch_size} is not divisible by the {process_count} processes.")
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    per_host = batch_size // process_count
+    if len(ds) < per_host:
+        raise ValueError(f"Training split has {len(ds)} examples per host, fewer than one batch ({per_host}).")
+    return ds.shuffle(seed=seed).repeat(None).map(featurize).batch(per_host, drop_remainder=True)
+
+
+def iterate(dataset: grain.MapDataset, start_step: int, num_workers: int = 0, prefetch: int = 2) -> Iterator:
+    """Iterates batches from ``start_step`` on, with optional worker processes."""
+    it = dataset[start_step:].to_iter_dataset(grain.ReadOptions(num_threads=max(prefetch, 1), prefetch_buffer_size=prefetch))
+    if num_workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(it)
+
+
+def evaluation_batches(source, featurize, batch_size: int, num_examples: int | None = None) -> Iterator[dict]:
+    """Batches over the first ``num_examples`` of ``source`` in order; the last one is padded.
+
+    Padded rows repeat the last example and carry ``example_valid=False`` so metrics skip them,
+    and every batch has one shape (one compilation).
+    """
+    n = len(source) if not num_examples else min(num_examples, len(source))
+    ds = grain.MapDataset.source(source)[:n].map(featurize)
+    for start in range(0, n, batch_size):
+        rows = [ds[i] for i in range(start, min(start + batch_size, n))]
+        valid = [True] * len(rows) + [False] * (batch_size - len(rows))
+        rows += [rows[-1]] * (batch_size - len(rows))
+        batch = _stack(rows)
+        batch["example_valid"] = np.asarray(valid)
+        yield batch
+
+
+def _stack(rows: list[dict]) -> dict:
+    out = {}
+    for key, value in rows[0].items():
+        if isinstance(value, Mapping):
+            out[key] = _stack([r[key] for r in rows])
+        else:
+            out[key] = np.stack([r[key] for r in rows])
+    return out

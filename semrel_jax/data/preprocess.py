@@ -1,0 +1,46 @@
+"""Image preprocessing as real vision encoders expect it: resize, centre-crop, rescale, normalise.
+
+Mirrors the HF image processors' order of operations (CLIP: resize shortest side with bicubic
+resampling, centre crop, x/255, (x - mean)/std), so synthetic and real data take one path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+NORMALIZATION = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePreprocessor:
+    size: int
+    normalization: str = "clip"
+    resample: str = "bicubic"
+
+    def __post_init__(self):
+        if self.normalization not in NORMALIZATION:
+            raise ValueError(f"Unknown normalization {self.normalization!r}; expected one of {sorted(NORMALIZATION)}.")
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"Unknown resample {self.resample!r}; expected one of {sorted(RESAMPLE)}.")
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """uint8 ``[H, W, 3]`` -> float32 ``[size, size, 3]``, normalised."""
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"Expected a uint8 RGB image [H, W, 3], got {image.dtype} {image.shape}.")
+        h, w, _ = image.shape
+        if (h, w) != (self.size, self.size):
+            scale = self.size / min(h, w)
+            new_h, new_w = max(self.size, round(h * scale)), max(self.size, round(w * scale))
+            pil = Image.fromarray(image).resize((new_w, new_h), RESAMPLE[self.resample])
+            top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
+            image = np.asarray(pil)[top : top + self.size, left : left + self.size]
+        mean, std = (np.asarray(v, np.float32) for v in NORMALIZATION[self.normalization])
+        return ((image.astype(np.float32) / 255.0) - mean) / std

@@ -1,0 +1,12 @@
+"""Prompt formats: how a (question, answer) pair becomes prompt text and target text."""
+
+from __future__ import annotations
+
+FORMATS = ("qa",)
+
+
+def vqa_prompt(question: str, fmt: str = "qa") -> str:
+    """The text the model is conditioned on; the answer follows after one space."""
+    if fmt == "qa":
+        return f"question: {question} answer:"
+    raise ValueError(f"Unknown prompt format {fmt!r}; expected one of {FORMATS}.")

@@ -1,0 +1,1 @@
+"""Evaluation: batched generation and task metrics."""

@@ -1,0 +1,1 @@
+"""LSRM: multilevel encoder ensemble, SRProj, inheritable cross-attention."""

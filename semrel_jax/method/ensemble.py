@@ -1,0 +1,118 @@
+"""Multilevel vision-encoder ensemble: encoders × taps -> one SRProj each -> fused visual tokens.
+
+Fusion rule (documented choice for encoders with different token counts):
+  * the levels (taps) of ONE encoder share its token grid, so they are fused element-wise
+    (``sum`` or ``mean``), as in the paper (``½·[SRProj_m(X_mid) + SRProj_f(X_final)]``) and the
+    release (sum);
+  * different encoders are concatenated along the token axis, so each keeps its own grid
+    (CLIP 16×16 next to DINOv2 37×37 needs no resampling and loses nothing);
+  * the result is scaled by ``memory_scale`` (release: 0.01).
+The caller pads the result to ``N_mem`` slots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from semrel_jax.method.srproj import SRProj
+from semrel_jax.models.vit import ViT, ViTConfig
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+    """One vision encoder of the ensemble and the hidden states it contributes."""
+
+    name: str
+    vit: ViTConfig
+    taps: tuple[int, ...]  # HF hidden_states indices (0 = embeddings, i = output of block i)
+    post_ln: bool = True  # apply the tower's post-LN to every tapped map (release: yes)
+    drop_cls: bool = True
+
+    @property
+    def num_tokens(self) -> int:
+        return self.vit.num_patches + (0 if self.drop_cls else 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleConfig:
+    encoders: tuple[EncoderSpec, ...]
+    out_dim: int
+    projector_hidden: int = 64
+    learnable_diagonal: bool = True
+    fusion: str = "sum"  # 'sum' | 'mean' over the levels of one encoder
+    memory_scale: float = 0.01
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(e.num_tokens for e in self.encoders)
+
+    def __post_init__(self):
+        if not self.encoders:
+            raise ValueError("The ensemble needs at least one encoder.")
+        if self.fusion not in ("sum", "mean"):
+            raise ValueError(f"fusion must be 'sum' or 'mean', got {self.fusion!r}.")
+        names = [e.name for e in self.encoders]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Encoder names must be unique, got {names}.")
+        for e in self.encoders:
+            if not e.taps:
+                raise ValueError(f"Encoder {e.name!r} has no taps.")
+
+
+def projector_name(encoder: str, tap: int) -> str:
+    return f"{encoder}_layer{tap}"
+
+
+class EncoderEnsemble(nnx.Module):
+    def __init__(self, config: EnsembleConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.encoders = nnx.Dict({e.name: ViT(e.vit, rngs=rngs) for e in config.encoders})
+        self.projectors = nnx.Dict(
+            {
+                projector_name(e.name, tap): SRProj(
+                    e.vit.width,
+                    config.projector_hidden,
+                    config.out_dim,
+                    learnable_diagonal=config.learnable_diagonal,
+                    dtype=jnp.dtype(config.dtype),
+                    param_dtype=jnp.dtype(config.param_dtype),
+                    rngs=rngs,
+                )
+                for e in config.encoders
+                for tap in e.taps
+            }
+        )
+
+    def __call__(self, images: dict[str, Array]) -> Array:
+        """images: encoder name -> ``[B, H, W, C]`` (each preprocessed for its encoder).
+
+        Returns ``[B, sum_e N_e, out_dim]`` fused visual tokens, already scaled.
+        """
+        missing = [e.name for e in self.config.encoders if e.name not in images]
+        if missing:
+            raise KeyError(f"No images for encoder(s) {missing}; got {sorted(images)}.")
+        per_encoder = []
+        for spec in self.config.encoders:
+            vit = self.encoders[spec.name]
+            levels = vit(images[spec.name], spec.taps)
+            fused = None
+            for tap, hidden in zip(spec.taps, levels):
+                if spec.post_ln:
+                    hidden = vit.post_layernorm(hidden)
+                if spec.drop_cls:
+                    hidden = hidden[:, 1:]
+                projected = self.projectors[projector_name(spec.name, tap)](hidden)
+                fused = projected if fused is None else fused + projected
+            if self.config.fusion == "mean":
+                fused = fused / len(spec.taps)
+            per_encoder.append(fused)
+        tokens = jnp.concatenate(per_encoder, axis=1) if len(per_encoder) > 1 else per_encoder[0]
+        return self.config.memory_scale * tokens

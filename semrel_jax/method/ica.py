@@ -1,0 +1,96 @@
+"""Inheritable cross-attention (ICA), the LSRM injection of visual memory into every LLM block.
+
+For one block, with ``q = norm_ffn(h)`` and the shared memory ``K = X_v + P_k``, ``V = X_v + P_v``:
+
+    alpha  = SiLU(q Kᵀ)                                 # no softmax, no 1/sqrt(d)   [B, T, N_mem]
+    thr    = sort(alpha, -1)[..., floor(delta·N_mem)]   # per text token, THIS block's unmasked alpha
+    M     <- M * where(alpha < thr, lam, 1)             # the mask is inherited block to block
+    out    = dropout(M * alpha) V
+
+so a (token, slot) pair that scores low in k blocks is down-weighted by lam**k. ``M`` starts as
+ones at the first block of every forward pass. Because every quantity above is computed from the
+token's own row, a token decoded with a KV cache gets exactly the mask it would get in a full
+forward pass: generation needs no mask state beyond the current tokens.
+
+The release's setup code never forwards delta/lam (a no-op mask); here they are always applied
+when masking is enabled. Enabling is a traced boolean so that switching it on mid-training (the
+"shift epoch") does not recompile the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from semrel_jax.models import layers
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ICAConfig:
+    """Static hyper-parameters of the inheritable cross-attention."""
+
+    scale: float = 0.1  # s in  out = h + FFN(x) + s·ICA(x)
+    delta: float = 0.3  # fraction of each row treated as low-correlation
+    lam: float = 0.85  # decay multiplied into M for low-correlation pairs
+    dropout: float = 0.1
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Memory:
+    """Visual memory shared by every block of one forward pass.
+
+    keys, values: ``[B, N_mem, d_llm]`` (``X_v + P_k`` and ``X_v + P_v``).
+    mask_enabled: scalar bool, whether the inheritance mask is applied in this pass.
+    """
+
+    keys: Array
+    values: Array
+    mask_enabled: Array
+
+
+def low_correlation_threshold(alpha: Array, delta: float) -> Array:
+    """Per-row threshold ``[..., 1]``: the value at ascending sorted index floor(delta·N)."""
+    n = alpha.shape[-1]
+    index = min(int(math.floor(delta * n)), n - 1)
+    return jnp.sort(alpha, axis=-1)[..., index : index + 1]
+
+
+def inheritable_cross_attention(
+    query: Array,
+    memory: Memory,
+    inherited_mask: Array,
+    config: ICAConfig,
+    dropout_key: Array | None = None,
+) -> tuple[Array, Array]:
+    """One block's ICA.
+
+    Args:
+      query: ``[B, T, d]`` normalised FFN input of this block.
+      memory: the shared visual memory.
+      inherited_mask: ``[B, T, N_mem]`` mask from the previous block (ones at block 0).
+      config: static hyper-parameters.
+      dropout_key: PRNG key, or None for deterministic evaluation.
+
+    Returns:
+      ``(out [B, T, d] already multiplied by config.scale, new_mask [B, T, N_mem])``.
+    """
+    keys = memory.keys.astype(query.dtype)
+    values = memory.values.astype(query.dtype)
+    # Accumulate the scores in float32: with no softmax, alpha's magnitude carries the signal.
+    scores = jnp.einsum("btd,bnd->btn", query, keys, preferred_element_type=jnp.float32)
+    alpha = jax.nn.silu(scores)
+    if config.delta > 0.0 and config.lam != 1.0:
+        threshold = jax.lax.stop_gradient(low_correlation_threshold(alpha, config.delta))
+        low = (alpha < threshold) & memory.mask_enabled
+        mask = inherited_mask * jnp.where(low, jnp.float32(config.lam), jnp.float32(1.0))
+    else:
+        mask = inherited_mask
+    weights = layers.dropout(mask * alpha, config.dropout, dropout_key).astype(query.dtype)
+    out = jnp.einsum("btn,bnd->btd", weights, values)
+    return config.scale * out, mask

@@ -1,0 +1,148 @@
+"""The vision-language model: encoder ensemble + decoder LLM, with two ways to inject vision.
+
+``injection='ica'`` (LSRM, MemVP): the fused visual tokens become ``N_mem`` memory slots
+``X_v [B, N_mem, d]`` read by the inheritable cross-attention in every block; the text sequence stays
+text-only. ``K = X_v + P_k`` and ``V = X_v + P_v`` use slot embeddings shared by all blocks
+(``P_k ~ N(0, 0.02²)``, ``P_v = 0``), which is what reproduces the release's parameter counts.
+
+``injection='prefix'`` (LLaVA): the fused visual tokens are prepended to the text embeddings and no
+ICA runs. Both are presets of this one module.
+
+A learned modality embedding ``[2, d]`` (release: "2×d_llm") is added to every visual slot/token,
+indexed by ``has_image``; for samples without an image the visual features are zeroed first, so the
+LLM sees only the "no image" embedding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from semrel_jax.method import ica
+from semrel_jax.method.ensemble import EncoderEnsemble, EnsembleConfig
+from semrel_jax.models.llama import KVCache, Llama, LlamaConfig
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class VLMConfig:
+    llm: LlamaConfig
+    vision: EnsembleConfig
+    injection: str = "ica"  # 'ica' | 'prefix'
+    num_memory_slots: int = 0  # N_mem (ica only); 0: exactly the number of fused visual tokens
+    ica: ica.ICAConfig = ica.ICAConfig()
+    modality_embedding: bool = True
+
+    @property
+    def memory_slots(self) -> int:
+        return self.num_memory_slots or self.vision.num_tokens
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.vision.num_tokens if self.injection == "prefix" else 0
+
+    def __post_init__(self):
+        if self.injection not in ("ica", "prefix"):
+            raise ValueError(f"injection must be 'ica' or 'prefix', got {self.injection!r}.")
+        if self.vision.out_dim != self.llm.dim:
+            raise ValueError(f"Projector output {self.vision.out_dim} must equal the LLM width {self.llm.dim}.")
+        if self.injection == "ica" and self.memory_slots < self.vision.num_tokens:
+            raise ValueError(
+                f"num_memory_slots={self.num_memory_slots} is smaller than the {self.vision.num_tokens} fused "
+                "visual tokens; raise it (or set 0 for exactly that many)."
+            )
+
+
+class VisionLanguageModel(nnx.Module):
+    def __init__(self, config: VLMConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        d = config.llm.dim
+        pd = jnp.dtype(config.llm.param_dtype)
+        self.vision = EncoderEnsemble(config.vision, rngs=rngs)
+        self.llm = Llama(config.llm, rngs=rngs)
+        if config.injection == "ica":
+            n = config.memory_slots
+            self.memory_key_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (n, d), pd))
+            self.memory_value_embedding = nnx.Param(jnp.zeros((n, d), pd))
+        if config.modality_embedding:
+            self.modality_embedding = nnx.Param(jnp.zeros((2, d), pd))
+
+    def visual_tokens(self, images: dict[str, Array], has_image: Array) -> Array:
+        """Fused visual tokens ``[B, N_vis, d]`` with the modality embedding added."""
+        tokens = self.vision(images)
+        tokens = tokens * has_image[:, None, None].astype(tokens.dtype)
+        if self.config.modality_embedding:
+            tokens = tokens + self.modality_embedding.value[has_image.astype(jnp.int32)][:, None, :].astype(tokens.dtype)
+        return tokens
+
+    def memory(self, images: dict[str, Array], has_image: Array, mask_enabled: Array | bool = True) -> ica.Memory:
+        """``X_v`` zero-padded to ``N_mem`` slots, with the shared slot embeddings added."""
+        tokens = self.visual_tokens(images, has_image)
+        pad = self.config.memory_slots - tokens.shape[1]
+        # Padded slots carry no visual feature; after adding P_k/P_v they are learned "null" slots.
+        x_v = jnp.pad(tokens, ((0, 0), (0, pad), (0, 0)))
+        return ica.Memory(
+            keys=x_v + self.memory_key_embedding.value.astype(x_v.dtype),
+            values=x_v + self.memory_value_embedding.value.astype(x_v.dtype),
+            mask_enabled=jnp.asarray(mask_enabled, bool),
+        )
+
+    def _prefixed(self, images, has_image, tokens, valid):
+        prefix = self.visual_tokens(images, has_image)
+        embeddings = jnp.concatenate([prefix.astype(jnp.dtype(self.config.llm.dtype)), self.llm.embed(tokens)], 1)
+        valid = jnp.concatenate([jnp.ones(prefix.shape[:2], bool), valid], axis=1)
+        return embeddings, valid
+
+    def __call__(
+        self,
+        images: dict[str, Array],
+        has_image: Array,
+        tokens: Array,
+        valid: Array,
+        *,
+        mask_enabled: Array | bool = True,
+        dropout_key: Array | None = None,
+    ) -> Array:
+        """Teacher-forced logits ``[B, T, vocab]`` for the text tokens ``[B, T]``."""
+        if self.config.injection == "prefix":
+            embeddings, full_valid = self._prefixed(images, has_image, tokens, valid)
+            logits, _ = self.llm(valid=full_valid, embeddings=embeddings)
+            return logits[:, self.config.num_prefix_tokens :]
+        memory = self.memory(images, has_image, mask_enabled)
+        logits, _ = self.llm(
+            tokens, valid=valid, memory=memory, ica_config=self.config.ica, dropout_key=dropout_key
+        )
+        return logits
+
+    def prefill(
+        self, images: dict[str, Array], has_image: Array, tokens: Array, valid: Array, max_new_tokens: int
+    ) -> tuple[Array, KVCache, ica.Memory | None]:
+        """Encodes the image and a LEFT-padded prompt ``[B, T]``; returns the last logits ``[B, vocab]``.
+
+        Decoding with ICA always applies the inheritance mask (inference semantics), recomputed
+        from ones for every new token, which is exactly what a full forward pass would give it.
+        """
+        batch, t = tokens.shape
+        cache = KVCache.empty(self.config.llm, batch, self.config.num_prefix_tokens + t + max_new_tokens)
+        if self.config.injection == "prefix":
+            embeddings, full_valid = self._prefixed(images, has_image, tokens, valid)
+            logits, cache = self.llm(valid=full_valid, embeddings=embeddings, cache=cache)
+            return logits[:, -1], cache, None
+        memory = self.memory(images, has_image, True)
+        logits, cache = self.llm(tokens, valid=valid, memory=memory, ica_config=self.config.ica, cache=cache)
+        return logits[:, -1], cache, memory
+
+    def decode_step(self, token: Array, cache: KVCache, memory: ica.Memory | None) -> tuple[Array, KVCache]:
+        """One new token per row ``[B]`` -> next logits ``[B, vocab]``."""
+        logits, cache = self.llm(
+            token[:, None],
+            valid=jnp.ones((token.shape[0], 1), bool),
+            memory=memory,
+            ica_config=self.config.ica,
+            cache=cache,
+        )
+        return logits[:, -1], cache

@@ -1,0 +1,1 @@
+"""Generic networks (vision encoders, decoder LLMs) as Flax NNX modules."""

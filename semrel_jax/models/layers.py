@@ -1,0 +1,93 @@
+"""Small building blocks shared by the networks: norms, rotary embeddings, dropout, attention masks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm with a learned scale (``weight``, as in HF Llama).
+
+    The statistics are computed in float32 whatever the compute dtype, as the
+    reference implementations do; bf16 variance loses too much precision.
+    """
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, param_dtype=jnp.float32):
+        self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32.astype(dtype)) * self.weight.value.astype(dtype)
+
+
+def rope_frequencies(head_dim: int, theta: float) -> Array:
+    """Inverse frequencies ``[head_dim // 2]`` of rotary embeddings."""
+    exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    return 1.0 / (theta**exponents)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotates ``x [B, T, heads, head_dim]`` by ``positions [B, T]``.
+
+    Uses the "rotate half" layout of HF Llama (first half / second half of the head
+    dimension form the complex pairs), so converted checkpoints need no permutation.
+    """
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def dropout(x: Array, rate: float, key: Array | None) -> Array:
+    """Inverted dropout; ``key=None`` means deterministic (evaluation).
+
+    Taking the key explicitly keeps modules pure functions of (params, inputs, key),
+    which is what the jitted train step needs.
+    """
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def causal_mask(query_slots: Array, key_valid: Array) -> Array:
+    """Boolean attention mask ``[B, 1, T, S]``.
+
+    Args:
+      query_slots: ``[B, T]`` absolute slot index of each query in the key sequence.
+      key_valid: ``[B, S]`` True where the key slot holds a real (non-padding) token.
+
+    A query sees keys at slots ``<=`` its own that are valid. A padding query would see
+    nothing; it is allowed to see itself so its (ignored) softmax row stays finite.
+    """
+    key_slots = jnp.arange(key_valid.shape[1])
+    visible = key_slots[None, None, :] <= query_slots[:, :, None]
+    visible &= key_valid[:, None, :] | (key_slots[None, None, :] == query_slots[:, :, None])
+    return visible[:, None, :, :]
+
+
+def positions_from_mask(valid: Array) -> Array:
+    """Token positions ``[B, T]`` counting only valid tokens (left or right padding alike)."""
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def activation(name: str):
+    """Maps a config string to an activation function."""
+    table = {
+        "silu": jax.nn.silu,
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    }
+    if name not in table:
+        raise ValueError(f"Unknown activation {name!r}; expected one of {sorted(table)}.")
+    return table[name]

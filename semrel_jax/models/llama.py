@@ -1,0 +1,243 @@
+"""Llama-family decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention) as an NNX module.
+
+Parameter names follow Hugging Face's ``LlamaForCausalLM`` (``embed_tokens``, ``layers.N.self_attn.q_proj``,
+``mlp.gate_proj``, ``input_layernorm``, ...) so that converted checkpoints map one to one.
+
+Each block can run an optional visual-memory branch in parallel with its FFN (LSRM's inheritable
+cross-attention, ``semrel_jax.method.ica``):
+
+    h   = x + Attn(input_layernorm(x))
+    u   = post_attention_layernorm(h)
+    out = h + FFN(u) + s · ICA(u, memory, M)
+
+Without memory the block is the plain Llama block. Decoding uses an explicit ``KVCache`` pytree that
+is passed in and returned, so generation loops stay pure functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from semrel_jax.method import ica
+from semrel_jax.models import layers
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    mlp_dim: int
+    head_dim: int | None = None  # None: dim // n_heads
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    attention_bias: bool = False  # Qwen2-style q/k/v bias
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.dim // self.n_heads
+
+    def __post_init__(self):
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}.")
+        if self.head_dim is None and self.dim % self.n_heads:
+            raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}.")
+        if self.resolved_head_dim % 2:
+            raise ValueError(f"head_dim={self.resolved_head_dim} must be even for rotary embeddings.")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Keys/values of every layer for incremental decoding.
+
+    keys, values: ``[L, B, S_max, n_kv_heads, head_dim]``.
+    valid: ``[B, S_max]`` True at slots holding real tokens (prompts are left-padded).
+    lengths: ``[B]`` number of real tokens so far (the next token's RoPE position).
+    index: scalar, the next slot to write (shared by the batch).
+    """
+
+    keys: Array
+    values: Array
+    valid: Array
+    lengths: Array
+    index: Array
+
+    @classmethod
+    def empty(cls, config: LlamaConfig, batch: int, max_len: int) -> "KVCache":
+        shape = (config.n_layers, batch, max_len, config.n_kv_heads, config.resolved_head_dim)
+        dtype = jnp.dtype(config.dtype)
+        return cls(
+            keys=jnp.zeros(shape, dtype),
+            values=jnp.zeros(shape, dtype),
+            valid=jnp.zeros((batch, max_len), bool),
+            lengths=jnp.zeros((batch,), jnp.int32),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+
+def _linear(n_in: int, n_out: int, config: LlamaConfig, rngs: nnx.Rngs, bias: bool = False) -> nnx.Linear:
+    return nnx.Linear(
+        n_in,
+        n_out,
+        use_bias=bias,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        kernel_init=nnx.initializers.normal(0.02),
+        rngs=rngs,
+    )
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        hd = config.resolved_head_dim
+        self.config = config
+        self.q_proj = _linear(config.dim, config.n_heads * hd, config, rngs, config.attention_bias)
+        self.k_proj = _linear(config.dim, config.n_kv_heads * hd, config, rngs, config.attention_bias)
+        self.v_proj = _linear(config.dim, config.n_kv_heads * hd, config, rngs, config.attention_bias)
+        self.o_proj = _linear(config.n_heads * hd, config.dim, config, rngs)
+
+    def __call__(
+        self,
+        x: Array,
+        positions: Array,
+        mask: Array,
+        kv: tuple[Array, Array, Array] | None = None,
+    ) -> tuple[Array, tuple[Array, Array]]:
+        """x: ``[B, T, d]``; positions ``[B, T]``; mask ``[B, 1, T, S]``.
+
+        kv: optional ``(cached_keys, cached_values, write_index)`` with caches ``[B, S, K, hd]``;
+        the new keys/values are written at ``write_index`` and attention runs over the cache.
+        Returns the output and the (possibly updated) keys/values ``[B, S, K, hd]``.
+        """
+        c = self.config
+        b, t, _ = x.shape
+        hd = c.resolved_head_dim
+        inv_freq = layers.rope_frequencies(hd, c.rope_theta)
+        q = layers.apply_rope(self.q_proj(x).reshape(b, t, c.n_heads, hd), positions, inv_freq)
+        k = layers.apply_rope(self.k_proj(x).reshape(b, t, c.n_kv_heads, hd), positions, inv_freq)
+        v = self.v_proj(x).reshape(b, t, c.n_kv_heads, hd)
+        if kv is not None:
+            cached_k, cached_v, index = kv
+            k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), (0, index, 0, 0))
+        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+        return self.o_proj(out.reshape(b, t, c.n_heads * hd)), (k, v)
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        self.gate_proj = _linear(config.dim, config.mlp_dim, config, rngs)
+        self.up_proj = _linear(config.dim, config.mlp_dim, config, rngs)
+        self.down_proj = _linear(config.mlp_dim, config.dim, config, rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        pd = jnp.dtype(config.param_dtype)
+        self.input_layernorm = layers.RMSNorm(config.dim, eps=config.norm_eps, param_dtype=pd)
+        self.self_attn = Attention(config, rngs=rngs)
+        self.post_attention_layernorm = layers.RMSNorm(config.dim, eps=config.norm_eps, param_dtype=pd)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, positions, mask, kv=None, memory=None, memory_mask=None, ica_config=None, dropout_key=None):
+        attn_out, new_kv = self.self_attn(self.input_layernorm(x), positions, mask, kv)
+        h = x + attn_out
+        u = self.post_attention_layernorm(h)
+        out = h + self.mlp(u)
+        if memory is not None:
+            ica_out, memory_mask = ica.inheritable_cross_attention(u, memory, memory_mask, ica_config, dropout_key)
+            out = out + ica_out.astype(out.dtype)
+        return out, new_kv, memory_mask
+
+
+class Llama(nnx.Module):
+    """Decoder-only LM. Use ``__call__`` for training/prefill and ``KVCache`` for decoding."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = nnx.Embed(
+            config.vocab_size,
+            config.dim,
+            dtype=jnp.dtype(config.dtype),
+            param_dtype=jnp.dtype(config.param_dtype),
+            embedding_init=nnx.initializers.normal(0.02),
+            rngs=rngs,
+        )
+        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.n_layers)])
+        self.norm = layers.RMSNorm(config.dim, eps=config.norm_eps, param_dtype=jnp.dtype(config.param_dtype))
+        if not config.tie_embeddings:
+            self.lm_head = _linear(config.dim, config.vocab_size, config, rngs)
+
+    def embed(self, tokens: Array) -> Array:
+        return self.embed_tokens(tokens)
+
+    def __call__(
+        self,
+        tokens: Array | None = None,
+        *,
+        valid: Array,
+        embeddings: Array | None = None,
+        memory: ica.Memory | None = None,
+        ica_config: ica.ICAConfig | None = None,
+        dropout_key: Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[Array, KVCache | None]:
+        """Runs the decoder.
+
+        Args:
+          tokens: ``[B, T]`` int ids (or pass ``embeddings [B, T, d]`` instead, e.g. with visual prefixes).
+          valid: ``[B, T]`` bool, False at padding.
+          memory: visual memory for the ICA branch of every block (None: plain Llama).
+          cache: decode with (and update) this KV cache; prompts must be left-padded.
+
+        Returns:
+          logits ``[B, T, vocab]`` in float32, and the updated cache (None without one).
+        """
+        c = self.config
+        x = self.embed(tokens) if embeddings is None else embeddings.astype(jnp.dtype(c.dtype))
+        b, t, _ = x.shape
+        if cache is None:
+            positions = layers.positions_from_mask(valid)
+            mask = layers.causal_mask(jnp.broadcast_to(jnp.arange(t), (b, t)), valid)
+        else:
+            positions = cache.lengths[:, None] + layers.positions_from_mask(valid)
+            key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.index))
+            query_slots = cache.index + jnp.broadcast_to(jnp.arange(t), (b, t))
+            mask = layers.causal_mask(query_slots, key_valid)
+        memory_mask = None if memory is None else jnp.ones((b, t, memory.keys.shape[1]), jnp.float32)
+        new_keys, new_values = [], []
+        for i, layer in enumerate(self.layers):
+            kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
+            key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+            x, (k, v), memory_mask = layer(x, positions, mask, kv, memory, memory_mask, ica_config, key)
+            new_keys.append(k)
+            new_values.append(v)
+        x = self.norm(x)
+        if c.tie_embeddings:
+            logits = self.embed_tokens.attend(x)
+        else:
+            logits = self.lm_head(x)
+        if cache is not None:
+            cache = KVCache(
+                keys=jnp.stack(new_keys),
+                values=jnp.stack(new_values),
+                valid=key_valid,
+                lengths=cache.lengths + valid.sum(-1).astype(jnp.int32),
+                index=cache.index + t,
+            )
+        return logits.astype(jnp.float32), cache

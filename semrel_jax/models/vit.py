@@ -1,0 +1,163 @@
+"""Vision Transformer with intermediate taps and optional bottleneck adapters.
+
+CLIP-style layout (pre-LN before the encoder, pre-norm blocks, post-LN) with HF ``CLIPVisionModel``
+parameter names, so that converted CLIP towers map one to one. ``hidden_states[0]`` is the
+embedding output (after pre-LN) and ``hidden_states[i]`` the output of block ``i`` (1-based), as in
+HF's ``output_hidden_states``; taps are given in that numbering, and blocks past the deepest tap
+are never run (the LLaVA convention of skipping the last block costs nothing).
+
+Adapters (LSRM/MemVP release): every block gets a bias-free bottleneck parallel to its MLP,
+``x + MLP(ln_2 x) + s · up(act(down(ln_2 x)))``, with ``up`` zero-initialised so a pretrained
+tower is unchanged at step 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from semrel_jax.models import layers
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    image_size: int
+    patch_size: int
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    channels: int = 3
+    act: str = "quick_gelu"
+    norm_eps: float = 1e-5
+    pre_ln: bool = True
+    adapter_dim: int = 0  # 0: no adapters
+    adapter_scale: float = 0.1
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}.")
+        if self.width % self.heads:
+            raise ValueError(f"width={self.width} is not divisible by heads={self.heads}.")
+
+
+def _linear(n_in, n_out, config: ViTConfig, rngs, bias=True, zero=False):
+    init = nnx.initializers.zeros_init() if zero else nnx.initializers.normal(0.02)
+    return nnx.Linear(
+        n_in,
+        n_out,
+        use_bias=bias,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        kernel_init=init,
+        rngs=rngs,
+    )
+
+
+def _layer_norm(config: ViTConfig, rngs):
+    return nnx.LayerNorm(
+        config.width,
+        epsilon=config.norm_eps,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        rngs=rngs,
+    )
+
+
+class Adapter(nnx.Module):
+    """Bias-free bottleneck ``up(act(down(x)))``; ``up`` starts at zero."""
+
+    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
+        self.fc1 = _linear(config.width, config.adapter_dim, config, rngs, bias=False)
+        self.fc2 = _linear(config.adapter_dim, config.width, config, rngs, bias=False, zero=True)
+
+    def __call__(self, x: Array) -> Array:
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class EncoderLayer(nnx.Module):
+    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        w = config.width
+        self.layer_norm1 = _layer_norm(config, rngs)
+        self.q_proj = _linear(w, w, config, rngs)
+        self.k_proj = _linear(w, w, config, rngs)
+        self.v_proj = _linear(w, w, config, rngs)
+        self.out_proj = _linear(w, w, config, rngs)
+        self.layer_norm2 = _layer_norm(config, rngs)
+        self.fc1 = _linear(w, config.mlp_dim, config, rngs)
+        self.fc2 = _linear(config.mlp_dim, w, config, rngs)
+        self.adapter = Adapter(config, rngs=rngs) if config.adapter_dim else None
+
+    def __call__(self, x: Array) -> Array:
+        c = self.config
+        b, n, w = x.shape
+        hd = w // c.heads
+        y = self.layer_norm1(x)
+        q, k, v = (proj(y).reshape(b, n, c.heads, hd) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        attn = jax.nn.dot_product_attention(q, k, v).reshape(b, n, w)
+        x = x + self.out_proj(attn)
+        y = self.layer_norm2(x)
+        out = x + self.fc2(layers.activation(c.act)(self.fc1(y)))
+        if self.adapter is not None:
+            out = out + c.adapter_scale * self.adapter(y)
+        return out
+
+
+class ViT(nnx.Module):
+    """Returns the requested hidden states, each ``[B, 1 + N_patches, width]`` (CLS first)."""
+
+    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        pd = jnp.dtype(config.param_dtype)
+        patch_dim = config.channels * config.patch_size**2
+        # Patch embedding as a linear map over flattened (C, p, p) patches: the same numbers as
+        # CLIP's bias-free Conv2d with stride = kernel = patch size, and one big matmul.
+        self.patch_embedding = _linear(patch_dim, config.width, config, rngs, bias=False)
+        self.class_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.width,), pd))
+        self.position_embedding = nnx.Param(
+            0.02 * jax.random.normal(rngs.params(), (config.num_patches + 1, config.width), pd)
+        )
+        self.pre_layrnorm = _layer_norm(config, rngs) if config.pre_ln else None
+        self.layers = nnx.List([EncoderLayer(config, rngs=rngs) for _ in range(config.depth)])
+        self.post_layernorm = _layer_norm(config, rngs)
+
+    def patchify(self, images: Array) -> Array:
+        """``[B, H, W, C]`` -> ``[B, N, C·p·p]`` in (C, p, p) order, row-major over patches."""
+        b, h, w, ch = images.shape
+        p = self.config.patch_size
+        x = images.reshape(b, h // p, p, w // p, p, ch)
+        x = x.transpose(0, 1, 3, 5, 2, 4)  # [B, gh, gw, C, p, p]
+        return x.reshape(b, (h // p) * (w // p), ch * p * p)
+
+    def __call__(self, images: Array, taps: tuple[int, ...]) -> list[Array]:
+        """images: ``[B, H, W, C]`` float, already normalised; taps: HF ``hidden_states`` indices."""
+        c = self.config
+        if images.shape[1:] != (c.image_size, c.image_size, c.channels):
+            raise ValueError(
+                f"ViT expects images of shape [B, {c.image_size}, {c.image_size}, {c.channels}], got {images.shape}."
+            )
+        bad = [t for t in taps if not 0 <= t <= c.depth]
+        if bad:
+            raise ValueError(f"Tap indices {bad} out of range 0..{c.depth} (hidden_states numbering).")
+        x = self.patch_embedding(self.patchify(images.astype(jnp.dtype(c.dtype))))
+        cls = jnp.broadcast_to(self.class_embedding.value.astype(x.dtype), (x.shape[0], 1, c.width))
+        x = jnp.concatenate([cls, x], axis=1) + self.position_embedding.value.astype(x.dtype)
+        if self.pre_layrnorm is not None:
+            x = self.pre_layrnorm(x)
+        hidden = {0: x}
+        for i in range(max(taps)):
+            x = self.layers[i](x)
+            hidden[i + 1] = x
+        return [hidden[t] for t in taps]

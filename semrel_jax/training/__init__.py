@@ -1,0 +1,1 @@
+"""Training: mesh, optimizer, train step, checkpoints, metric writers."""

@@ -1,0 +1,43 @@
+"""Device mesh and the shardings of the train step.
+
+Axes are ``('data', 'fsdp', 'tensor')``; one axis may be -1 (fill with the remaining devices). The
+mesh uses ``AxisType.Auto``: the train step pins the shardings of its inputs and outputs explicitly
+(``in_shardings``/``out_shardings``) and lets the compiler propagate the rest, so model code stays
+free of per-op sharding annotations. One device is a 1×1×1 mesh and takes the same path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
+    shape = [data, fsdp, tensor]
+    fixed = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % fixed:
+            raise ValueError(f"Mesh {shape}: {num_devices} devices are not divisible by the fixed axes ({fixed}).")
+        shape[shape.index(-1)] = num_devices // fixed
+    if math.prod(shape) != num_devices:
+        raise ValueError(f"Mesh {dict(zip(AXES, shape))} needs {math.prod(shape)} devices, but {num_devices} are present.")
+    return tuple(shape)
+
+
+def create_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> jax.sharding.Mesh:
+    shape = mesh_shape(data, fsdp, tensor, jax.device_count())
+    return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    """Leading (batch) dimension split over data × fsdp."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())

@@ -1,0 +1,213 @@
+"""``train_and_evaluate``: the whole run, from config to ``results.json``.
+
+Same code path on one CPU and on a pod: the step is one ``jax.jit`` with explicit in/out shardings
+over a mesh, buffers donated; data arrive per host and become global arrays; checkpoints auto-resume.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from semrel_jax import config as config_lib
+from semrel_jax.data import pipeline, sort_of_clevr, tokenizer as tokenizer_lib
+from semrel_jax.data.preprocess import ImagePreprocessor
+from semrel_jax.evaluation import generate, vqa
+from semrel_jax.method.vlm import VisionLanguageModel
+from semrel_jax.training import checkpoint as checkpoint_lib
+from semrel_jax.training import mesh as mesh_lib
+from semrel_jax.training import metric_writers, optimizer as optimizer_lib, partition
+from semrel_jax.training import train_step as train_step_lib
+
+EVAL_SPLIT = "test"
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def build_sources(c: ml_collections.ConfigDict):
+    d = c.data
+    kw = dict(seed=c.seed, questions_per_image=d.questions_per_image, object_size=d.object_size)
+    return (
+        sort_of_clevr.SortOfClevr("train", d.train_images, **kw),
+        sort_of_clevr.SortOfClevr(EVAL_SPLIT, d.eval_images, **kw),
+    )
+
+
+def build_tokenizer(c: ml_collections.ConfigDict, workdir: str):
+    path = c.data.tokenizer or os.path.join(workdir, "tokenizer")
+    return tokenizer_lib.load_or_train(path, sort_of_clevr.vocabulary())
+
+
+def build_featurizer(c: ml_collections.ConfigDict, tokenizer) -> pipeline.VQAFeaturizer:
+    preprocessors = {
+        name: ImagePreprocessor(e.image_size, e.normalization, e.resample) for name, e in c.model.encoders.items()
+    }
+    return pipeline.VQAFeaturizer(tokenizer, preprocessors, c.data.max_text_len, c.data.prompt_format)
+
+
+def build_model(c: ml_collections.ConfigDict, vocab_size: int) -> VisionLanguageModel:
+    return VisionLanguageModel(config_lib.model_config(c, vocab_size), rngs=nnx.Rngs(params=c.seed))
+
+
+def _check_compatible(saved: dict, current: ml_collections.ConfigDict, workdir: str) -> None:
+    current_dict = json.loads(current.to_json_best_effort())
+    for section in ("model", "data"):
+        if saved.get(section) != current_dict.get(section):
+            raise ValueError(
+                f"Checkpoints in {workdir!r} were written with a different config.{section}; refusing to resume "
+                "from them. Use a new --workdir (or restore the original config)."
+            )
+
+
+def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains, checkpoints, evaluates; returns the evaluation metrics (also in ``results.json``)."""
+    config_lib.validate(c)
+    workdir = os.path.abspath(workdir)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    mesh = mesh_lib.create_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+    with jax.set_mesh(mesh):
+        return _run(c, workdir, mesh, is_main)
+
+
+def _run(c, workdir, mesh, is_main):
+    t0 = time.time()
+    train_source, eval_source = build_sources(c)
+    tokenizer = build_tokenizer(c, workdir)
+    featurizer = build_featurizer(c, tokenizer)
+    model = build_model(c, len(tokenizer))
+    graphdef, params, frozen = partition.split_trainable(model, c.train.trainable, c.train.frozen, c.train.frozen_dtype)
+    del model
+    optimizer = optimizer_lib.make_optimizer(c.train)
+    schedule = optimizer_lib.learning_rate_schedule(c.train.learning_rate, c.train.warmup_steps, c.train.num_steps)
+    replicated, batch_sharding = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
+    state = jax.device_put(train_step_lib.init_train_state(params, optimizer, c.seed), replicated)
+    frozen = jax.device_put(frozen, replicated)
+
+    config_json = c.to_json_best_effort(indent=2)
+    checkpointer = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), save_every=c.train.checkpoint_every, keep=c.train.keep_checkpoints
+    )
+    start_step = checkpointer.latest_step() or 0
+    if start_step:
+        _check_compatible(checkpointer.saved_config(start_step), c, workdir)
+        state = checkpointer.restore(start_step, state)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config_json)
+
+    steps_per_epoch = len(train_source) / c.train.batch_size
+    mask_start = config_lib.parse_start(c.model.ica.start, steps_per_epoch)
+    step_fn = jax.jit(
+        functools.partial(
+            train_step_lib.train_step,
+            graphdef=graphdef,
+            optimizer=optimizer,
+            schedule=schedule,
+            mask_start_step=mask_start,
+            skip_nonfinite=True,  # never commit a NaN update; the policy below decides whether to go on
+        ),
+        in_shardings=(replicated, replicated, batch_sharding),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,),
+    )
+    dataset = pipeline.training_dataset(
+        train_source, featurizer.train, c.train.batch_size, c.seed, jax.process_index(), jax.process_count()
+    )
+    batches = pipeline.iterate(dataset, start_step, c.data.num_workers, c.data.prefetch)
+    writer = metric_writers.MetricWriter(workdir, total_steps=c.train.num_steps, start_step=start_step, enabled=is_main)
+    writer.log(
+        f"semrel_jax: {partition.count_params(params) + partition.count_params(frozen):,} params "
+        f"({partition.count_params(params):,} trainable), mesh {dict(mesh.shape)}, "
+        f"{len(train_source):,} train examples, start step {start_step}"
+    )
+
+    pending: list[dict] = []
+    interval_start, interval_step = time.time(), start_step
+    for step in range(start_step, c.train.num_steps):
+        local = train_step_lib.device_batch(next(batches))
+        batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local)
+        state, metrics = step_fn(state, frozen, batch)
+        pending.append(metrics)
+        done = step + 1
+        if done % c.train.log_every == 0 or done == c.train.num_steps or done % c.train.checkpoint_every == 0:
+            summary = _summarize(jax.device_get(pending), c.train.nonfinite, done, checkpointer)
+            pending = []
+            now = time.time()
+            summary["examples_per_second"] = (done - interval_step) * c.train.batch_size / max(now - interval_start, 1e-9)
+            interval_start, interval_step = now, done
+            writer.write_scalars(done, summary)
+            writer.progress(done, {k: summary[k] for k in ("loss", "examples_per_second")})
+        checkpointer.save(done, state, config_json, force=done == c.train.num_steps)
+    checkpointer.close()
+    train_seconds = time.time() - t0
+    writer.log(f"training finished in {train_seconds:.1f}s")
+
+    results = evaluate(c, graphdef, (state.params, frozen), featurizer, tokenizer, train_source, eval_source, workdir)
+    results["wall_seconds"] = time.time() - t0
+    results["train_seconds"] = train_seconds
+    writer.write_scalars(c.train.num_steps, results, prefix="eval")
+    writer.close()
+    if is_main:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+        print(format_results(results))
+    return results
+
+
+def _summarize(metrics: list[dict], policy: str, step: int, checkpointer) -> dict[str, float]:
+    bad = sum(int(m["nonfinite"]) for m in metrics)
+    if bad and policy == "stop":
+        last_good = checkpointer.latest_step()
+        raise NonFiniteLossError(
+            f"Non-finite loss or gradients in {bad} of the {len(metrics)} steps up to step {step} "
+            f"(those updates were not applied). Last checkpoint: step {last_good}. "
+            "Lower train.learning_rate or set train.nonfinite='skip'."
+        )
+    summary = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k != "nonfinite"}
+    summary["nonfinite_steps"] = float(bad)
+    return summary
+
+
+def evaluate(c, graphdef, states, featurizer, tokenizer, train_source, eval_source, workdir) -> dict[str, float]:
+    """Greedy-generates every eval answer and scores it against the majority baseline."""
+    predictions = []
+    n = c.eval.num_examples or len(eval_source)
+    for batch in pipeline.evaluation_batches(eval_source, featurizer.prompt, c.eval.batch_size, n):
+        inputs = {k: batch[k] for k in ("images", "has_image", "prompt", "prompt_valid")}
+        ids = generate.greedy_generate(graphdef, states, inputs, c.eval.max_new_tokens)
+        for index, keep, text in zip(batch["index"], batch["example_valid"], generate.decode_texts(tokenizer, ids)):
+            if keep:
+                ex = eval_source[int(index)]
+                predictions.append(
+                    {"index": int(index), "question": ex["question"], "answer": ex["answer"],
+                     "family": ex["family"], "kind": ex["kind"], "prediction": text}
+                )
+    train_answers = (
+        {"kind": q.kind, "answer": q.answer} for i in range(train_source.num_images) for q in train_source.questions(i)
+    )
+    results = vqa.accuracy_report(predictions, vqa.majority_answers(train_answers))
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "predictions.json"), "w") as f:
+            json.dump(predictions, f, indent=1)
+    return results
+
+
+def format_results(results: dict[str, float]) -> str:
+    lines = ["", f"{'metric':<28}{'model':>10}{'majority':>10}"]
+    for key in sorted(k for k in results if k.startswith("accuracy")):
+        name = key.replace("accuracy", "").lstrip("/") or "all"
+        base = results.get(key.replace("accuracy", "majority_baseline"), float("nan"))
+        lines.append(f"{name:<28}{results[key]:>10.3f}{base:>10.3f}")
+    lines.append(f"examples: {int(results['num_examples'])}, wall: {results.get('wall_seconds', 0):.0f}s")
+    return "\n".join(lines)
