@@ -70,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 resample="bicubic",
             ),
         ),
-        projector=dict(hidden=64, learnable_diagonal=True, fusion="sum", memory_scale=1.0),
+        projector=dict(hidden=64, learnable_diagonal=True, fusion="sum", memory_scale=0.1),
         # Release values are scale=0.1 and memory_scale=0.01, tuned for a pretrained, frozen LLM whose
         # residual stream is large; from random init those scales only slow learning down.
         ica=dict(scale=1.0, delta=0.3, lam=0.85, dropout=0.1, start="always"),

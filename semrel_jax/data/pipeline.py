@@ -40,9 +40,19 @@ class VQAFeaturizer:
             "index": np.int64(example.get("index", -1)),
         }
 
+    def _encode(self, text: str, example) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids:
+            # An unknown token silently erases part of the question or answer: refuse it.
+            raise ValueError(
+                f"Example {example.get('index', '?')}: the tokenizer maps part of {text!r} to "
+                f"{self.tokenizer.unk_token!r}; use a tokenizer that covers this data."
+            )
+        return ids
+
     def _prompt_ids(self, example) -> list[int]:
         text = prompts.vqa_prompt(example["question"], self.prompt_format)
-        return [self.tokenizer.bos_token_id] + self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [self.tokenizer.bos_token_id] + self._encode(text, example)
 
     def _check_length(self, n: int, example) -> None:
         if n > self.max_len:
@@ -53,7 +63,7 @@ class VQAFeaturizer:
 
     def train(self, example) -> dict[str, Any]:
         prompt = self._prompt_ids(example)
-        answer = self.tokenizer(" " + example["answer"], add_special_tokens=False)["input_ids"]
+        answer = self._encode(" " + example["answer"], example)
         ids = prompt + answer + [self.tokenizer.eos_token_id]
         n = len(ids) - 1
         self._check_length(n, example)

@@ -10,3 +10,8 @@ def vqa_prompt(question: str, fmt: str = "qa") -> str:
     if fmt == "qa":
         return f"question: {question} answer:"
     raise ValueError(f"Unknown prompt format {fmt!r}; expected one of {FORMATS}.")
+
+
+def template_words(fmt: str = "qa") -> list[str]:
+    """Words the prompt template itself adds (a closed-vocabulary tokenizer must know them)."""
+    return vqa_prompt("", fmt).replace(":", " : ").split()

@@ -38,5 +38,5 @@ class SRProj(nnx.Module):
         """``[B, N, in_dim]`` -> ``[B, N, out_dim]``."""
         h = jax.nn.silu(self.fc1(x))
         if self.diagonal is not None:
-            h = h * self.diagonal.value.astype(h.dtype)
+            h = h * self.diagonal[...].astype(h.dtype)
         return self.fc2(h)

@@ -76,7 +76,7 @@ class VisionLanguageModel(nnx.Module):
         tokens = self.vision(images)
         tokens = tokens * has_image[:, None, None].astype(tokens.dtype)
         if self.config.modality_embedding:
-            tokens = tokens + self.modality_embedding.value[has_image.astype(jnp.int32)][:, None, :].astype(tokens.dtype)
+            tokens = tokens + self.modality_embedding[...][has_image.astype(jnp.int32)][:, None, :].astype(tokens.dtype)
         return tokens
 
     def memory(self, images: dict[str, Array], has_image: Array, mask_enabled: Array | bool = True) -> ica.Memory:
@@ -86,8 +86,8 @@ class VisionLanguageModel(nnx.Module):
         # Padded slots carry no visual feature; after adding P_k/P_v they are learned "null" slots.
         x_v = jnp.pad(tokens, ((0, 0), (0, pad), (0, 0)))
         return ica.Memory(
-            keys=x_v + self.memory_key_embedding.value.astype(x_v.dtype),
-            values=x_v + self.memory_value_embedding.value.astype(x_v.dtype),
+            keys=x_v + self.memory_key_embedding[...].astype(x_v.dtype),
+            values=x_v + self.memory_value_embedding[...].astype(x_v.dtype),
             mask_enabled=jnp.asarray(mask_enabled, bool),
         )
 

@@ -24,7 +24,7 @@ class RMSNorm(nnx.Module):
         dtype = x.dtype
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (x32.astype(dtype)) * self.weight.value.astype(dtype)
+        return (x32.astype(dtype)) * self.weight[...].astype(dtype)
 
 
 def rope_frequencies(head_dim: int, theta: float) -> Array:

@@ -152,8 +152,8 @@ class ViT(nnx.Module):
         if bad:
             raise ValueError(f"Tap indices {bad} out of range 0..{c.depth} (hidden_states numbering).")
         x = self.patch_embedding(self.patchify(images.astype(jnp.dtype(c.dtype))))
-        cls = jnp.broadcast_to(self.class_embedding.value.astype(x.dtype), (x.shape[0], 1, c.width))
-        x = jnp.concatenate([cls, x], axis=1) + self.position_embedding.value.astype(x.dtype)
+        cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (x.shape[0], 1, c.width))
+        x = jnp.concatenate([cls, x], axis=1) + self.position_embedding[...].astype(x.dtype)
         if self.pre_layrnorm is not None:
             x = self.pre_layrnorm(x)
         hidden = {0: x}

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from semrel_jax import config as config_lib
-from semrel_jax.data import pipeline, sort_of_clevr, tokenizer as tokenizer_lib
+from semrel_jax.data import pipeline, prompts, sort_of_clevr, tokenizer as tokenizer_lib
 from semrel_jax.data.preprocess import ImagePreprocessor
 from semrel_jax.evaluation import generate, vqa
 from semrel_jax.method.vlm import VisionLanguageModel
@@ -45,7 +45,8 @@ def build_sources(c: ml_collections.ConfigDict):
 
 def build_tokenizer(c: ml_collections.ConfigDict, workdir: str):
     path = c.data.tokenizer or os.path.join(workdir, "tokenizer")
-    return tokenizer_lib.load_or_train(path, sort_of_clevr.vocabulary())
+    words = sort_of_clevr.vocabulary() + prompts.template_words(c.data.prompt_format)
+    return tokenizer_lib.load_or_train(path, words)
 
 
 def build_featurizer(c: ml_collections.ConfigDict, tokenizer) -> pipeline.VQAFeaturizer:
@@ -132,24 +133,11 @@ def _run(c, workdir, mesh, is_main):
         f"{len(train_source):,} train examples, start step {start_step}"
     )
 
-    pending: list[dict] = []
-    interval_start, interval_step = time.time(), start_step
-    for step in range(start_step, c.train.num_steps):
-        local = train_step_lib.device_batch(next(batches))
-        batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local)
-        state, metrics = step_fn(state, frozen, batch)
-        pending.append(metrics)
-        done = step + 1
-        if done % c.train.log_every == 0 or done == c.train.num_steps or done % c.train.checkpoint_every == 0:
-            summary = _summarize(jax.device_get(pending), c.train.nonfinite, done, checkpointer)
-            pending = []
-            now = time.time()
-            summary["examples_per_second"] = (done - interval_step) * c.train.batch_size / max(now - interval_start, 1e-9)
-            interval_start, interval_step = now, done
-            writer.write_scalars(done, summary)
-            writer.progress(done, {k: summary[k] for k in ("loss", "examples_per_second")})
-        checkpointer.save(done, state, config_json, force=done == c.train.num_steps)
-    checkpointer.close()
+    try:
+        state = _train_loop(c, state, frozen, step_fn, batches, batch_sharding, start_step, checkpointer, writer, config_json)
+    finally:
+        # Whatever stops the loop (an error, Ctrl-C, a NaN), committed and in-flight saves complete.
+        checkpointer.close()
     train_seconds = time.time() - t0
     writer.log(f"training finished in {train_seconds:.1f}s")
 
@@ -163,6 +151,28 @@ def _run(c, workdir, mesh, is_main):
             json.dump(results, f, indent=2, sort_keys=True)
         print(format_results(results))
     return results
+
+
+def _train_loop(c, state, frozen, step_fn, batches, batch_sharding, start_step, checkpointer, writer, config_json):
+    pending: list[dict] = []
+    interval_start, interval_step = time.time(), start_step
+    for step in range(start_step, c.train.num_steps):
+        local = train_step_lib.device_batch(next(batches))
+        batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local)
+        state, metrics = step_fn(state, frozen, batch)
+        pending.append(metrics)
+        done = step + 1
+        if done % c.train.log_every == 0 or done == c.train.num_steps or done % c.train.checkpoint_every == 0:
+            # Also at checkpoint steps: the non-finite check runs before anything is saved.
+            summary = _summarize(jax.device_get(pending), c.train.nonfinite, done, checkpointer)
+            pending = []
+            now = time.time()
+            summary["examples_per_second"] = (done - interval_step) * c.train.batch_size / max(now - interval_start, 1e-9)
+            interval_start, interval_step = now, done
+            writer.write_scalars(done, summary)
+            writer.progress(done, {k: summary[k] for k in ("loss", "examples_per_second")})
+        checkpointer.save(done, state, config_json, force=done == c.train.num_steps)
+    return state
 
 
 def _summarize(metrics: list[dict], policy: str, step: int, checkpointer) -> dict[str, float]:

@@ -1,0 +1,73 @@
+"""Config presets, validation and command-line overrides fail early with the key named."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from semrel_jax import config as config_lib
+
+import vqa
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_presets_validate_and_unknown_preset_fails():
+    for preset in vqa.PRESETS:
+        config_lib.validate(vqa.get_config(preset))
+    assert vqa.get_config().preset == "demo"
+    with pytest.raises(ValueError, match="Unknown preset 'huge'"):
+        vqa.get_config("huge")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("--config.train.bogus=1", "unknown config key 'bogus' in ['--config.train.bogus=1']"), ("--config.train.num_steps=abc", "num_steps")],
+)
+def test_command_line_rejects_unknown_keys_and_bad_types(tmp_path, override, message):
+    cmd = [sys.executable, "-m", "semrel_jax.main", "--config=configs/vqa.py:tiny", f"--workdir={tmp_path}", override]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train.batch_size", 0, "train.batch_size: expected a positive integer"),
+        ("model.injection", "concat", "model.injection: expected one of"),
+        ("model.ica.delta", 1.5, "model.ica.delta"),
+        ("model.ica.start", "later", "model.ica.start"),
+        ("train.trainable", ("[unclosed",), "bad regex"),
+        ("mesh.fsdp", 0, "mesh.fsdp"),
+        ("train.warmup_steps", 10, "smaller than train.num_steps"),
+        ("model.encoders.vit.taps", (1, 9), "model.encoders.vit.taps"),
+    ],
+)
+def test_invalid_values_name_the_key(tiny_config, key, value, message):
+    node = tiny_config
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(")):
+        config_lib.validate(tiny_config)
+
+
+def test_model_config_inconsistencies_are_config_errors(tiny_config):
+    tiny_config.model.encoders.vit.patch_size = 7
+    with pytest.raises(config_lib.ConfigError, match="not a multiple of patch_size"):
+        config_lib.model_config(tiny_config, vocab_size=50)
+    tiny_config.model.encoders.vit.patch_size = 15
+    tiny_config.model.num_memory_slots = 3
+    with pytest.raises(config_lib.ConfigError, match="num_memory_slots=3"):
+        config_lib.model_config(tiny_config, vocab_size=50)
+
+
+def test_mask_start_parsing():
+    assert config_lib.parse_start("always", 10.0) == 0
+    assert config_lib.parse_start("never", 10.0) == -1
+    assert config_lib.parse_start("step:7", 10.0) == 7
+    assert config_lib.parse_start("epoch:15", 12.5) == 188

@@ -1,0 +1,215 @@
+"""Shapes and numerics of the networks: ViT taps, Llama + KV cache, SRProj, ICA against a NumPy reference."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from semrel_jax.method import ica
+from semrel_jax.method.ensemble import EncoderEnsemble, EncoderSpec, EnsembleConfig
+from semrel_jax.method.srproj import SRProj
+from semrel_jax.method.vlm import VisionLanguageModel, VLMConfig
+from semrel_jax.models.llama import Llama, LlamaConfig
+from semrel_jax.models.vit import ViT, ViTConfig
+
+LLM = LlamaConfig(vocab_size=40, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, mlp_dim=48)
+VIT = ViTConfig(image_size=20, patch_size=5, width=24, depth=3, heads=3, mlp_dim=32, adapter_dim=4)
+
+
+def _vlm(injection="ica", slots=20, **ica_kw):
+    ens = EnsembleConfig(encoders=(EncoderSpec("vit", VIT, (1, 3)),), out_dim=LLM.dim, projector_hidden=8, memory_scale=1.0)
+    cfg = VLMConfig(llm=LLM, vision=ens, injection=injection, num_memory_slots=slots, ica=ica.ICAConfig(scale=1.0, **ica_kw))
+    return VisionLanguageModel(cfg, rngs=nnx.Rngs(0))
+
+
+def _inputs(batch=2, t=6):
+    rng = np.random.default_rng(0)
+    images = {"vit": jnp.asarray(rng.normal(size=(batch, 20, 20, 3)), jnp.float32)}
+    tokens = jnp.asarray(rng.integers(4, 40, size=(batch, t)), jnp.int32)
+    return images, jnp.ones((batch,), jnp.int32), tokens, jnp.ones((batch, t), bool)
+
+
+def test_vit_taps_shapes_and_skipped_blocks():
+    vit = ViT(VIT, rngs=nnx.Rngs(0))
+    images = jnp.ones((2, 20, 20, 3))
+    h0, h2 = vit(images, (0, 2))
+    assert h0.shape == h2.shape == (2, 1 + 16, 24)
+    # Tap 2 must not depend on block 3 (blocks past the deepest tap never run).
+    _, h2_again = vit(images, (0, 3))[0], vit(images, (2,))[0]
+    np.testing.assert_array_equal(h2, h2_again)
+    with pytest.raises(ValueError, match="out of range"):
+        vit(images, (4,))
+    with pytest.raises(ValueError, match="expects images"):
+        vit(jnp.ones((2, 21, 21, 3)), (1,))
+
+
+def test_vit_adapter_starts_as_identity():
+    vit = ViT(VIT, rngs=nnx.Rngs(0))
+    images = jnp.asarray(np.random.default_rng(1).normal(size=(1, 20, 20, 3)), jnp.float32)
+    with_adapter = vit(images, (3,))[0]
+    adapters = [layer.adapter for layer in vit.layers]
+    for layer in vit.layers:
+        layer.adapter = None
+    np.testing.assert_allclose(with_adapter, vit(images, (3,))[0], atol=1e-6)
+    # Once the up-projection is non-zero the adapter changes the features.
+    for layer, adapter in zip(vit.layers, adapters):
+        adapter.fc2.kernel[...] = jnp.full_like(adapter.fc2.kernel[...], 0.1)
+        layer.adapter = adapter
+    assert np.abs(vit(images, (3,))[0] - with_adapter).max() > 1e-3
+
+
+def test_patchify_matches_conv_layout():
+    vit = ViT(VIT, rngs=nnx.Rngs(0))
+    images = jnp.arange(2 * 20 * 20 * 3, dtype=jnp.float32).reshape(2, 20, 20, 3)
+    patches = vit.patchify(images)
+    # Patch (row 1, col 2) of image 1, channel 0, pixel (0, 0) of the patch.
+    np.testing.assert_array_equal(patches[1, 1 * 4 + 2, 0], images[1, 5, 10, 0])
+    np.testing.assert_array_equal(patches[1, 1 * 4 + 2, 25 + 5 * 2 + 3], images[1, 7, 13, 1])
+
+
+def test_srproj_diagonal_and_memvp_variant():
+    proj = SRProj(6, 4, 5, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 6)), jnp.float32)
+    base = proj(x)
+    proj.diagonal[...] = jnp.array([1.0, 0.0, 1.0, 1.0])
+    h = jax.nn.silu(proj.fc1(x)) * jnp.array([1.0, 0.0, 1.0, 1.0])
+    np.testing.assert_allclose(proj(x), proj.fc2(h), atol=1e-6)
+    assert not np.allclose(proj(x), base)
+    plain = SRProj(6, 4, 5, learnable_diagonal=False, rngs=nnx.Rngs(0))
+    assert plain.diagonal is None
+    n_params = sum(v.size for v in jax.tree.leaves(nnx.state(plain, nnx.Param)))
+    assert n_params == 6 * 4 + 4 + 4 * 5 + 5
+
+
+def _numpy_ica(queries_per_layer, keys, values, delta, lam):
+    """Plain NumPy reference of the LSRM rule, one row at a time, for a stack of blocks."""
+    n_mem = keys.shape[0]
+    mask = np.ones((queries_per_layer[0].shape[0], n_mem))
+    outs = []
+    for q in queries_per_layer:
+        alpha = q @ keys.T
+        alpha = alpha / (1.0 + np.exp(-alpha))  # SiLU
+        for row in range(alpha.shape[0]):
+            thr = np.sort(alpha[row])[math.floor(delta * n_mem)]
+            for j in range(n_mem):
+                if alpha[row, j] < thr:
+                    mask[row, j] *= lam
+        outs.append((mask * alpha) @ values)
+    return outs, mask
+
+
+def test_ica_matches_numpy_reference_over_blocks():
+    rng = np.random.default_rng(0)
+    t, n_mem, d = 5, 10, 8
+    keys, values = rng.normal(size=(n_mem, d)), rng.normal(size=(n_mem, d))
+    queries = [rng.normal(size=(t, d)) for _ in range(4)]
+    cfg = ica.ICAConfig(scale=1.0, delta=0.3, lam=0.85, dropout=0.0)
+    memory = ica.Memory(jnp.asarray(keys[None], jnp.float32), jnp.asarray(values[None], jnp.float32), jnp.asarray(True))
+    mask = jnp.ones((1, t, n_mem))
+    expected, expected_mask = _numpy_ica(queries, keys, values, 0.3, 0.85)
+    for q, want in zip(queries, expected):
+        out, mask = ica.inheritable_cross_attention(jnp.asarray(q[None], jnp.float32), memory, mask, cfg)
+        np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mask[0], expected_mask, rtol=1e-6)
+    # Exactly floor(0.3 * 10) = 3 entries per row are decayed in each block.
+    assert mask.min() < 1.0
+
+
+def test_ica_mask_is_lambda_power_k_for_persistently_low_pairs():
+    # Slot 0 scores lowest for every token in every block; slot 1 is low only in the first block.
+    n_mem, d, blocks = 10, 4, 5
+    keys = np.zeros((n_mem, d))
+    keys[:, 0] = np.linspace(1.0, 2.0, n_mem)
+    keys[0, 0] = -5.0
+    cfg = ica.ICAConfig(scale=1.0, delta=0.1, lam=0.5, dropout=0.0)
+    memory = ica.Memory(jnp.asarray(keys[None], jnp.float32), jnp.zeros((1, n_mem, d)), jnp.asarray(True))
+    mask = jnp.ones((1, 2, n_mem))
+    for _ in range(blocks):
+        _, mask = ica.inheritable_cross_attention(jnp.ones((1, 2, d)), memory, mask, cfg)
+    np.testing.assert_allclose(mask[0, :, 0], 0.5**blocks)
+    np.testing.assert_allclose(mask[0, :, 1:], 1.0)
+
+
+def test_ica_threshold_uses_unmasked_alpha_of_each_block():
+    # delta=0.25 with 4 slots: threshold = 2nd smallest alpha, so exactly the lowest slot decays.
+    cfg = ica.ICAConfig(scale=1.0, delta=0.25, lam=0.5, dropout=0.0)
+
+    def block(key_values, mask):
+        memory = ica.Memory(jnp.asarray(key_values, jnp.float32)[None, :, None], jnp.zeros((1, 4, 1)), jnp.asarray(True))
+        return ica.inheritable_cross_attention(jnp.ones((1, 1, 1)), memory, mask, cfg)[1]
+
+    mask = block([1.0, 2.0, 3.0, 4.0], jnp.ones((1, 1, 4)))
+    np.testing.assert_allclose(mask[0, 0], [0.5, 1.0, 1.0, 1.0])
+    # Block 2's raw alpha ranks slot 3 lowest and slot 0 second; after masking slot 0 would be lowest.
+    mask = block([1.2, 3.0, 2.0, 1.0], mask)
+    np.testing.assert_allclose(mask[0, 0], [0.5, 1.0, 1.0, 0.5])  # a masked-alpha rule would give [0.25, 1, 1, 1]
+
+
+def test_ica_delta_zero_or_lambda_one_is_plain_memory_attention_and_mask_changes_output():
+    images, has_image, tokens, valid = _inputs()
+    outs = {}
+    for name, kw in {"lsrm": dict(delta=0.3, lam=0.85), "delta0": dict(delta=0.0, lam=0.85), "lam1": dict(delta=0.3, lam=1.0)}.items():
+        model = _vlm(dropout=0.0, **kw)
+        outs[name] = model(images, has_image, tokens, valid)
+        outs[name + "_off"] = model(images, has_image, tokens, valid, mask_enabled=False)
+    np.testing.assert_allclose(outs["delta0"], outs["lam1"], atol=1e-6)
+    np.testing.assert_allclose(outs["lsrm_off"], outs["delta0"], atol=1e-6)
+    assert np.abs(outs["lsrm"] - outs["delta0"]).max() > 1e-4
+
+
+@pytest.mark.parametrize("injection", ["ica", "prefix"])
+def test_vlm_shapes_and_kv_cache_decoding_equals_full_forward(injection):
+    model = _vlm(injection, slots=20 if injection == "ica" else 0, dropout=0.0)
+    images, has_image, tokens, valid = _inputs(t=7)
+    full = model(images, has_image, tokens, valid)
+    assert full.shape == (2, 7, LLM.vocab_size)
+    # Row 1 is left-padded by two: its logits must equal an unpadded run of the same tokens.
+    prompt = tokens[:, :5].at[1, :2].set(0)
+    prompt_valid = valid[:, :5].at[1, :2].set(False)
+    last, cache, memory = model.prefill(images, has_image, prompt, prompt_valid, max_new_tokens=3)
+    np.testing.assert_allclose(last[0], full[0, 4], atol=1e-5)
+    short = model({"vit": images["vit"][1:]}, has_image[1:], tokens[1:, 2:7], valid[1:, 2:7])
+    np.testing.assert_allclose(last[1], short[0, 2], atol=1e-5)
+    step_logits, cache = model.decode_step(tokens[:, 5], cache, memory)
+    np.testing.assert_allclose(step_logits[0], full[0, 5], atol=1e-5)
+    np.testing.assert_allclose(step_logits[1], short[0, 3], atol=1e-5)
+    assert int(cache.index) == model.config.num_prefix_tokens + 6
+
+
+def test_no_image_sees_only_the_modality_embedding():
+    model = _vlm(dropout=0.0)
+    images, _, tokens, valid = _inputs()
+    no_image = jnp.zeros((2,), jnp.int32)
+    a = model(images, no_image, tokens, valid)
+    b = model({"vit": images["vit"] * 0 + 3.0}, no_image, tokens, valid)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_ensemble_concatenates_encoders_and_fuses_levels():
+    small = ViTConfig(image_size=10, patch_size=5, width=16, depth=2, heads=2, mlp_dim=16)
+    cfg = EnsembleConfig(
+        encoders=(EncoderSpec("a", VIT, (1, 3)), EncoderSpec("b", small, (2,))), out_dim=12, fusion="mean", memory_scale=0.5
+    )
+    ens = EncoderEnsemble(cfg, rngs=nnx.Rngs(0))
+    out = ens({"a": jnp.ones((2, 20, 20, 3)), "b": jnp.ones((2, 10, 10, 3))})
+    assert out.shape == (2, 16 + 4, 12) and cfg.num_tokens == 20
+    assert sorted(ens.projectors.keys()) == ["a_layer1", "a_layer3", "b_layer2"]
+    with pytest.raises(KeyError, match="No images for encoder"):
+        ens({"a": jnp.ones((2, 20, 20, 3))})
+
+
+def test_llama_rejects_bad_head_config():
+    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+        LlamaConfig(vocab_size=10, dim=32, n_layers=1, n_heads=4, n_kv_heads=3, mlp_dim=8)
+
+
+def test_llama_gqa_logits_are_finite_and_causal():
+    model = Llama(LLM, rngs=nnx.Rngs(0))
+    _, _, tokens, valid = _inputs(t=6)
+    logits, _ = model(tokens, valid=valid)
+    changed, _ = model(tokens.at[:, 4].set(7), valid=valid)
+    np.testing.assert_allclose(logits[:, :4], changed[:, :4], atol=1e-6)  # the future does not leak back
+    assert np.isfinite(np.asarray(logits)).all()

@@ -1,0 +1,93 @@
+"""Tokenizer, featurization, grain datasets and evaluation batching."""
+
+import numpy as np
+import pytest
+
+from semrel_jax.data import pipeline, sort_of_clevr, tokenizer as tokenizer_lib
+from semrel_jax.data.preprocess import NORMALIZATION, ImagePreprocessor
+
+
+def _featurizer(tokenizer, max_len=24):
+    return pipeline.VQAFeaturizer(tokenizer, {"vit": ImagePreprocessor(75)}, max_len)
+
+
+def test_tokenizer_covers_vocabulary_and_is_cached(tmp_path, tokenizer):
+    ids = tokenizer("how many other objects have the same shape as the gray object ?", add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids) == "how many other objects have the same shape as the gray object ?"
+    path = str(tmp_path / "tok")
+    first = tokenizer_lib.load_or_train(path, sort_of_clevr.vocabulary())
+    again = tokenizer_lib.load_or_train(path, sort_of_clevr.vocabulary())
+    assert first.get_vocab() == again.get_vocab()
+    with pytest.raises(ValueError, match="lacks words"):
+        tokenizer_lib.load_or_train(path, ["zebra"])
+    with pytest.raises(FileNotFoundError):
+        tokenizer_lib.load(str(tmp_path / "missing"))
+
+
+def test_train_features_put_loss_on_answer_tokens_only(tokenizer):
+    example = {"image": np.zeros((75, 75, 3), np.uint8), "question": "what is the shape of the red object?",
+               "answer": "circle", "index": 3}
+    f = _featurizer(tokenizer).train(example)
+    n = int(f["valid"].sum())
+    np.testing.assert_array_equal(f["targets"][: n - 1], f["tokens"][1:n])
+    answer_targets = f["targets"][f["loss_mask"] == 1]
+    assert tokenizer.decode(answer_targets.tolist()) == "circle</s>".replace("</s>", " </s>") or \
+        answer_targets.tolist() == [tokenizer.convert_tokens_to_ids("circle"), tokenizer.eos_token_id]
+    assert f["tokens"][0] == tokenizer.bos_token_id and f["loss_mask"].sum() == 2
+    assert f["images"]["vit"].dtype == np.float32 and f["images"]["vit"].shape == (75, 75, 3)
+    mean, std = NORMALIZATION["clip"]
+    np.testing.assert_allclose(f["images"]["vit"][0, 0], -np.asarray(mean) / np.asarray(std), rtol=1e-6)
+
+
+def test_prompt_features_are_left_padded_and_too_long_fails(tokenizer):
+    example = {"image": np.zeros((75, 75, 3), np.uint8), "question": "is the red object on the left or the right?",
+               "answer": "left", "index": 0}
+    f = _featurizer(tokenizer).prompt(example)
+    assert f["prompt_valid"][-1] and not f["prompt_valid"][0]
+    assert tokenizer.decode(f["prompt"][f["prompt_valid"]].tolist(), skip_special_tokens=True).endswith("answer :")
+    with pytest.raises(ValueError, match="max_text_len"):
+        _featurizer(tokenizer, max_len=8).train(example)
+
+
+def test_preprocessor_resizes_and_rejects_bad_images():
+    out = ImagePreprocessor(32)(np.full((75, 100, 3), 255, np.uint8))
+    assert out.shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        ImagePreprocessor(32)(np.zeros((75, 75), np.uint8))
+    with pytest.raises(ValueError, match="Unknown normalization"):
+        ImagePreprocessor(32, normalization="nope")
+
+
+def test_training_dataset_is_indexable_by_step_and_reshuffles(tokenizer):
+    source = sort_of_clevr.SortOfClevr("train", 4, questions_per_image=4)  # 16 examples
+    ds = pipeline.training_dataset(source, _featurizer(tokenizer).train, batch_size=4, seed=1)
+    epoch0 = np.concatenate([ds[i]["index"] for i in range(4)])
+    epoch1 = np.concatenate([ds[i]["index"] for i in range(4, 8)])
+    assert sorted(epoch0) == sorted(epoch1) == list(range(16))
+    assert list(epoch0) != list(epoch1)
+    # Resuming at step 5 yields exactly the batches an uninterrupted run sees at steps 5, 6.
+    resumed = pipeline.iterate(ds, start_step=5)
+    for step in (5, 6):
+        np.testing.assert_array_equal(next(resumed)["tokens"], ds[step]["tokens"])
+    # Two hosts read disjoint halves.
+    h0 = pipeline.training_dataset(source, _featurizer(tokenizer).train, 4, 1, 0, 2)
+    h1 = pipeline.training_dataset(source, _featurizer(tokenizer).train, 4, 1, 1, 2)
+    seen0 = {int(i) for s in range(4) for i in h0[s]["index"]}
+    seen1 = {int(i) for s in range(4) for i in h1[s]["index"]}
+    assert not seen0 & seen1 and len(seen0 | seen1) == 16
+
+
+def test_evaluation_batches_pad_the_last_batch(tokenizer):
+    source = sort_of_clevr.SortOfClevr("test", 1, questions_per_image=10)
+    batches = list(pipeline.evaluation_batches(source, _featurizer(tokenizer).prompt, batch_size=4))
+    assert [b["prompt"].shape[0] for b in batches] == [4, 4, 4]
+    assert [int(b["example_valid"].sum()) for b in batches] == [4, 4, 2]
+    assert [int(i) for b in batches for i, v in zip(b["index"], b["example_valid"]) if v] == list(range(10))
+
+
+def test_unknown_tokens_are_refused(tokenizer):
+    example = {"image": np.zeros((75, 75, 3), np.uint8), "question": "what is the shape of the red object?",
+               "answer": "zebra", "index": 11}
+    with pytest.raises(ValueError, match="Example 11: the tokenizer maps part of"):
+        _featurizer(tokenizer).train(example)

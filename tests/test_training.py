@@ -1,0 +1,118 @@
+"""The train step learns, NaNs are never applied, checkpoints resume exactly, main runs end to end."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from semrel_jax.data import pipeline
+from semrel_jax.training import checkpoint as checkpoint_lib
+from semrel_jax.training import optimizer as optimizer_lib, partition, train, train_step as train_step_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _step_setup(config, tokenizer):
+    source, _ = train.build_sources(config)
+    featurizer = train.build_featurizer(config, tokenizer)
+    model = train.build_model(config, len(tokenizer))
+    graphdef, params, frozen = partition.split_trainable(model, config.train.trainable)
+    optimizer = optimizer_lib.make_optimizer(config.train)
+    schedule = optimizer_lib.learning_rate_schedule(config.train.learning_rate, config.train.warmup_steps, config.train.num_steps)
+    step = jax.jit(functools.partial(
+        train_step_lib.train_step, graphdef=graphdef, optimizer=optimizer, schedule=schedule,
+        mask_start_step=0, skip_nonfinite=True))
+    state = train_step_lib.init_train_state(params, optimizer, 0)
+    batch = train_step_lib.device_batch(pipeline.training_dataset(source, featurizer.train, 8, 0)[0])
+    return step, state, frozen, batch
+
+
+def test_loss_decreases_and_nonfinite_updates_are_skipped(tiny_config, tokenizer):
+    tiny_config.train.update(num_steps=40, warmup_steps=2, learning_rate=3e-3)
+    step, state, frozen, batch = _step_setup(tiny_config, tokenizer)
+    losses = []
+    for _ in range(25):
+        state, metrics = step(state, frozen, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert int(metrics["nonfinite"]) == 0
+
+    before = jax.tree.map(np.asarray, state.params)
+    bad = dict(batch, images={"vit": batch["images"]["vit"].at[0, 0, 0, 0].set(jnp.nan)})
+    state, metrics = step(state, frozen, bad)
+    assert int(metrics["nonfinite"]) == 1 and not np.isfinite(float(metrics["loss"]))
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.params))
+    assert int(state.step) == 26
+
+
+def _final_params(workdir, step):
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=5)
+    assert ckpt.latest_step() == step
+    restored = ckpt.manager.restore(step)
+    ckpt.close()
+    return restored.state["params"]
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tiny_config, tmp_path, monkeypatch):
+    tiny_config.eval.num_examples = 8
+    full_dir, split_dir = str(tmp_path / "full"), str(tmp_path / "split")
+    train.train_and_evaluate(tiny_config, full_dir)
+
+    real_iterate = pipeline.iterate
+
+    def dies_at_step_5(dataset, start_step, *args):
+        it = real_iterate(dataset, start_step, *args)
+        for i, batch in enumerate(it):
+            if start_step + i == 5:
+                raise KeyboardInterrupt("simulated preemption")
+            yield batch
+
+    monkeypatch.setattr(pipeline, "iterate", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(tiny_config, split_dir)
+    monkeypatch.setattr(pipeline, "iterate", real_iterate)
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(split_dir, "checkpoints"), save_every=1, keep=5)
+    assert ckpt.latest_step() == 3  # checkpoint_every=3, died during step 6
+    ckpt.close()
+    train.train_and_evaluate(tiny_config, split_dir)  # resumes at 3
+
+    a, b = _final_params(full_dir, 6), _final_params(split_dir, 6)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    steps = [json.loads(l)["step"] for l in open(os.path.join(split_dir, "metrics.jsonl")) if '"train"' in l]
+    assert steps == [2, 3, 4, 4, 6], steps  # step 4 is logged again: the run resumed from step 3
+
+    tiny_config.model.llm.dim = 48
+    with pytest.raises(ValueError, match="different config.model"):
+        train.train_and_evaluate(tiny_config, split_dir)
+
+
+def test_main_runs_end_to_end(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "semrel_jax.main", "--config=configs/vqa.py:tiny", f"--workdir={workdir}",
+           "--config.eval.num_examples=20"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    for key in ("accuracy/relational", "accuracy/non_relational", "majority_baseline/relational", "wall_seconds"):
+        assert key in results
+    assert results["num_examples"] == 20
+    assert "relational" in proc.stdout and "majority" in proc.stdout
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tensorboard"))
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["split"] == "train" and np.isfinite(json.loads(lines[0])["loss"])
+    assert len(json.loads((workdir / "predictions.json").read_text())) == 20
+
+
+def test_bad_config_fails_before_compiling(tmp_path):
+    cmd = [sys.executable, "-m", "semrel_jax.main", "--config=configs/vqa.py:tiny", f"--workdir={tmp_path}",
+           "--config.train.batch_size=-3"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "config.train.batch_size: expected a positive integer" in proc.stderr
