@@ -7,15 +7,21 @@
 Presets:
   demo  LSRM from random init on the built-in Sort-of-CLEVR; a few minutes on a 2-core CPU.
   tiny  the same structure at toy size, for tests and smoke runs (seconds).
+  semrel_jax.presets.MODEL_PRESETS: the release's full-size models (lsrm_7b, lsrm_13b, memvp_7b,
+        llava_7b) and the demo-size ablation steps (ablation_memvp ... ablation_lsrm, ablation_llava).
 """
 
 import ml_collections
 
-PRESETS = ("demo", "tiny")
+from semrel_jax import presets as model_presets
+
+PRESETS = ("demo", "tiny") + model_presets.MODEL_PRESETS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset = arg or "demo"
+    if preset in model_presets.MODEL_PRESETS:
+        return model_presets.apply(get_config("demo"), preset)
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r} for configs/vqa.py; choose one of {PRESETS}.")
     c = ml_collections.ConfigDict()
@@ -61,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 heads=4,
                 mlp_dim=384,
                 act="gelu",
+                posemb="learned",
                 taps=(2, 4),  # HF hidden_states indices: an intermediate and the final block
                 post_ln=True,
                 drop_cls=True,
@@ -70,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 resample="bicubic",
             ),
         ),
-        projector=dict(hidden=64, learnable_diagonal=True, fusion="sum", memory_scale=0.1),
+        projector=dict(hidden=64, learnable_diagonal=True, zero_init_output=False, fusion="sum", memory_scale=0.1),
         # Release values are scale=0.1 and memory_scale=0.01, tuned for a pretrained, frozen LLM whose
         # residual stream is large; from random init those scales only slow learning down.
         ica=dict(scale=1.0, delta=0.3, lam=0.85, dropout=0.1, start="always"),

@@ -45,6 +45,7 @@ class EnsembleConfig:
     out_dim: int
     projector_hidden: int = 64
     learnable_diagonal: bool = True
+    zero_init_output: bool = False
     fusion: str = "sum"  # 'sum' | 'mean' over the levels of one encoder
     memory_scale: float = 0.01
     dtype: str = "float32"
@@ -82,6 +83,7 @@ class EncoderEnsemble(nnx.Module):
                     config.projector_hidden,
                     config.out_dim,
                     learnable_diagonal=config.learnable_diagonal,
+                    zero_init_output=config.zero_init_output,
                     dtype=jnp.dtype(config.dtype),
                     param_dtype=jnp.dtype(config.param_dtype),
                     rngs=rngs,

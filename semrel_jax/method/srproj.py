@@ -4,7 +4,9 @@
 
 The ``d_h`` bottleneck units act as semantic groups and Λ learns which groups to emphasise.
 With ``learnable_diagonal=False`` it is MemVP's plain two-layer projector (no Λ parameter at all,
-so parameter counts match that baseline exactly). W1, W2 are xavier-uniform, biases zero.
+so parameter counts match that baseline exactly). W1, W2 are xavier-uniform, biases zero (release).
+``zero_init_output=True`` starts W2 at zero instead: the projector then outputs nothing at step 0, which
+is what a model trained from random init needs (see configs/vqa.py:demo); a pretrained LLM does not.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class SRProj(nnx.Module):
         out_dim: int,
         *,
         learnable_diagonal: bool = True,
+        zero_init_output: bool = False,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -31,6 +34,8 @@ class SRProj(nnx.Module):
         init = nnx.initializers.xavier_uniform()
         kw = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=init, rngs=rngs)
         self.fc1 = nnx.Linear(in_dim, hidden_dim, **kw)
+        if zero_init_output:
+            kw["kernel_init"] = nnx.initializers.zeros_init()
         self.fc2 = nnx.Linear(hidden_dim, out_dim, **kw)
         self.diagonal = nnx.Param(jnp.ones((hidden_dim,), param_dtype)) if learnable_diagonal else None
 

@@ -94,7 +94,7 @@ def _linear(n_in: int, n_out: int, config: LlamaConfig, rngs: nnx.Rngs, bias: bo
         use_bias=bias,
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.dtype(config.param_dtype),
-        kernel_init=nnx.initializers.normal(0.02),
+        kernel_init=nnx.initializers.lecun_normal(),
         rngs=rngs,
     )
 
@@ -175,7 +175,7 @@ class Llama(nnx.Module):
             config.dim,
             dtype=jnp.dtype(config.dtype),
             param_dtype=jnp.dtype(config.param_dtype),
-            embedding_init=nnx.initializers.normal(0.02),
+            embedding_init=nnx.initializers.normal(1.0),
             rngs=rngs,
         )
         self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.n_layers)])

@@ -36,6 +36,7 @@ class ViTConfig:
     act: str = "quick_gelu"
     norm_eps: float = 1e-5
     pre_ln: bool = True
+    posemb: str = "learned"  # 'learned' (CLIP, converted towers) | 'sincos2d' (fixed; big_vision's from-scratch default)
     adapter_dim: int = 0  # 0: no adapters
     adapter_scale: float = 0.1
     dtype: str = "float32"
@@ -50,10 +51,14 @@ class ViTConfig:
             raise ValueError(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}.")
         if self.width % self.heads:
             raise ValueError(f"width={self.width} is not divisible by heads={self.heads}.")
+        if self.posemb not in ("learned", "sincos2d"):
+            raise ValueError(f"posemb must be 'learned' or 'sincos2d', got {self.posemb!r}.")
+        if self.posemb == "sincos2d" and self.width % 4:
+            raise ValueError(f"sincos2d position embeddings need width % 4 == 0, got {self.width}.")
 
 
 def _linear(n_in, n_out, config: ViTConfig, rngs, bias=True, zero=False):
-    init = nnx.initializers.zeros_init() if zero else nnx.initializers.normal(0.02)
+    init = nnx.initializers.zeros_init() if zero else nnx.initializers.lecun_normal()
     return nnx.Linear(
         n_in,
         n_out,
@@ -115,6 +120,16 @@ class EncoderLayer(nnx.Module):
         return out
 
 
+def sincos2d_position_embedding(grid: int, width: int) -> Array:
+    """Fixed 2-D sine-cosine embeddings ``[1 + grid², width]`` (zeros for the CLS slot)."""
+    ys, xs = jnp.meshgrid(jnp.arange(grid, dtype=jnp.float32), jnp.arange(grid, dtype=jnp.float32), indexing="ij")
+    omega = 1.0 / (10_000.0 ** (jnp.arange(width // 4, dtype=jnp.float32) / (width // 4)))
+    y = ys.reshape(-1, 1) * omega
+    x = xs.reshape(-1, 1) * omega
+    patches = jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
+    return jnp.concatenate([jnp.zeros((1, width)), patches], axis=0)
+
+
 class ViT(nnx.Module):
     """Returns the requested hidden states, each ``[B, 1 + N_patches, width]`` (CLS first)."""
 
@@ -126,9 +141,10 @@ class ViT(nnx.Module):
         # CLIP's bias-free Conv2d with stride = kernel = patch size, and one big matmul.
         self.patch_embedding = _linear(patch_dim, config.width, config, rngs, bias=False)
         self.class_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.width,), pd))
-        self.position_embedding = nnx.Param(
-            0.02 * jax.random.normal(rngs.params(), (config.num_patches + 1, config.width), pd)
-        )
+        if config.posemb == "learned":
+            self.position_embedding = nnx.Param(
+                0.02 * jax.random.normal(rngs.params(), (config.num_patches + 1, config.width), pd)
+            )
         self.pre_layrnorm = _layer_norm(config, rngs) if config.pre_ln else None
         self.layers = nnx.List([EncoderLayer(config, rngs=rngs) for _ in range(config.depth)])
         self.post_layernorm = _layer_norm(config, rngs)
@@ -153,7 +169,11 @@ class ViT(nnx.Module):
             raise ValueError(f"Tap indices {bad} out of range 0..{c.depth} (hidden_states numbering).")
         x = self.patch_embedding(self.patchify(images.astype(jnp.dtype(c.dtype))))
         cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (x.shape[0], 1, c.width))
-        x = jnp.concatenate([cls, x], axis=1) + self.position_embedding[...].astype(x.dtype)
+        if c.posemb == "learned":
+            posemb = self.position_embedding[...]
+        else:
+            posemb = sincos2d_position_embedding(c.image_size // c.patch_size, c.width)
+        x = jnp.concatenate([cls, x], axis=1) + posemb.astype(x.dtype)
         if self.pre_layrnorm is not None:
             x = self.pre_layrnorm(x)
         hidden = {0: x}

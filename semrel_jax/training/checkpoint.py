@@ -40,6 +40,10 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         return restored.state
 
+    def restore_raw(self, step: int):
+        """The saved state as plain nested dicts of arrays (no target tree needed; for inspection/export)."""
+        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+
     def saved_config(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
 

@@ -40,7 +40,15 @@ def split_trainable(model: nnx.Module, trainable: Sequence[str], frozen: Sequenc
         raise ValueError(f"No parameter matches train.trainable={tuple(trainable)} minus train.frozen={tuple(frozen)}.")
     if frozen_dtype is not None:
         dtype = jnp.dtype(frozen_dtype)
-        frozen_state = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, frozen_state)
+
+        def cast(x):
+            if not jnp.issubdtype(x.dtype, jnp.floating):
+                return x
+            if isinstance(x, jax.ShapeDtypeStruct):  # abstract models (inspection, AOT compilation)
+                return jax.ShapeDtypeStruct(x.shape, dtype, sharding=getattr(x, "sharding", None))
+            return x.astype(dtype)
+
+        frozen_state = jax.tree.map(cast, frozen_state)
     return graphdef, train_state, frozen_state
 
 

@@ -1,0 +1,233 @@
+"""Named model presets: the paper's release models, its baselines, and demo-size ablations.
+
+``apply(config, name)`` fills the ``model`` section (and ``train.trainable`` / ``train.frozen`` /
+``train.frozen_dtype``) of a config from ``configs/vqa.py`` and sets ``config.preset = name``; data,
+optimizer and schedule are left as they are. Every key it sets must already exist in the config
+(the schema of ``configs/vqa.py``), so a preset that falls out of date fails loudly instead of adding
+keys nobody reads.
+
+Release presets (pretrained LLaMA + CLIP ViT-L/14, PEFT; docs/method spec "PEFT recipe and sizes"):
+
+  lsrm_7b    LLaMA-7B, CLIP-L/14 taps (12, 23), SRProj d_h=64 with Λ, sum fusion, N_mem=320, ICA mask
+             delta=0.3 lam=0.85 switched on at epoch 15. Trainable: 3,883,264 parameters.
+  lsrm_13b   the same on LLaMA-13B with N_mem=400. Trainable: 5,492,992.
+  memvp_7b   MemVP: one level (tap 23), plain 2-layer projector d_h=128 (no Λ), no mask. Trainable: 3,879,040.
+  llava_7b   LLaVA-1.5-like: Vicuna-7B v1.5 + CLIP-L/14-336 (576 tokens, tap 23 = HF ``hidden_states[-2]``
+             without post-LN), visual tokens as an LLM prefix, no adapters, no modality embedding.
+             Its projector is LLaVA-1.5's ``mlp2x`` shape, 1024 -> 4096 -> 4096 (an SRProj without Λ and
+             d_h = d_llm); the one difference is the hidden activation, SiLU here and GELU in LLaVA.
+             Trainable: the projector only, 20,979,712 parameters.
+
+  Counting (d = LLM width): CLIP adapters 24·(1024·12 + 12·1024) = 589,824; SRProj per level
+  1024·d_h + d_h (+ d_h for Λ) + d_h·d + d; modality embedding 2·d; P_k + P_v 2·N_mem·d.
+
+Ablation presets (demo size: the demo's small LLM and ViT from random init, everything trainable, so they
+train on Sort-of-CLEVR on a CPU; each adds one ingredient of LSRM to the previous one):
+
+  ablation_memvp       one level (the last block), plain projector (no Λ), no mask     = MemVP
+  ablation_multilevel  + the middle level (two taps, summed)
+  ablation_srproj      + the learnable diagonal Λ                                       = SRProj
+  ablation_lsrm        + the inheritance mask (delta=0.3, lam=0.85)                     = LSRM
+  ablation_llava       ablation_memvp with the visual tokens as an LLM prefix instead of memory = LLaVA
+
+LLM shapes (``LLM_SHAPES``) are the published Hugging Face ``config.json`` values. Llama 3.x checkpoints
+also carry a ``rope_scaling`` block (llama3 type) that the model has no field for yet; at the context
+lengths used here (<= 8k, below original_max_position_embeddings) it changes only the low RoPE frequencies.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# --------------------------------------------------------------------------------------------- shapes
+
+LLM_SHAPES: dict[str, dict] = {
+    # LLaMA-1 (huggyllama/llama-7b, -13b)
+    "llama_7b": dict(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, mlp_dim=11008,
+                     rope_theta=10_000.0, norm_eps=1e-6, tie_embeddings=False),
+    "llama_13b": dict(vocab_size=32000, dim=5120, n_layers=40, n_heads=40, n_kv_heads=40, mlp_dim=13824,
+                      rope_theta=10_000.0, norm_eps=1e-6, tie_embeddings=False),
+    # Llama 2 (meta-llama/Llama-2-7b-hf, -13b-hf): LLaMA-1 shapes, rms_norm_eps 1e-5
+    "llama2_7b": dict(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, mlp_dim=11008,
+                      rope_theta=10_000.0, norm_eps=1e-5, tie_embeddings=False),
+    "llama2_13b": dict(vocab_size=32000, dim=5120, n_layers=40, n_heads=40, n_kv_heads=40, mlp_dim=13824,
+                       rope_theta=10_000.0, norm_eps=1e-5, tie_embeddings=False),
+    # lmsys/vicuna-7b-v1.5 (LLaVA-1.5's LLM): a Llama-2-7B fine-tune, so rms_norm_eps 1e-5
+    # (the LLaMA-1-based v1.1/v1.3 use 1e-6; the shapes and parameter count are the same).
+    "vicuna_7b": dict(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, mlp_dim=11008,
+                      rope_theta=10_000.0, norm_eps=1e-5, tie_embeddings=False),
+    # meta-llama/Meta-Llama-3-8B
+    "llama3_8b": dict(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, mlp_dim=14336,
+                      rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=False),
+    # meta-llama/Llama-3.2-1B, -3B (head_dim 64 and 128 = dim // n_heads; tied embeddings)
+    "llama3.2_1b": dict(vocab_size=128256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, mlp_dim=8192,
+                        rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=True),
+    "llama3.2_3b": dict(vocab_size=128256, dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, mlp_dim=8192,
+                        rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=True),
+}
+
+# openai/clip-vit-large-patch14 (and -336): layer_norm_eps 1e-5 is ViTConfig's fixed norm_eps.
+CLIP_L14 = dict(
+    image_size=224,
+    patch_size=14,
+    width=1024,
+    depth=24,
+    heads=16,
+    mlp_dim=4096,
+    act="quick_gelu",
+    taps=(12, 23),  # HF hidden_states numbering: a middle block and the penultimate block
+    post_ln=True,
+    drop_cls=True,
+    adapter_dim=12,
+    adapter_scale=0.1,
+    normalization="clip",
+    resample="bicubic",
+)
+CLIP_L14_336 = dict(CLIP_L14, image_size=336)
+
+# Parameter-path regexes (see semrel_jax.training.partition) of the release's PEFT recipe.
+PEFT_TRAINABLE = (
+    r"^memory_(key|value)_embedding$",  # P_k, P_v
+    r"^vision/projectors/",  # the SRProjs
+    r"^modality_embedding$",
+    r"^vision/encoders/[^/]+/layers/\d+/adapter/",  # CLIP bottleneck adapters
+)
+PROJECTOR_ONLY = (r"^vision/projectors/",)
+
+RELEASE_PRESETS = ("lsrm_7b", "lsrm_13b", "memvp_7b", "llava_7b")
+ABLATION_PRESETS = ("ablation_memvp", "ablation_multilevel", "ablation_srproj", "ablation_lsrm", "ablation_llava")
+MODEL_PRESETS: tuple[str, ...] = RELEASE_PRESETS + ABLATION_PRESETS
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+
+def llm_shape(name: str) -> dict:
+    """The ``model.llm`` shape fields of a named LLM (a copy)."""
+    if name not in LLM_SHAPES:
+        raise ValueError(f"Unknown LLM {name!r}; choose one of {tuple(LLM_SHAPES)}.")
+    return dict(LLM_SHAPES[name])
+
+
+def _set(node: ml_collections.ConfigDict, where: str, **values) -> None:
+    """Assigns existing keys only: a key the config schema lacks is a bug in this file."""
+    unknown = sorted(k for k in values if k not in node)
+    if unknown:
+        raise KeyError(f"Preset sets {where}.{unknown} which configs/vqa.py does not define; update semrel_jax/presets.py.")
+    for key, value in values.items():
+        node[key] = value
+
+
+def _single_encoder(c: ml_collections.ConfigDict, name: str, fields: dict) -> None:
+    """Replaces ``model.encoders`` by the single encoder ``name``, built on the schema of the current one."""
+    template = next(iter(c.model.encoders.values())).to_dict()
+    _set(ml_collections.ConfigDict(template), f"model.encoders.{name}", **fields)
+    template.update(fields)
+    c.model.encoders = ml_collections.ConfigDict({name: template})
+
+
+def _release(
+    c: ml_collections.ConfigDict,
+    *,
+    llm: str,
+    vision: dict,
+    injection: str,
+    num_memory_slots: int,
+    projector: dict,
+    ica: dict,
+    modality_embedding: bool,
+    trainable: tuple[str, ...],
+) -> None:
+    _set(c.model, "model", injection=injection, num_memory_slots=num_memory_slots, modality_embedding=modality_embedding)
+    # Big LLMs compute in bfloat16; parameters (and so the trainable ones) stay float32 and the
+    # frozen ones are stored in train.frozen_dtype.
+    _set(c.model.llm, "model.llm", **llm_shape(llm), dtype="bfloat16", param_dtype="float32")
+    _single_encoder(c, "clip", vision)
+    _set(c.model.projector, "model.projector", zero_init_output=False, **projector)
+    _set(c.model.ica, "model.ica", **ica)
+    _set(c.train, "train", trainable=tuple(trainable), frozen=(), frozen_dtype="bfloat16")
+
+
+_RELEASE_ICA = dict(scale=0.1, delta=0.3, lam=0.85, dropout=0.1, start="epoch:15")
+_LSRM_PROJECTOR = dict(hidden=64, learnable_diagonal=True, fusion="sum", memory_scale=0.01)
+
+
+def _lsrm(c, llm: str, num_memory_slots: int) -> None:
+    _release(
+        c,
+        llm=llm,
+        vision=CLIP_L14,
+        injection="ica",
+        num_memory_slots=num_memory_slots,
+        projector=_LSRM_PROJECTOR,
+        ica=_RELEASE_ICA,
+        modality_embedding=True,
+        trainable=PEFT_TRAINABLE,
+    )
+
+
+def _memvp_7b(c) -> None:
+    _release(
+        c,
+        llm="llama_7b",
+        vision=dict(CLIP_L14, taps=(23,)),
+        injection="ica",
+        num_memory_slots=320,
+        projector=dict(_LSRM_PROJECTOR, hidden=128, learnable_diagonal=False),
+        ica=dict(_RELEASE_ICA, delta=0.0, start="never"),  # MemVP has no inheritance mask
+        modality_embedding=True,
+        trainable=PEFT_TRAINABLE,
+    )
+
+
+def _llava_7b(c) -> None:
+    _release(
+        c,
+        llm="vicuna_7b",
+        # LLaVA-1.5: CLIP-L/14-336, hidden_states[-2] (= 23) as is (no post-LN), CLS dropped, no adapters.
+        vision=dict(CLIP_L14_336, taps=(23,), post_ln=False, adapter_dim=0),
+        injection="prefix",
+        num_memory_slots=0,
+        projector=dict(hidden=4096, learnable_diagonal=False, fusion="sum", memory_scale=1.0),
+        ica=dict(_RELEASE_ICA, delta=0.0, start="never"),  # unused with a prefix
+        modality_embedding=False,
+        trainable=PROJECTOR_ONLY,
+    )
+
+
+def _ablation(c, *, levels: str, diagonal: bool, mask: bool, injection: str = "ica") -> None:
+    """Demo-size ablation: only the method knobs change (taps, Λ, mask, injection)."""
+    for name, enc in c.model.encoders.items():
+        depth = enc.depth
+        taps = (depth,) if levels == "last" else (depth // 2, depth)
+        _set(enc, f"model.encoders.{name}", taps=taps)
+    _set(c.model, "model", injection=injection)
+    _set(c.model.projector, "model.projector", learnable_diagonal=diagonal)
+    _set(c.model.ica, "model.ica", delta=0.3 if mask else 0.0, lam=0.85)
+
+
+_APPLY = {
+    "lsrm_7b": lambda c: _lsrm(c, "llama_7b", 320),
+    "lsrm_13b": lambda c: _lsrm(c, "llama_13b", 400),
+    "memvp_7b": _memvp_7b,
+    "llava_7b": _llava_7b,
+    "ablation_memvp": lambda c: _ablation(c, levels="last", diagonal=False, mask=False),
+    "ablation_multilevel": lambda c: _ablation(c, levels="two", diagonal=False, mask=False),
+    "ablation_srproj": lambda c: _ablation(c, levels="two", diagonal=True, mask=False),
+    "ablation_lsrm": lambda c: _ablation(c, levels="two", diagonal=True, mask=True),
+    "ablation_llava": lambda c: _ablation(c, levels="last", diagonal=False, mask=False, injection="prefix"),
+}
+assert tuple(_APPLY) == MODEL_PRESETS
+
+
+def apply(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Applies the model preset ``name`` to ``config`` (in place) and returns it.
+
+    Release presets set the whole model section (the result does not depend on the base model);
+    ablation presets change only the method knobs of the base (meant for configs/vqa.py:demo).
+    """
+    if name not in _APPLY:
+        raise ValueError(f"Unknown model preset {name!r}; choose one of {MODEL_PRESETS}.")
+    _APPLY[name](config)
+    config.preset = name
+    return config
