@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eval_images=500,
         questions_per_image=20,
         object_size=5,
-        max_text_len=24,
+        max_text_len=20,
         prompt_format="qa",
         tokenizer="",  # '' -> train once from the dataset vocabulary, cached in <workdir>/tokenizer
         num_workers=0,  # grain worker processes (0: in the main process)
@@ -85,9 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.train = dict(
         batch_size=64,
-        num_steps=2_000,
+        num_steps=800,
         learning_rate=1e-3,
-        warmup_steps=100,
+        warmup_steps=50,
         weight_decay=0.02,
         b1=0.9,
         b2=0.95,
@@ -97,7 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         frozen_dtype="float32",
         nonfinite="stop",  # 'stop' | 'skip' the update when loss or gradients are NaN/Inf
         log_every=50,
-        checkpoint_every=500,
+        checkpoint_every=200,
         keep_checkpoints=2,
     )
 
