@@ -45,6 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         injection="ica",  # 'ica' (LSRM/MemVP memory in every block) | 'prefix' (LLaVA)
         num_memory_slots=0,  # N_mem; 0 = exactly the number of fused visual tokens
         modality_embedding=True,
+        slot_key_init_std=0.02,  # P_k ~ N(0, 0.02²) as in the release
+        slot_value_init_std=0.0,  # P_v = 0 as in the release
         llm=dict(
             vocab_size=0,  # 0 = size of the tokenizer
             dim=128,

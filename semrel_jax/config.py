@@ -176,4 +176,6 @@ def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
         num_memory_slots=m.num_memory_slots,
         ica=ICAConfig(scale=m.ica.scale, delta=m.ica.delta, lam=m.ica.lam, dropout=m.ica.dropout),
         modality_embedding=m.modality_embedding,
+        slot_key_init_std=m.slot_key_init_std,
+        slot_value_init_std=m.slot_value_init_std,
     )

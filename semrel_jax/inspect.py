@@ -37,10 +37,6 @@ def abstract_llm(config: LlamaConfig, seed: int = 0) -> Llama:
     return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(params=seed)))
 
 
-def count(state) -> int:
-    return sum(int(x.size) for x in jax.tree.leaves(state))
-
-
 def split_params(model: nnx.Module, trainable=(".*",), frozen=()):
     """``(trainable_params, frozen_params)`` States, split exactly as training splits them."""
     _, train_state, frozen_state, _ = nnx.split(model, partition.trainable_filter(trainable, frozen), nnx.Param, ...)
@@ -50,8 +46,8 @@ def split_params(model: nnx.Module, trainable=(".*",), frozen=()):
 def param_counts(model: nnx.Module, trainable=(".*",), frozen=()) -> tuple[int, int]:
     """``(total, trainable)`` parameter counts."""
     train_state, frozen_state = split_params(model, trainable, frozen)
-    n_train = count(train_state)
-    return n_train + count(frozen_state), n_train
+    n_train = partition.count_params(train_state)
+    return n_train + partition.count_params(frozen_state), n_train
 
 
 def _as_dtype(tree, dtype):
@@ -92,7 +88,7 @@ def report(c: ml_collections.ConfigDict, vocab_size: int, max_lines: int | None 
     train_state, frozen_state = split_params(model, c.train.trainable, c.train.frozen)
     train_tree = nnx.to_pure_dict(train_state)
     frozen_tree = _as_dtype(nnx.to_pure_dict(frozen_state), c.train.frozen_dtype)
-    n_train, n_frozen = count(train_tree), count(frozen_tree)
+    n_train, n_frozen = partition.count_params(train_tree), partition.count_params(frozen_tree)
     groups: dict[str, list[int]] = {}  # module -> [params, trainable]
     for tree, trains in ((train_tree, True), (frozen_tree, False)):
         for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:

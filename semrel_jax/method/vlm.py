@@ -36,6 +36,8 @@ class VLMConfig:
     num_memory_slots: int = 0  # N_mem (ica only); 0: exactly the number of fused visual tokens
     ica: ica.ICAConfig = ica.ICAConfig()
     modality_embedding: bool = True
+    slot_key_init_std: float = 0.02  # P_k ~ N(0, std²) (release)
+    slot_value_init_std: float = 0.0  # P_v = 0 (release); > 0 gives values slot identity from step 0
 
     @property
     def memory_slots(self) -> int:
@@ -66,8 +68,10 @@ class VisionLanguageModel(nnx.Module):
         self.llm = Llama(config.llm, rngs=rngs)
         if config.injection == "ica":
             n = config.memory_slots
-            self.memory_key_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (n, d), pd))
-            self.memory_value_embedding = nnx.Param(jnp.zeros((n, d), pd))
+            self.memory_key_embedding = nnx.Param(config.slot_key_init_std * jax.random.normal(rngs.params(), (n, d), pd))
+            self.memory_value_embedding = nnx.Param(
+                config.slot_value_init_std * jax.random.normal(rngs.params(), (n, d), pd)
+            )
         if config.modality_embedding:
             self.modality_embedding = nnx.Param(jnp.zeros((2, d), pd))
 
