@@ -49,11 +49,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         slot_value_init_std=0.0,  # P_v = 0 as in the release
         llm=dict(
             vocab_size=0,  # 0 = size of the tokenizer
-            dim=128,
-            n_layers=4,
+            dim=64,
+            n_layers=2,
             n_heads=4,
             n_kv_heads=2,
-            mlp_dim=384,
+            mlp_dim=192,
             rope_theta=10_000.0,
             norm_eps=1e-6,
             tie_embeddings=False,
@@ -64,18 +64,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             vit=dict(
                 image_size=75,
                 patch_size=15,
-                width=128,
-                depth=4,
+                width=64,
+                depth=2,
                 heads=4,
-                mlp_dim=384,
+                mlp_dim=192,
                 act="gelu",
                 posemb="learned",
-                taps=(2, 4),  # HF hidden_states indices: an intermediate and the final block
+                taps=(1, 2),  # HF hidden_states indices: an intermediate and the final block
                 post_ln=True,
                 drop_cls=True,
                 adapter_dim=0,
                 adapter_scale=0.1,
-                normalization="clip",
+                normalization="unit",  # x/255: see data/preprocess.py (CLIP stats drown position on black)
                 resample="bicubic",
             ),
         ),
@@ -86,10 +86,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     c.train = dict(
-        batch_size=64,
-        num_steps=800,
-        learning_rate=1e-3,
-        warmup_steps=50,
+        batch_size=32,
+        num_steps=4_500,
+        learning_rate=2e-3,
+        warmup_steps=100,
         weight_decay=0.02,
         b1=0.9,
         b2=0.95,
@@ -98,8 +98,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         frozen=(),  # regexes removed from the trainable set
         frozen_dtype="float32",
         nonfinite="stop",  # 'stop' | 'skip' the update when loss or gradients are NaN/Inf
-        log_every=50,
-        checkpoint_every=200,
+        log_every=100,
+        checkpoint_every=1_000,
         keep_checkpoints=2,
     )
 

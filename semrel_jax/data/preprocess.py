@@ -15,6 +15,10 @@ NORMALIZATION = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    # x/255 only, for towers trained from scratch on mostly-black synthetic images: black stays exactly 0,
+    # so the bias-free patch embedding of an empty patch is 0 and its token is its position embedding.
+    # (With CLIP statistics every empty patch embeds to one shared vector ~50x the position signal.)
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 

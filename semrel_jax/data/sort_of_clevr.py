@@ -428,8 +428,10 @@ class SortOfClevr:
         return self._generate(self._check_image_index(image_index))[0]
 
     def questions(self, image_index: int) -> list[Question]:
-        """All questions of image `image_index` (non-relational first)."""
-        return list(self._cached(self._check_image_index(image_index))[1])
+        """All questions of image `image_index` (non-relational first); never renders the image."""
+        i = self._check_image_index(image_index)
+        hit = self._cache.get(i)
+        return list(hit[1] if hit is not None else self._generate(i)[1])
 
     def _cached(self, image_index: int) -> tuple[np.ndarray, list[Question]]:
         hit = self._cache.get(image_index)

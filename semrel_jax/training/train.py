@@ -198,10 +198,11 @@ def evaluate(c, graphdef, states, featurizer, tokenizer, train_source, eval_sour
         ids = generate.greedy_generate(graphdef, states, inputs, c.eval.max_new_tokens)
         for index, keep, text in zip(batch["index"], batch["example_valid"], generate.decode_texts(tokenizer, ids)):
             if keep:
-                ex = eval_source[int(index)]
+                image_index, q = divmod(int(index), eval_source.questions_per_image)
+                question = eval_source.questions(image_index)[q]
                 predictions.append(
-                    {"index": int(index), "question": ex["question"], "answer": ex["answer"],
-                     "family": ex["family"], "kind": ex["kind"], "prediction": text}
+                    {"index": int(index), "question": question.text, "answer": question.answer,
+                     "family": question.family, "kind": question.kind, "prediction": text}
                 )
     train_answers = (
         {"kind": q.kind, "answer": q.answer} for i in range(train_source.num_images) for q in train_source.questions(i)
