@@ -150,29 +150,32 @@ def test_release_presets_differ_in_the_intended_knobs():
 
 def test_ablation_presets_differ_in_exactly_one_knob_each():
     m = {n: flat(preset_config(n).model) for n in presets.ABLATION_PRESETS}
-    demo = flat(vqa.get_config("demo").model)
+    demo_config = vqa.get_config("demo").model
+    demo = flat(demo_config)
+    depth, width = demo_config.encoders.vit.depth, demo_config.encoders.vit.width
+    d, hidden = demo_config.llm.dim, demo_config.projector.hidden
 
     def diff(a, b):
         return {k: b[k] for k in a if a[k] != b[k]}
 
     assert diff(demo, m["ablation_memvp"]) == {
-        "encoders.vit.taps": (4,),
+        "encoders.vit.taps": (depth,),
         "projector.learnable_diagonal": False,
         "ica.delta": 0.0,
     }
-    assert diff(m["ablation_memvp"], m["ablation_multilevel"]) == {"encoders.vit.taps": (2, 4)}
+    assert diff(m["ablation_memvp"], m["ablation_multilevel"]) == {"encoders.vit.taps": (depth // 2, depth)}
     assert diff(m["ablation_multilevel"], m["ablation_srproj"]) == {"projector.learnable_diagonal": True}
     assert diff(m["ablation_srproj"], m["ablation_lsrm"]) == {"ica.delta": 0.3}
     assert diff(m["ablation_memvp"], m["ablation_llava"]) == {"injection": "prefix"}
     assert m["ablation_lsrm"] == demo  # the demo is full LSRM
     # The ablation ingredients show up in the parameter counts: +1 projector, +Λ per level, nothing for the mask.
     counts = {n: inspect_lib.param_counts(preset_model(n))[0] for n in presets.ABLATION_PRESETS}
-    projector = 128 * 64 + 64 + 64 * 128 + 128
+    projector = width * hidden + hidden + hidden * d + d
     assert counts["ablation_multilevel"] - counts["ablation_memvp"] == projector
-    assert counts["ablation_srproj"] - counts["ablation_multilevel"] == 2 * 64
+    assert counts["ablation_srproj"] - counts["ablation_multilevel"] == 2 * hidden
     assert counts["ablation_lsrm"] == counts["ablation_srproj"]
     # LLaVA drops the memory slot embeddings P_k, P_v (N_mem = the 25 visual tokens at demo size).
-    assert counts["ablation_memvp"] - counts["ablation_llava"] == 2 * 25 * 128
+    assert counts["ablation_memvp"] - counts["ablation_llava"] == 2 * 25 * d
 
 
 def test_unknown_preset_and_stale_schema_fail_loudly():
