@@ -116,3 +116,36 @@ def test_bad_config_fails_before_compiling(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "config.train.batch_size: expected a positive integer" in proc.stderr
+
+
+def test_sigterm_saves_exits_zero_and_resumes(tmp_path):
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "semrel_jax.main", "--config=configs/vqa.py:tiny", f"--workdir={workdir}",
+           "--config.train.num_steps=3000", "--config.train.checkpoint_every=100000", "--config.eval.num_examples=8"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    log = out + err
+    assert "preempted: checkpoint saved at step" in log, log[-2000:]
+    stopped = int(log.split("checkpoint saved at step ")[1].split(";")[0])
+    assert 0 < stopped < 3000
+    assert not (workdir / "results.json").exists()
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=5)
+    assert ckpt.latest_step() == stopped  # checkpoint_every alone would not have saved before step 3000
+    ckpt.close()
+
+    # Resume and finish a few steps later (the train section may change between runs; model/data may not).
+    resumed = subprocess.run(cmd[:-3] + [f"--config.train.num_steps={stopped + 6}", "--config.train.checkpoint_every=100000",
+                                         "--config.eval.num_examples=8"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"start step {stopped}" in resumed.stderr + resumed.stdout
+    assert (workdir / "results.json").exists()

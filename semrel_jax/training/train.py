@@ -24,7 +24,7 @@ from semrel_jax.evaluation import generate, vqa
 from semrel_jax.method.vlm import VisionLanguageModel
 from semrel_jax.training import checkpoint as checkpoint_lib
 from semrel_jax.training import mesh as mesh_lib
-from semrel_jax.training import metric_writers, optimizer as optimizer_lib, partition
+from semrel_jax.training import metric_writers, optimizer as optimizer_lib, partition, preemption
 from semrel_jax.training import train_step as train_step_lib
 
 EVAL_SPLIT = "test"
@@ -134,10 +134,17 @@ def _run(c, workdir, mesh, is_main):
     )
 
     try:
-        state = _train_loop(c, state, frozen, step_fn, batches, batch_sharding, start_step, checkpointer, writer, config_json)
+        with preemption.PreemptionGuard() as guard:
+            state, last_step = _train_loop(
+                c, state, frozen, step_fn, batches, batch_sharding, start_step, checkpointer, writer, config_json, guard
+            )
     finally:
         # Whatever stops the loop (an error, Ctrl-C, a NaN), committed and in-flight saves complete.
         checkpointer.close()
+    if last_step < c.train.num_steps:
+        writer.log(f"preempted: checkpoint saved at step {last_step}; rerun the same command to resume")
+        writer.close()
+        return {"preempted_at_step": float(last_step)}
     train_seconds = time.time() - t0
     writer.log(f"training finished in {train_seconds:.1f}s")
 
@@ -153,7 +160,8 @@ def _run(c, workdir, mesh, is_main):
     return results
 
 
-def _train_loop(c, state, frozen, step_fn, batches, batch_sharding, start_step, checkpointer, writer, config_json):
+def _train_loop(c, state, frozen, step_fn, batches, batch_sharding, start_step, checkpointer, writer, config_json, guard):
+    """Runs steps until ``num_steps`` or a preemption request; returns the state and the last finished step."""
     pending: list[dict] = []
     interval_start, interval_step = time.time(), start_step
     for step in range(start_step, c.train.num_steps):
@@ -171,8 +179,13 @@ def _train_loop(c, state, frozen, step_fn, batches, batch_sharding, start_step, 
             interval_start, interval_step = now, done
             writer.write_scalars(done, summary)
             writer.progress(done, {k: summary[k] for k in ("loss", "examples_per_second")})
-        checkpointer.save(done, state, config_json, force=done == c.train.num_steps)
-    return state
+        stopping = guard.requested and done < c.train.num_steps
+        if stopping and pending:
+            _summarize(jax.device_get(pending), c.train.nonfinite, done, checkpointer)  # never save a NaN state
+        checkpointer.save(done, state, config_json, force=done == c.train.num_steps or stopping)
+        if stopping:
+            return state, done
+    return state, c.train.num_steps
 
 
 def _summarize(metrics: list[dict], policy: str, step: int, checkpointer) -> dict[str, float]:
