@@ -36,7 +36,7 @@ class EncoderSpec:
 
     @property
     def num_tokens(self) -> int:
-        return self.vit.num_patches + (0 if self.drop_cls else 1)
+        return self.vit.num_patches + int(self.vit.class_token and not self.drop_cls)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +109,7 @@ class EncoderEnsemble(nnx.Module):
             for tap, hidden in zip(spec.taps, levels):
                 if spec.post_ln:
                     hidden = vit.post_layernorm(hidden)
-                if spec.drop_cls:
+                if spec.drop_cls and spec.vit.class_token:
                     hidden = hidden[:, 1:]
                 projected = self.projectors[projector_name(spec.name, tap)](hidden)
                 fused = projected if fused is None else fused + projected

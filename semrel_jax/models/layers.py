@@ -27,10 +27,37 @@ class RMSNorm(nnx.Module):
         return (x32.astype(dtype)) * self.weight[...].astype(dtype)
 
 
-def rope_frequencies(head_dim: int, theta: float) -> Array:
-    """Inverse frequencies ``[head_dim // 2]`` of rotary embeddings."""
+def rope_frequencies(
+    head_dim: int,
+    theta: float,
+    scaling: str = "none",
+    factor: float = 1.0,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
+    original_max_position: int = 8192,
+) -> Array:
+    """Inverse frequencies ``[head_dim // 2]`` of rotary embeddings.
+
+    scaling: 'none'; 'linear' (positions divided by ``factor``); 'llama3' (LLaMA-3.1's
+    wavelength-dependent rescaling: long wavelengths divided by ``factor``, short ones kept,
+    a smooth blend in between, so the model extends its context without retraining).
+    """
     exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
-    return 1.0 / (theta**exponents)
+    inv_freq = 1.0 / (theta**exponents)
+    if scaling == "none":
+        return inv_freq
+    if scaling == "linear":
+        return inv_freq / factor
+    if scaling != "llama3":
+        raise ValueError(f"Unknown rope scaling {scaling!r}; expected 'none', 'linear' or 'llama3'.")
+    wavelength = 2 * jnp.pi / inv_freq
+    low_freq_wavelength = original_max_position / low_freq_factor
+    high_freq_wavelength = original_max_position / high_freq_factor
+    scaled = jnp.where(wavelength > low_freq_wavelength, inv_freq / factor, inv_freq)
+    smooth = (original_max_position / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1.0 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelength >= high_freq_wavelength) & (wavelength <= low_freq_wavelength)
+    return jnp.where(medium, blended, scaled)
 
 
 def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
@@ -59,18 +86,23 @@ def dropout(x: Array, rate: float, key: Array | None) -> Array:
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
-def causal_mask(query_slots: Array, key_valid: Array) -> Array:
+def causal_mask(query_slots: Array, key_valid: Array, sliding_window: int | None = None) -> Array:
     """Boolean attention mask ``[B, 1, T, S]``.
 
     Args:
       query_slots: ``[B, T]`` absolute slot index of each query in the key sequence.
       key_valid: ``[B, S]`` True where the key slot holds a real (non-padding) token.
+      sliding_window: if set, a query sees only the last ``sliding_window`` slots (itself included),
+        as in Mistral. Slots, not token positions: with left padding the two differ only for
+        padding keys, which are masked anyway.
 
     A query sees keys at slots ``<=`` its own that are valid. A padding query would see
     nothing; it is allowed to see itself so its (ignored) softmax row stays finite.
     """
     key_slots = jnp.arange(key_valid.shape[1])
     visible = key_slots[None, None, :] <= query_slots[:, :, None]
+    if sliding_window is not None:
+        visible &= key_slots[None, None, :] > query_slots[:, :, None] - sliding_window
     visible &= key_valid[:, None, :] | (key_slots[None, None, :] == query_slots[:, :, None])
     return visible[:, None, :, :]
 

@@ -40,7 +40,15 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
-    attention_bias: bool = False  # Qwen2-style q/k/v bias
+    attention_bias: bool = False  # bias on q/k/v (Qwen2)
+    o_proj_bias: bool = False  # bias on the output projection too (HF Llama's attention_bias=True)
+    qk_norm: bool = False  # RMSNorm over head_dim of q and k before RoPE (Qwen3)
+    sliding_window: int | None = None  # Mistral-style local attention
+    rope_scaling: str = "none"  # 'none' | 'linear' | 'llama3' (see layers.rope_frequencies)
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position: int = 8192
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
 
@@ -106,7 +114,11 @@ class Attention(nnx.Module):
         self.q_proj = _linear(config.dim, config.n_heads * hd, config, rngs, config.attention_bias)
         self.k_proj = _linear(config.dim, config.n_kv_heads * hd, config, rngs, config.attention_bias)
         self.v_proj = _linear(config.dim, config.n_kv_heads * hd, config, rngs, config.attention_bias)
-        self.o_proj = _linear(config.n_heads * hd, config.dim, config, rngs)
+        self.o_proj = _linear(config.n_heads * hd, config.dim, config, rngs, config.o_proj_bias)
+        if config.qk_norm:
+            pd = jnp.dtype(config.param_dtype)
+            self.q_norm = layers.RMSNorm(hd, eps=config.norm_eps, param_dtype=pd)
+            self.k_norm = layers.RMSNorm(hd, eps=config.norm_eps, param_dtype=pd)
 
     def __call__(
         self,
@@ -124,9 +136,21 @@ class Attention(nnx.Module):
         c = self.config
         b, t, _ = x.shape
         hd = c.resolved_head_dim
-        inv_freq = layers.rope_frequencies(hd, c.rope_theta)
-        q = layers.apply_rope(self.q_proj(x).reshape(b, t, c.n_heads, hd), positions, inv_freq)
-        k = layers.apply_rope(self.k_proj(x).reshape(b, t, c.n_kv_heads, hd), positions, inv_freq)
+        inv_freq = layers.rope_frequencies(
+            hd,
+            c.rope_theta,
+            c.rope_scaling,
+            c.rope_scaling_factor,
+            c.rope_low_freq_factor,
+            c.rope_high_freq_factor,
+            c.rope_original_max_position,
+        )
+        q = self.q_proj(x).reshape(b, t, c.n_heads, hd)
+        k = self.k_proj(x).reshape(b, t, c.n_kv_heads, hd)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = layers.apply_rope(q, positions, inv_freq)
+        k = layers.apply_rope(k, positions, inv_freq)
         v = self.v_proj(x).reshape(b, t, c.n_kv_heads, hd)
         if kv is not None:
             cached_k, cached_v, index = kv
@@ -213,12 +237,12 @@ class Llama(nnx.Module):
         b, t, _ = x.shape
         if cache is None:
             positions = layers.positions_from_mask(valid)
-            mask = layers.causal_mask(jnp.broadcast_to(jnp.arange(t), (b, t)), valid)
+            mask = layers.causal_mask(jnp.broadcast_to(jnp.arange(t), (b, t)), valid, c.sliding_window)
         else:
             positions = cache.lengths[:, None] + layers.positions_from_mask(valid)
             key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.index))
             query_slots = cache.index + jnp.broadcast_to(jnp.arange(t), (b, t))
-            mask = layers.causal_mask(query_slots, key_valid)
+            mask = layers.causal_mask(query_slots, key_valid, c.sliding_window)
         memory_mask = None if memory is None else jnp.ones((b, t, memory.keys.shape[1]), jnp.float32)
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):

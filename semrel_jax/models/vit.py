@@ -36,6 +36,9 @@ class ViTConfig:
     act: str = "quick_gelu"
     norm_eps: float = 1e-5
     pre_ln: bool = True
+    class_token: bool = True  # CLIP / DINOv2 prepend a CLS token; SigLIP has none
+    patch_bias: bool = False  # SigLIP / DINOv2 patch embeddings have a bias, CLIP's has not
+    layer_scale: bool = False  # DINOv2: per-channel scales on both residual branches
     posemb: str = "learned"  # 'learned' (CLIP, converted towers) | 'sincos2d' (fixed; big_vision's from-scratch default)
     adapter_dim: int = 0  # 0: no adapters
     adapter_scale: float = 0.1
@@ -104,6 +107,10 @@ class EncoderLayer(nnx.Module):
         self.fc1 = _linear(w, config.mlp_dim, config, rngs)
         self.fc2 = _linear(config.mlp_dim, w, config, rngs)
         self.adapter = Adapter(config, rngs=rngs) if config.adapter_dim else None
+        if config.layer_scale:
+            pd = jnp.dtype(config.param_dtype)
+            self.layer_scale1 = nnx.Param(jnp.ones((w,), pd))
+            self.layer_scale2 = nnx.Param(jnp.ones((w,), pd))
 
     def __call__(self, x: Array) -> Array:
         c = self.config
@@ -111,10 +118,15 @@ class EncoderLayer(nnx.Module):
         hd = w // c.heads
         y = self.layer_norm1(x)
         q, k, v = (proj(y).reshape(b, n, c.heads, hd) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        attn = jax.nn.dot_product_attention(q, k, v).reshape(b, n, w)
-        x = x + self.out_proj(attn)
+        attn = self.out_proj(jax.nn.dot_product_attention(q, k, v).reshape(b, n, w))
+        if c.layer_scale:
+            attn = attn * self.layer_scale1[...].astype(attn.dtype)
+        x = x + attn
         y = self.layer_norm2(x)
-        out = x + self.fc2(layers.activation(c.act)(self.fc1(y)))
+        mlp = self.fc2(layers.activation(c.act)(self.fc1(y)))
+        if c.layer_scale:
+            mlp = mlp * self.layer_scale2[...].astype(mlp.dtype)
+        out = x + mlp
         if self.adapter is not None:
             out = out + c.adapter_scale * self.adapter(y)
         return out
@@ -131,7 +143,8 @@ def sincos2d_position_embedding(grid: int, width: int) -> Array:
 
 
 class ViT(nnx.Module):
-    """Returns the requested hidden states, each ``[B, 1 + N_patches, width]`` (CLS first)."""
+    """Returns the requested hidden states, each ``[B, 1 + N_patches, width]`` (CLS first; ``[B, N_patches,
+    width]`` without a class token)."""
 
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -139,12 +152,12 @@ class ViT(nnx.Module):
         patch_dim = config.channels * config.patch_size**2
         # Patch embedding as a linear map over flattened (C, p, p) patches: the same numbers as
         # CLIP's bias-free Conv2d with stride = kernel = patch size, and one big matmul.
-        self.patch_embedding = _linear(patch_dim, config.width, config, rngs, bias=False)
-        self.class_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.width,), pd))
+        self.patch_embedding = _linear(patch_dim, config.width, config, rngs, bias=config.patch_bias)
+        if config.class_token:
+            self.class_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.width,), pd))
         if config.posemb == "learned":
-            self.position_embedding = nnx.Param(
-                0.02 * jax.random.normal(rngs.params(), (config.num_patches + 1, config.width), pd)
-            )
+            n_pos = config.num_patches + int(config.class_token)
+            self.position_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (n_pos, config.width), pd))
         self.pre_layrnorm = _layer_norm(config, rngs) if config.pre_ln else None
         self.layers = nnx.List([EncoderLayer(config, rngs=rngs) for _ in range(config.depth)])
         self.post_layernorm = _layer_norm(config, rngs)
@@ -168,12 +181,15 @@ class ViT(nnx.Module):
         if bad:
             raise ValueError(f"Tap indices {bad} out of range 0..{c.depth} (hidden_states numbering).")
         x = self.patch_embedding(self.patchify(images.astype(jnp.dtype(c.dtype))))
-        cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (x.shape[0], 1, c.width))
         if c.posemb == "learned":
             posemb = self.position_embedding[...]
         else:
             posemb = sincos2d_position_embedding(c.image_size // c.patch_size, c.width)
-        x = jnp.concatenate([cls, x], axis=1) + posemb.astype(x.dtype)
+            posemb = posemb if c.class_token else posemb[1:]
+        if c.class_token:
+            cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (x.shape[0], 1, c.width))
+            x = jnp.concatenate([cls, x], axis=1)
+        x = x + posemb.astype(x.dtype)
         if self.pre_layrnorm is not None:
             x = self.pre_layrnorm(x)
         hidden = {0: x}

@@ -1,0 +1,1 @@
+"""Hugging Face checkpoints in and out (``hf``), per-family mapping tables (``families``), parity checks (``check``)."""

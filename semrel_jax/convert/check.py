@@ -1,0 +1,75 @@
+"""Numerical parity with the transformers PyTorch models, on the same inputs.
+
+Used by ``python -m semrel_jax.convert --hf_dir=DIR --check`` and by the tests. Needs ``torch``
+(not a runtime dependency of training; install the CPU wheel to run checks).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from semrel_jax.convert import hf
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeError(
+            "--check runs the transformers PyTorch model as the reference and needs torch: "
+            "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+        ) from None
+    return torch
+
+
+def check_llm(hf_dir: str, *, dtype: str = "float32", batch: int = 2, seq_len: int = 16, seed: int = 0) -> dict:
+    """Max |logit difference| between our model (params and compute in ``dtype``) and transformers in fp32."""
+    torch = _torch()
+    import transformers
+
+    ours = hf.load_llm(hf_dir, dtype=dtype, param_dtype=dtype)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    tokens = np.random.default_rng(seed).integers(0, ours.config.vocab_size, (batch, seq_len))
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(tokens)).logits.numpy()
+    got, _ = ours(jnp.asarray(tokens), valid=jnp.ones(tokens.shape, bool))
+    got = np.asarray(got, np.float32)
+    return {
+        "max_abs_diff": float(np.max(np.abs(got - expected))),
+        "max_abs_logit": float(np.max(np.abs(expected))),
+        "argmax_agreement": float(np.mean(got.argmax(-1) == expected.argmax(-1))),
+    }
+
+
+def check_vision(hf_dir: str, *, dtype: str = "float32", batch: int = 2, seed: int = 0) -> dict:
+    """Max |difference| over every ``hidden_states[i]`` between our tower and transformers in fp32."""
+    torch = _torch()
+    import transformers
+
+    ours, family = hf.load_vision(hf_dir, dtype=dtype, param_dtype=dtype)
+    c = family.config
+    classes = {
+        "clip": transformers.CLIPVisionModel,
+        "siglip": transformers.SiglipVisionModel,
+        "dinov2": transformers.Dinov2Model,
+    }
+    ref = classes[family.model_type].from_pretrained(hf_dir, dtype=torch.float32).eval()
+    pixels = np.random.default_rng(seed).standard_normal((batch, c.channels, c.image_size, c.image_size))
+    pixels = pixels.astype(np.float32)
+    with torch.no_grad():
+        expected = [h.numpy() for h in ref(torch.from_numpy(pixels), output_hidden_states=True).hidden_states]
+    taps = tuple(range(c.depth + 1))
+    got = ours(jnp.asarray(pixels.transpose(0, 2, 3, 1)), taps)
+    diffs = [float(np.max(np.abs(np.asarray(g, np.float32) - e))) for g, e in zip(got, expected, strict=True)]
+    return {
+        "max_abs_diff": max(diffs),
+        "per_layer_max_abs_diff": diffs,
+        "max_abs_feature": float(max(np.max(np.abs(e)) for e in expected)),
+    }
+
+
+def check(hf_dir: str, *, dtype: str = "float32") -> dict:
+    if hf.is_llm(hf.read_config(hf_dir)):
+        return check_llm(hf_dir, dtype=dtype)
+    return check_vision(hf_dir, dtype=dtype)
