@@ -100,7 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         nonfinite="stop",  # 'stop' | 'skip' the update when loss or gradients are NaN/Inf
         log_every=100,
         checkpoint_every=1_000,
-        keep_checkpoints=2,
+        keep_checkpoints=2,  # the newest N checkpoints ...
+        keep_every=0,  # ... plus every one whose step is a multiple of this (0: none); those are always saved
+        force_restart=False,  # True: move an existing run's checkpoints/logs to <workdir>/replaced-<time>/, start over
     )
 
     c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: all remaining devices

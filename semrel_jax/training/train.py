@@ -1,7 +1,8 @@
 """``train_and_evaluate``: the whole run, from config to ``results.json``.
 
 Same code path on one CPU and on a pod: the step is one ``jax.jit`` with explicit in/out shardings
-over a mesh, buffers donated; data arrive per host and become global arrays; checkpoints auto-resume.
+over a mesh, buffers donated; data arrive per host and become global arrays; checkpoints auto-resume
+(from the newest checkpoint that restores; see ``restore_latest``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import time
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -32,6 +34,10 @@ EVAL_SPLIT = "test"
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+class CheckpointRestoreError(RuntimeError):
+    """Checkpoints exist but none of them restores (the run refuses to silently start from scratch)."""
 
 
 def build_sources(c: ml_collections.ConfigDict):
@@ -60,6 +66,30 @@ def build_model(c: ml_collections.ConfigDict, vocab_size: int) -> VisionLanguage
     return VisionLanguageModel(config_lib.model_config(c, vocab_size), rngs=nnx.Rngs(params=c.seed))
 
 
+def build_split_model(c: ml_collections.ConfigDict, vocab_size: int, abstract: bool = False):
+    """``(graphdef, trainable, frozen)`` exactly as training builds them (frozen ones in ``train.frozen_dtype``).
+
+    Checkpoints hold only the trainable part; anything that rebuilds the full model from a checkpoint
+    (``semrel_jax.export``) goes through here. ``abstract``: ShapeDtypeStructs instead of arrays (no
+    initialisation, no weight files read).
+    """
+    if abstract:
+        model_config = config_lib.model_config(c, vocab_size)
+        model = nnx.eval_shape(lambda: VisionLanguageModel(model_config, rngs=nnx.Rngs(params=c.seed)))
+    else:
+        model = build_model(c, vocab_size)
+    return partition.split_trainable(model, c.train.trainable, c.train.frozen, c.train.frozen_dtype)
+
+
+def validate_checkpoint_keys(c: ml_collections.ConfigDict) -> None:
+    keep_every = c.train.get("keep_every", 0)
+    if not (isinstance(keep_every, int) and not isinstance(keep_every, bool) and keep_every >= 0):
+        raise config_lib.ConfigError(f"config.train.keep_every: expected a non-negative integer, got {keep_every!r}")
+    force = c.train.get("force_restart", False)
+    if not isinstance(force, bool):
+        raise config_lib.ConfigError(f"config.train.force_restart: expected True or False, got {force!r}")
+
+
 def _check_compatible(saved: dict, current: ml_collections.ConfigDict, workdir: str) -> None:
     current_dict = json.loads(current.to_json_best_effort())
     for section in ("model", "data"):
@@ -73,6 +103,7 @@ def _check_compatible(saved: dict, current: ml_collections.ConfigDict, workdir: 
 def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains, checkpoints, evaluates; returns the evaluation metrics (also in ``results.json``)."""
     config_lib.validate(c)
+    validate_checkpoint_keys(c)
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
@@ -81,14 +112,111 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         return _run(c, workdir, mesh, is_main)
 
 
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _newest_readable_config(checkpoint_dir: str) -> dict | None:
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    checkpointer = checkpoint_lib.Checkpointer(checkpoint_dir, read_only=True)
+    try:
+        for step in reversed(checkpointer.all_steps()):
+            try:
+                return checkpointer.saved_config(step)
+            except Exception:  # unreadable: the next older one decides
+                continue
+        return None
+    finally:
+        checkpointer.close()
+
+
+RUN_OUTPUTS = ("checkpoints", "checkpoints.unreadable", "metrics.jsonl", "tensorboard", "config.json",
+               "results.json", "predictions.json")
+
+
+def force_restart(c: ml_collections.ConfigDict, workdir: str, is_main: bool) -> str | None:
+    """``train.force_restart``: moves the previous run's outputs to ``<workdir>/replaced-<time>/`` (never deletes).
+
+    Checkpoints written by this very config (``force_restart=True`` included) are kept and resumed, so
+    that rerunning a preempted forced run continues it instead of starting over each time. Returns the
+    folder the old outputs went to, or None.
+    """
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    if not (os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir)):
+        return None
+    if _newest_readable_config(checkpoint_dir) == json.loads(c.to_json_best_effort()):
+        return None
+    names = list(RUN_OUTPUTS) + ([] if c.data.tokenizer else ["tokenizer"])  # the workdir's cached tokenizer
+    target = os.path.join(workdir, "replaced-" + time.strftime("%Y%m%d-%H%M%S"))
+    if is_main:
+        while os.path.exists(target):
+            target += "+"
+        os.makedirs(target)
+        for name in names:
+            if os.path.exists(os.path.join(workdir, name)):
+                os.rename(os.path.join(workdir, name), os.path.join(target, name))
+    _sync("semrel_jax_force_restart")
+    logging.warning("train.force_restart: moved the previous run's checkpoints and logs to %s", target)
+    return target
+
+
+def restore_latest(checkpointer: checkpoint_lib.Checkpointer, state, c, workdir: str, is_main: bool = True):
+    """Restores the newest checkpoint that can be read; returns ``(state, step, skipped)``.
+
+    ``skipped`` lists ``(step, error)`` for newer checkpoints that could not be read (truncated or
+    missing files); they are moved to ``checkpoints.unreadable/`` so their steps can be saved again.
+    With no checkpoints, returns the given state at step 0. Checkpoints from another model/data config
+    raise ValueError; checkpoints none of which restores raise CheckpointRestoreError.
+    """
+    skipped = []
+    for step in reversed(checkpointer.all_steps()):
+        try:
+            saved = checkpointer.saved_config(step)
+        except Exception as e:  # noqa: BLE001 - any read failure means: try the next older step
+            skipped.append((step, e))
+            logging.warning("Checkpoint step %d: its config cannot be read (%s: %s); trying an older one.",
+                            step, type(e).__name__, _short(e))
+            continue
+        _check_compatible(saved, c, workdir)
+        try:
+            restored = checkpointer.restore(step, state)
+        except Exception as e:  # noqa: BLE001
+            skipped.append((step, e))
+            logging.warning("Checkpoint step %d cannot be restored (%s: %s); trying an older one.",
+                            step, type(e).__name__, _short(e))
+            continue
+        if skipped:
+            if is_main:
+                checkpointer.set_aside([s for s, _ in skipped])
+            _sync("semrel_jax_set_aside")
+            checkpointer.reload()
+        return restored, step, skipped
+    if skipped:
+        details = "; ".join(f"step {s}: {type(e).__name__}: {_short(e)}" for s, e in skipped)
+        raise CheckpointRestoreError(
+            f"None of the checkpoints in {checkpointer.directory!r} can be restored ({details}). Refusing to "
+            "start from scratch over them: fix or move them, use a new --workdir, or set "
+            "train.force_restart=True (moves them aside)."
+        )
+    return state, 0, []
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _run(c, workdir, mesh, is_main):
     t0 = time.time()
+    replaced = force_restart(c, workdir, is_main) if c.train.get("force_restart", False) else None
     train_source, eval_source = build_sources(c)
     tokenizer = build_tokenizer(c, workdir)
     featurizer = build_featurizer(c, tokenizer)
-    model = build_model(c, len(tokenizer))
-    graphdef, params, frozen = partition.split_trainable(model, c.train.trainable, c.train.frozen, c.train.frozen_dtype)
-    del model
+    graphdef, params, frozen = build_split_model(c, len(tokenizer))
     optimizer = optimizer_lib.make_optimizer(c.train)
     schedule = optimizer_lib.learning_rate_schedule(c.train.learning_rate, c.train.warmup_steps, c.train.num_steps)
     replicated, batch_sharding = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
@@ -97,12 +225,12 @@ def _run(c, workdir, mesh, is_main):
 
     config_json = c.to_json_best_effort(indent=2)
     checkpointer = checkpoint_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), save_every=c.train.checkpoint_every, keep=c.train.keep_checkpoints
+        os.path.join(workdir, "checkpoints"),
+        save_every=c.train.checkpoint_every,
+        keep=c.train.keep_checkpoints,
+        keep_every=c.train.get("keep_every", 0),
     )
-    start_step = checkpointer.latest_step() or 0
-    if start_step:
-        _check_compatible(checkpointer.saved_config(start_step), c, workdir)
-        state = checkpointer.restore(start_step, state)
+    state, start_step, skipped = restore_latest(checkpointer, state, c, workdir, is_main)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_json)
@@ -132,6 +260,14 @@ def _run(c, workdir, mesh, is_main):
         f"({partition.count_params(params):,} trainable), mesh {dict(mesh.shape)}, "
         f"{len(train_source):,} train examples, start step {start_step}"
     )
+    if replaced:
+        writer.log(f"WARNING: train.force_restart: the previous run's checkpoints and logs are in {replaced}")
+    for step, error in skipped:
+        writer.log(
+            f"WARNING: checkpoint step {step} could not be restored ({type(error).__name__}: {_short(error)}); "
+            f"moved to {checkpointer.directory}.unreadable/ and resumed from step {start_step}"
+        )
+        writer.write_scalars(start_step, {"unreadable_step": step}, prefix="checkpoint_fallback")
 
     try:
         with preemption.PreemptionGuard() as guard:
@@ -170,7 +306,7 @@ def _train_loop(c, state, frozen, step_fn, batches, batch_sharding, start_step, 
         state, metrics = step_fn(state, frozen, batch)
         pending.append(metrics)
         done = step + 1
-        if done % c.train.log_every == 0 or done == c.train.num_steps or done % c.train.checkpoint_every == 0:
+        if done % c.train.log_every == 0 or done == c.train.num_steps or checkpointer.due(done):
             # Also at checkpoint steps: the non-finite check runs before anything is saved.
             summary = _summarize(jax.device_get(pending), c.train.nonfinite, done, checkpointer)
             pending = []
@@ -189,13 +325,16 @@ def _train_loop(c, state, frozen, step_fn, batches, batch_sharding, start_step, 
 
 
 def _summarize(metrics: list[dict], policy: str, step: int, checkpointer) -> dict[str, float]:
+    """``metrics`` are those of steps ``step - len(metrics) + 1 .. step`` (1-based: step n ends with n done)."""
     bad = sum(int(m["nonfinite"]) for m in metrics)
     if bad and policy == "stop":
+        first = step - len(metrics) + 1
+        bad_steps = [first + i for i, m in enumerate(metrics) if int(m["nonfinite"])]
         last_good = checkpointer.latest_step()
         raise NonFiniteLossError(
-            f"Non-finite loss or gradients in {bad} of the {len(metrics)} steps up to step {step} "
-            f"(those updates were not applied). Last checkpoint: step {last_good}. "
-            "Lower train.learning_rate or set train.nonfinite='skip'."
+            f"Non-finite loss or gradients at step {', '.join(map(str, bad_steps))} (update not applied, "
+            f"nothing saved after it). Last checkpoint: step {last_good}; rerunning resumes from there. "
+            "Lower train.learning_rate, or set train.nonfinite='skip' to skip such steps."
         )
     summary = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k != "nonfinite"}
     summary["nonfinite_steps"] = float(bad)
