@@ -6,6 +6,7 @@ typo or an impossible value fails in a second with the offending key named.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -60,8 +61,35 @@ def parse_start(spec: str, steps_per_epoch: float) -> int:
     return n if match.group(1) == "step" else int(round(n * steps_per_epoch))
 
 
+def resolve_pretrained(c: ml_collections.ConfigDict) -> None:
+    """Fills the shape keys of every part that names an ``hf_dir`` from that directory's config.json.
+
+    The config then says what really runs: the run's saved config, ``inspect`` and the image
+    preprocessing (``image_size``) all see the checkpoint's architecture.
+    """
+    from semrel_jax.convert import families, hf
+
+    m = c.model
+    if m.llm.get("hf_dir"):
+        llm = _pretrained_llm(m)
+        keys = ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim", "rope_theta", "norm_eps", "tie_embeddings")
+        keys += ("rope_scaling", "rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor")
+        for key in keys + ("rope_original_max_position",):
+            m.llm[key] = getattr(llm, key)
+        m.llm.vocab_size = llm.vocab_size
+    for name, e in m.encoders.items():
+        if e.get("hf_dir"):
+            try:
+                vit = families.vision_config_from_hf(hf.read_config(e.hf_dir)).config
+            except ValueError as err:
+                raise ConfigError(f"config.model.encoders.{name}.hf_dir={e.hf_dir!r}: {err}") from None
+            for key in ("image_size", "patch_size", "width", "depth", "heads", "mlp_dim", "act"):
+                e[key] = getattr(vit, key)
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError on the first invalid value."""
+    """Raises ConfigError on the first invalid value (after filling shapes from any ``hf_dir``)."""
+    resolve_pretrained(c)
     _one_of(c, "data.name", ("sort_of_clevr",))
     for key in ("data.train_images", "data.eval_images", "data.questions_per_image", "data.max_text_len"):
         _positive_int(c, key)
@@ -71,6 +99,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):
         _positive_int(c, f"model.llm.{key}")
     _positive_int(c, "model.llm.vocab_size", allow_zero=True)
+    _one_of(c, "model.llm.rope_scaling", ("none", "linear", "llama3"))
     for key in ("dtype", "param_dtype"):
         _one_of(c, f"model.llm.{key}", DTYPES)
     _check(len(c.model.encoders) > 0, "model.encoders", "at least one vision encoder is needed")
@@ -124,9 +153,34 @@ def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
         raise ConfigError(f"config.model: {e}") from None
 
 
+def _pretrained_llm(m: ml_collections.ConfigDict) -> LlamaConfig:
+    from semrel_jax.convert import families, hf
+
+    try:
+        return families.llm_config_from_hf(
+            hf.read_config(m.llm.hf_dir), dtype=m.llm.dtype, param_dtype=m.llm.param_dtype
+        )
+    except ValueError as e:
+        raise ConfigError(f"config.model.llm.hf_dir={m.llm.hf_dir!r}: {e}") from None
+
+
+def _pretrained_vit(name: str, e: ml_collections.ConfigDict, m: ml_collections.ConfigDict) -> ViTConfig:
+    from semrel_jax.convert import families, hf
+
+    try:
+        family = families.vision_config_from_hf(hf.read_config(e.hf_dir), dtype=m.llm.dtype, param_dtype=m.llm.param_dtype)
+    except ValueError as err:
+        raise ConfigError(f"config.model.encoders.{name}.hf_dir={e.hf_dir!r}: {err}") from None
+    bad = [t for t in e.taps if t > family.config.depth]
+    if bad:
+        raise ConfigError(f"config.model.encoders.{name}.taps: {bad} beyond the {family.config.depth} blocks of {e.hf_dir}")
+    # The architecture is the checkpoint's; the adapters are ours.
+    return dataclasses.replace(family.config, adapter_dim=e.adapter_dim, adapter_scale=e.adapter_scale)
+
+
 def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
     m = c.model
-    llm = LlamaConfig(
+    llm = _pretrained_llm(m) if m.llm.get("hf_dir") else LlamaConfig(
         vocab_size=m.llm.vocab_size or vocab_size,
         dim=m.llm.dim,
         n_layers=m.llm.n_layers,
@@ -134,6 +188,11 @@ def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
         n_kv_heads=m.llm.n_kv_heads,
         mlp_dim=m.llm.mlp_dim,
         rope_theta=m.llm.rope_theta,
+        rope_scaling=m.llm.rope_scaling,
+        rope_scaling_factor=m.llm.rope_scaling_factor,
+        rope_low_freq_factor=m.llm.rope_low_freq_factor,
+        rope_high_freq_factor=m.llm.rope_high_freq_factor,
+        rope_original_max_position=m.llm.rope_original_max_position,
         norm_eps=m.llm.norm_eps,
         tie_embeddings=m.llm.tie_embeddings,
         dtype=m.llm.dtype,
@@ -157,6 +216,8 @@ def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
             dtype=m.llm.dtype,
             param_dtype=m.llm.param_dtype,
         )
+        if e.get("hf_dir"):
+            vit = _pretrained_vit(name, e, m)
         encoders.append(EncoderSpec(name=name, vit=vit, taps=tuple(e.taps), post_ln=e.post_ln, drop_cls=e.drop_cls))
     vision = EnsembleConfig(
         encoders=tuple(encoders),

@@ -30,9 +30,10 @@ train on Sort-of-CLEVR on a CPU; each adds one ingredient of LSRM to the previou
   ablation_lsrm        + the inheritance mask (delta=0.3, lam=0.85)                     = LSRM
   ablation_llava       ablation_memvp with the visual tokens as an LLM prefix instead of memory = LLaVA
 
-LLM shapes (``LLM_SHAPES``) are the published Hugging Face ``config.json`` values. Llama 3.x checkpoints
-also carry a ``rope_scaling`` block (llama3 type) that the model has no field for yet; at the context
-lengths used here (<= 8k, below original_max_position_embeddings) it changes only the low RoPE frequencies.
+LLM shapes (``LLM_SHAPES``) are the published Hugging Face ``config.json`` values, Llama 3.2's llama3-type
+RoPE scaling included. ``lsrm_<llm>`` (e.g. ``lsrm_llama3.2_1b``, ``lsrm_vicuna_7b``) is the lsrm_7b recipe
+(N_mem 320) on any of them. With ``model.llm.hf_dir`` / ``model.encoders.clip.hf_dir`` set, the shapes
+and weights come from those directories instead (``semrel_jax.convert``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ from __future__ import annotations
 import ml_collections
 
 # --------------------------------------------------------------------------------------------- shapes
+
+# Llama 3.2's config.json rope_scaling block (rope_type llama3)
+_LLAMA32_ROPE = dict(rope_scaling="llama3", rope_scaling_factor=32.0, rope_low_freq_factor=1.0,
+                     rope_high_freq_factor=4.0, rope_original_max_position=8192)
 
 LLM_SHAPES: dict[str, dict] = {
     # LLaMA-1 (huggyllama/llama-7b, -13b)
@@ -61,9 +66,9 @@ LLM_SHAPES: dict[str, dict] = {
                       rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=False),
     # meta-llama/Llama-3.2-1B, -3B (head_dim 64 and 128 = dim // n_heads; tied embeddings)
     "llama3.2_1b": dict(vocab_size=128256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, mlp_dim=8192,
-                        rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=True),
+                        rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=True, **_LLAMA32_ROPE),
     "llama3.2_3b": dict(vocab_size=128256, dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, mlp_dim=8192,
-                        rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=True),
+                        rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=True, **_LLAMA32_ROPE),
 }
 
 # openai/clip-vit-large-patch14 (and -336): layer_norm_eps 1e-5 is ViTConfig's fixed norm_eps.
@@ -96,7 +101,8 @@ PROJECTOR_ONLY = (r"^vision/projectors/",)
 
 RELEASE_PRESETS = ("lsrm_7b", "lsrm_13b", "memvp_7b", "llava_7b")
 ABLATION_PRESETS = ("ablation_memvp", "ablation_multilevel", "ablation_srproj", "ablation_lsrm", "ablation_llava")
-MODEL_PRESETS: tuple[str, ...] = RELEASE_PRESETS + ABLATION_PRESETS
+LSRM_ON_LLM_PRESETS = tuple(f"lsrm_{name}" for name in LLM_SHAPES)
+MODEL_PRESETS: tuple[str, ...] = RELEASE_PRESETS + ABLATION_PRESETS + LSRM_ON_LLM_PRESETS
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -217,6 +223,7 @@ _APPLY = {
     "ablation_lsrm": lambda c: _ablation(c, levels="two", diagonal=True, mask=True),
     "ablation_llava": lambda c: _ablation(c, levels="last", diagonal=False, mask=False, injection="prefix"),
 }
+_APPLY |= {f"lsrm_{name}": (lambda c, name=name: _lsrm(c, name, 320)) for name in LLM_SHAPES}
 assert tuple(_APPLY) == MODEL_PRESETS
 
 

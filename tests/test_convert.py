@@ -17,93 +17,26 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import hf_fixtures  # noqa: E402
+from hf_fixtures import LLM_COMMON, LLMS, VISION, VISION_COMMON  # noqa: E402
+
 from semrel_jax.convert import check, hf  # noqa: E402
 from semrel_jax.convert.safetensors_io import CheckpointError, SafetensorsCheckpoint, save_file  # noqa: E402
-
-_LLM_COMMON = dict(
-    vocab_size=96,
-    hidden_size=64,
-    intermediate_size=112,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-)
-
-LLMS = {
-    "llama2": (transformers.LlamaConfig, dict(rms_norm_eps=1e-5)),
-    "llama1_mha": (transformers.LlamaConfig, dict(num_key_value_heads=4, rms_norm_eps=1e-6)),
-    "llama3_rope_scaling": (
-        transformers.LlamaConfig,
-        dict(
-            rope_theta=500_000.0,
-            rope_scaling=dict(
-                rope_type="llama3",
-                factor=8.0,
-                low_freq_factor=1.0,
-                high_freq_factor=4.0,
-                original_max_position_embeddings=32,
-            ),
-        ),
-    ),
-    "llama32_tied": (transformers.LlamaConfig, dict(tie_word_embeddings=True)),
-    "qwen2_qkv_bias": (transformers.Qwen2Config, dict()),
-    "qwen3_qk_norm": (transformers.Qwen3Config, dict(head_dim=24, tie_word_embeddings=True)),
-    "mistral_sliding_window": (transformers.MistralConfig, dict(sliding_window=5)),
-}
-
-VISION = {
-    "clip": (transformers.CLIPVisionConfig, transformers.CLIPVisionModel, dict()),
-    "siglip": (transformers.SiglipVisionConfig, transformers.SiglipVisionModel, dict()),
-    "dinov2": (transformers.Dinov2Config, transformers.Dinov2Model, dict(layerscale_value=0.5)),
-}
-_VISION_COMMON = dict(
-    image_size=32, patch_size=8, hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4
-)
-
-
-def _save_llm(directory, name, max_shard_size=None):
-    config_cls, extra = LLMS[name]
-    torch.manual_seed(0)
-    model_cls = transformers.AutoModelForCausalLM
-    model = model_cls.from_config(config_cls(**(_LLM_COMMON | extra)))
-    # Perturb norms and biases so their mapping matters (HF initialises them to ones and zeros).
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:  # norms and biases: away from their trivial init
-                p.add_(0.02 * torch.randn_like(p))
-    kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
-    model.save_pretrained(directory, **kwargs)
-    return directory
-
 
 @pytest.fixture(scope="module")
 def llm_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf_llms")
     return {
-        name: _save_llm(str(root / name), name, max_shard_size="100KB" if name == "llama2" else None) for name in LLMS
+        name: hf_fixtures.save_llm(str(root / name), name, max_shard_size="100KB" if name == "llama2" else None)
+        for name in LLMS
     }
 
 
 @pytest.fixture(scope="module")
 def vision_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf_vision")
-    dirs = {}
-    for name, (config_cls, model_cls, extra) in VISION.items():
-        torch.manual_seed(0)
-        model = model_cls(config_cls(**(_VISION_COMMON | extra)))
-        dirs[name] = str(root / name)
-        model.save_pretrained(dirs[name])
-    # a full two-tower CLIP checkpoint (what openai/clip-vit-large-patch14 is): the vision part loads
-    torch.manual_seed(0)
-    clip = transformers.CLIPModel(
-        transformers.CLIPConfig(
-            vision_config=_VISION_COMMON,
-            text_config=dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
-        )
-    )
-    dirs["clip_two_tower"] = str(root / "clip_two_tower")
-    clip.save_pretrained(dirs["clip_two_tower"])
+    dirs = {name: hf_fixtures.save_vision(str(root / name), name) for name in VISION}
+    dirs["clip_two_tower"] = hf_fixtures.save_clip_two_tower(str(root / "clip_two_tower"))
     return dirs
 
 
@@ -169,7 +102,7 @@ def test_export_loads_in_transformers_with_same_logits(llm_dirs, tmp_path, name)
 @pytest.mark.parametrize("name", ["clip", "siglip", "dinov2", "clip_two_tower"])
 def test_vision_hidden_states_match_transformers(vision_dirs, name):
     report = check.check_vision(vision_dirs[name])
-    assert len(report["per_layer_max_abs_diff"]) == _VISION_COMMON["num_hidden_layers"] + 1
+    assert len(report["per_layer_max_abs_diff"]) == VISION_COMMON["num_hidden_layers"] + 1
     assert report["max_abs_feature"] > 0.1
     assert report["max_abs_diff"] <= 1e-4, report
 
@@ -245,7 +178,7 @@ def test_truncated_file_is_reported(llm_dirs, tmp_path):
 def test_pickle_checkpoints_are_refused_not_unpickled(tmp_path):
     d = tmp_path / "meta"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps(dict(model_type="llama") | _LLM_COMMON))
+    (d / "config.json").write_text(json.dumps(dict(model_type="llama") | LLM_COMMON))
     # a pickle that would run code if it were ever unpickled
     (d / "consolidated.00.pth").write_bytes(b"\x80\x04cos\nsystem\n(S'touch /tmp/pwned'\ntR.")
     with pytest.raises(CheckpointError, match="never unpickled.*safetensors"):

@@ -1,0 +1,92 @@
+"""Pretrained weights through the config: model.llm.hf_dir and model.encoders.<name>.hf_dir."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import hf_fixtures  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import vqa  # noqa: E402 (configs/ is on sys.path, see conftest)
+
+from semrel_jax import config as config_lib  # noqa: E402
+from semrel_jax.convert import hf  # noqa: E402
+from semrel_jax.training import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pretrained_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrained")
+    llm = hf_fixtures.save_llm(str(root / "llm"), "llama32_tied")
+    clip = hf_fixtures.save_clip_two_tower(str(root / "clip"))
+    converted = hf.convert_to_orbax(llm, str(root / "llm_converted"))
+    return {"llm": llm, "clip": clip, "llm_converted": converted}
+
+
+def _config(dirs, llm_key="llm"):
+    c = vqa.get_config("tiny")
+    c.model.llm.hf_dir = dirs[llm_key]
+    c.model.encoders.vit.hf_dir = dirs["clip"]
+    c.model.encoders.vit.taps = (1, 3)
+    c.model.encoders.vit.normalization = "clip"
+    c.model.projector.hidden = 16
+    return c
+
+
+def test_config_takes_the_checkpoint_architecture(pretrained_dirs):
+    c = _config(pretrained_dirs)
+    config_lib.validate(c)
+    assert (c.model.llm.dim, c.model.llm.n_layers, c.model.llm.vocab_size, c.model.llm.tie_embeddings) == (64, 2, 96, True)
+    e = c.model.encoders.vit
+    assert (e.image_size, e.patch_size, e.width, e.depth) == (32, 8, 48, 3)
+    mc = config_lib.model_config(c, vocab_size=50)
+    assert mc.llm.dim == 64 and mc.vision.encoders[0].vit.pre_ln and mc.vision.encoders[0].vit.adapter_dim == 4
+
+
+def test_taps_beyond_the_checkpoint_depth_are_named(pretrained_dirs):
+    c = _config(pretrained_dirs)
+    c.model.encoders.vit.taps = (1, 7)
+    with pytest.raises(config_lib.ConfigError, match=r"model.encoders.vit.taps"):
+        config_lib.validate(c)
+
+
+@pytest.mark.parametrize("llm_key", ["llm", "llm_converted"])
+def test_built_model_holds_the_pretrained_weights(pretrained_dirs, llm_key):
+    c = _config(pretrained_dirs, llm_key)
+    config_lib.validate(c)
+    model = train.build_model(c, vocab_size=50)
+    # LLM: same logits as transformers
+    ref = transformers.AutoModelForCausalLM.from_pretrained(pretrained_dirs["llm"], dtype=torch.float32).eval()
+    tokens = np.random.default_rng(0).integers(0, 96, (2, 10))
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(tokens)).logits.numpy()
+    got, _ = model.llm(jnp.asarray(tokens), valid=jnp.ones(tokens.shape, bool))
+    np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4)
+    # vision tower: same hidden states as transformers' CLIP vision part; the adapters are still ours (zero up-proj)
+    clip = transformers.CLIPVisionModel.from_pretrained(pretrained_dirs["clip"], dtype=torch.float32).eval()
+    pixels = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        hidden = clip(torch.from_numpy(pixels), output_hidden_states=True).hidden_states
+    vit = model.vision.encoders["vit"]
+    ours = vit(jnp.asarray(pixels.transpose(0, 2, 3, 1)), (1, 3))
+    np.testing.assert_allclose(np.asarray(ours[0]), hidden[1].numpy(), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(ours[1]), hidden[3].numpy(), atol=1e-4)
+    assert float(jnp.abs(vit.layers[0].adapter.fc2.kernel[...]).max()) == 0.0
+
+
+def test_main_trains_from_pretrained_weights(pretrained_dirs, tmp_path):
+    c = _config(pretrained_dirs)
+    c.train.num_steps = 4
+    c.train.checkpoint_every = 4
+    workdir = str(tmp_path / "run")
+    results = train.train_and_evaluate(c, workdir)
+    assert results["num_examples"] == c.eval.num_examples
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert 0.0 <= json.load(f)["accuracy/relational"] <= 1.0
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        losses = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+    assert losses and all(np.isfinite(losses))
