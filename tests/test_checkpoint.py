@@ -1,5 +1,5 @@
 """Checkpoint retention, exact resume after SIGKILL, fallback past unreadable checkpoints, force_restart,
-the NaN 'stop' policy, and resume data order."""
+params-only export, the NaN 'stop' policy, and resume data order."""
 
 import glob
 import json
@@ -226,6 +226,51 @@ def test_incompatible_config_fails_and_force_restart_moves_old_run_aside(base_ru
     out = capsys.readouterr()
     assert "start step 4" in out.out + out.err
     assert len(glob.glob(os.path.join(workdir, "replaced-*"))) == 1
+
+
+# --- 4. params-only export -----------------------------------------------------------------------
+
+
+def test_export_loads_a_model_with_the_training_paths_logits(base_run, tmp_path):
+    from semrel_jax import export
+    from flax import nnx
+
+    out = tmp_path / "export"
+    proc = subprocess.run([sys.executable, "-m", "semrel_jax.export", f"--workdir={base_run}", f"--out={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "export.json").read_text())["step"] == 6
+    assert not glob.glob(str(out / "params" / "**" / "*opt*"), recursive=True)
+    exported = export.load_exported(str(out))
+
+    # The training path: rebuild the split model, restore the train state, merge (as _run/evaluate do).
+    c = _base_config()
+    tokenizer = train.build_tokenizer(c, base_run)
+    graphdef, params, frozen = train.build_split_model(c, len(tokenizer))
+    state = train_step_lib.init_train_state(params, optimizer_lib.make_optimizer(c.train), c.seed)
+    ckpt = _checkpointer(base_run)
+    state = ckpt.restore(6, state)
+    ckpt.close()
+    trained = nnx.merge(graphdef, state.params, frozen)
+
+    source, _ = train.build_sources(c)
+    featurizer = train.build_featurizer(c, exported.tokenizer)
+    batch = train_step_lib.device_batch(pipeline.training_dataset(source, featurizer.train, 8, 0)[0])
+    inputs = (batch["images"], batch["has_image"], batch["tokens"], batch["valid"])
+    expected = np.asarray(trained(*inputs))
+    got = np.asarray(exported.model(*inputs))
+    np.testing.assert_array_equal(got, expected)
+
+    # Frozen params come back in the dtype training used them in; trainable ones are the trained values.
+    exported_state = nnx.state(exported.model)
+    q = exported_state["vision"]["encoders"]["vit"]["layers"][0]["q_proj"]["kernel"]
+    assert q.dtype == jnp.bfloat16
+    k = exported_state["vision"]["encoders"]["vit"]["layers"][0]["k_proj"]["kernel"]
+    np.testing.assert_array_equal(
+        np.asarray(k[...]), np.asarray(state.params["vision"]["encoders"]["vit"]["layers"][0]["k_proj"]["kernel"][...])
+    )
+    with pytest.raises(FileExistsError):
+        export.export_params(base_run, str(out))
 
 
 # --- 5. NaN policy 'stop' ------------------------------------------------------------------------

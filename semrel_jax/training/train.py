@@ -230,7 +230,11 @@ def _run(c, workdir, mesh, is_main):
         keep=c.train.keep_checkpoints,
         keep_every=c.train.get("keep_every", 0),
     )
-    state, start_step, skipped = restore_latest(checkpointer, state, c, workdir, is_main)
+    try:
+        state, start_step, skipped = restore_latest(checkpointer, state, c, workdir, is_main)
+    except BaseException:
+        checkpointer.close()
+        raise
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_json)
