@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         slot_key_init_std=0.02,  # P_k ~ N(0, 0.02²) as in the release
         slot_value_init_std=0.0,  # P_v = 0 as in the release
         llm=dict(
+            hf_dir="",  # a Hugging Face LLM directory (or `convert --out` dir): its architecture and weights
             vocab_size=0,  # 0 = size of the tokenizer
             dim=64,
             n_layers=2,
@@ -55,13 +56,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             n_kv_heads=2,
             mlp_dim=192,
             rope_theta=10_000.0,
+            rope_scaling="none",  # 'none' | 'linear' | 'llama3' (Llama 3.1/3.2), with the four fields below
+            rope_scaling_factor=1.0,
+            rope_low_freq_factor=1.0,
+            rope_high_freq_factor=4.0,
+            rope_original_max_position=8192,
             norm_eps=1e-6,
             tie_embeddings=False,
+            lora_rank=0,  # > 0: LoRA on lora_targets (train them with train.trainable=(..., "/lora_[ab]$"))
+            lora_alpha=16.0,
+            lora_targets=("q_proj", "v_proj"),
             dtype="float32",
             param_dtype="float32",
         ),
         encoders=dict(
             vit=dict(
+                hf_dir="",  # a HF CLIP/SigLIP/DINOv2 directory: its architecture and weights (adapters stay ours)
                 image_size=75,
                 patch_size=15,
                 width=64,

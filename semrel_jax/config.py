@@ -100,6 +100,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _positive_int(c, f"model.llm.{key}")
     _positive_int(c, "model.llm.vocab_size", allow_zero=True)
     _one_of(c, "model.llm.rope_scaling", ("none", "linear", "llama3"))
+    _positive_int(c, "model.llm.lora_rank", allow_zero=True)
     for key in ("dtype", "param_dtype"):
         _one_of(c, f"model.llm.{key}", DTYPES)
     _check(len(c.model.encoders) > 0, "model.encoders", "at least one vision encoder is needed")
@@ -157,9 +158,9 @@ def _pretrained_llm(m: ml_collections.ConfigDict) -> LlamaConfig:
     from semrel_jax.convert import families, hf
 
     try:
-        return families.llm_config_from_hf(
-            hf.read_config(m.llm.hf_dir), dtype=m.llm.dtype, param_dtype=m.llm.param_dtype
-        )
+        llm = families.llm_config_from_hf(hf.read_config(m.llm.hf_dir), dtype=m.llm.dtype, param_dtype=m.llm.param_dtype)
+        lora = dict(lora_rank=m.llm.lora_rank, lora_alpha=m.llm.lora_alpha, lora_targets=tuple(m.llm.lora_targets))
+        return dataclasses.replace(llm, **lora)
     except ValueError as e:
         raise ConfigError(f"config.model.llm.hf_dir={m.llm.hf_dir!r}: {e}") from None
 
@@ -195,6 +196,9 @@ def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
         rope_original_max_position=m.llm.rope_original_max_position,
         norm_eps=m.llm.norm_eps,
         tie_embeddings=m.llm.tie_embeddings,
+        lora_rank=m.llm.lora_rank,
+        lora_alpha=m.llm.lora_alpha,
+        lora_targets=tuple(m.llm.lora_targets),
         dtype=m.llm.dtype,
         param_dtype=m.llm.param_dtype,
     )

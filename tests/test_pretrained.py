@@ -78,15 +78,58 @@ def test_built_model_holds_the_pretrained_weights(pretrained_dirs, llm_key):
     assert float(jnp.abs(vit.layers[0].adapter.fc2.kernel[...]).max()) == 0.0
 
 
-def test_main_trains_from_pretrained_weights(pretrained_dirs, tmp_path):
+def test_main_trains_lora_and_projectors_on_pretrained_weights(pretrained_dirs, tmp_path):
+    from semrel_jax.training import checkpoint as checkpoint_lib
+
     c = _config(pretrained_dirs)
+    c.model.llm.lora_rank = 2
+    c.train.trainable = (r"/lora_[ab]$", r"^vision/projectors/", r"^memory_(key|value)_embedding$")
     c.train.num_steps = 4
     c.train.checkpoint_every = 4
     workdir = str(tmp_path / "run")
     results = train.train_and_evaluate(c, workdir)
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=4, keep=1)
+    saved = ckpt.restore_raw(4)["params"]
+    ckpt.close()
+    lora_b = saved["llm"]["layers"]["0"]["self_attn"]["q_proj"]["lora_b"]["value"]
+    assert np.abs(np.asarray(lora_b)).max() > 0  # trained away from its zero init
+    assert "kernel" not in saved["llm"]["layers"]["0"]["self_attn"]["q_proj"]  # the base weight stays frozen
+    assert "encoders" not in saved["vision"]
     assert results["num_examples"] == c.eval.num_examples
     with open(os.path.join(workdir, "results.json")) as f:
         assert 0.0 <= json.load(f)["accuracy/relational"] <= 1.0
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         losses = [r["loss"] for r in map(json.loads, f) if "loss" in r]
     assert losses and all(np.isfinite(losses))
+
+
+def test_lora_starts_as_the_base_model_and_merges_into_the_export(pretrained_dirs, tmp_path):
+    from semrel_jax import inspect as inspect_lib
+
+    c = _config(pretrained_dirs)
+    c.model.llm.update(lora_rank=4, lora_alpha=8.0, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    c.train.trainable = (r"/lora_[ab]$",)
+    config_lib.validate(c)
+    model = train.build_model(c, vocab_size=50)
+    # trainable = r·(in + out) for each of the 7 projections in each of the 2 layers (dims 64/112, 4/2 heads of 16)
+    per_layer = 4 * ((64 + 64) + (64 + 32) * 2 + (64 + 64) + (64 + 112) * 2 + (112 + 64))
+    assert inspect_lib.param_counts(model, c.train.trainable)[1] == 2 * per_layer
+
+    ref = transformers.AutoModelForCausalLM.from_pretrained(pretrained_dirs["llm"], dtype=torch.float32).eval()
+    tokens = np.random.default_rng(0).integers(0, 96, (2, 10))
+    with torch.no_grad():
+        base = ref(torch.from_numpy(tokens)).logits.numpy()
+    got, _ = model.llm(jnp.asarray(tokens), valid=jnp.ones(tokens.shape, bool))
+    np.testing.assert_allclose(np.asarray(got), base, atol=1e-4)  # B = 0: LoRA starts as a no-op
+
+    rng = np.random.default_rng(1)
+    for layer in model.llm.layers:
+        for proj in (layer.self_attn.q_proj, layer.self_attn.v_proj, layer.mlp.down_proj):
+            proj.lora_b[...] = jnp.asarray(0.1 * rng.standard_normal(proj.lora_b[...].shape), jnp.float32)
+    tuned, _ = model.llm(jnp.asarray(tokens), valid=jnp.ones(tokens.shape, bool))
+    assert np.max(np.abs(np.asarray(tuned) - base)) > 1e-2
+    out = hf.export_llm(model.llm, str(tmp_path / "merged"), like=pretrained_dirs["llm"])
+    merged = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = merged(torch.from_numpy(tokens)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(tuned), expected, atol=1e-4)

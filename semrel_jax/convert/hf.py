@@ -22,7 +22,7 @@ from flax import nnx
 
 from semrel_jax.convert import families, loader
 from semrel_jax.convert.safetensors_io import CheckpointError, SafetensorsCheckpoint, save_file
-from semrel_jax.models.llama import Llama, LlamaConfig
+from semrel_jax.models.llama import Llama, LlamaConfig, LoRALinear
 from semrel_jax.models.vit import ViT
 
 _TOKENIZER_FILES = (
@@ -135,11 +135,18 @@ def load_vision(
 
 
 def llm_to_hf_tensors(model: Llama, dtype=None) -> dict[str, np.ndarray]:
-    """Our Llama's parameters as HF-named NumPy arrays (HF layout)."""
+    """Our Llama's parameters as HF-named NumPy arrays (HF layout), LoRA updates merged in."""
     flat = {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     out = {}
     for ours, hf, t in families.llm_rows(model.config):
-        a = np.asarray(jax.device_get(flat[ours]))
+        value = flat[ours]
+        if ours[-1] == "kernel":
+            owner = model
+            for key in ours[:-1]:
+                owner = owner[key] if isinstance(key, int) else getattr(owner, key)
+            if isinstance(owner, LoRALinear):  # LoRA is merged into the exported weight
+                value = owner.merged_kernel()
+        a = np.asarray(jax.device_get(value))
         if dtype is not None:
             a = a.astype(dtype)
         out[hf] = loader.to_hf(t, a)

@@ -49,6 +49,9 @@ class LlamaConfig:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_position: int = 8192
+    lora_rank: int = 0  # > 0: low-rank adapters on the projections named in lora_targets
+    lora_alpha: float = 16.0  # the update is (lora_alpha / lora_rank) · x A B
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
 
@@ -61,8 +64,39 @@ class LlamaConfig:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}.")
         if self.head_dim is None and self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}.")
+        unknown = set(self.lora_targets) - set(LORA_TARGETS)
+        if self.lora_rank and unknown:
+            raise ValueError(f"lora_targets {sorted(unknown)} unknown; choose from {LORA_TARGETS}.")
         if self.resolved_head_dim % 2:
             raise ValueError(f"head_dim={self.resolved_head_dim} must be even for rotary embeddings.")
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRALinear(nnx.Linear):
+    """``nnx.Linear`` plus a low-rank update: ``x W + b + (alpha / r) · (x A) B``.
+
+    ``kernel``/``bias`` keep nnx.Linear's paths, so converted checkpoints map unchanged; ``lora_a``
+    (``[in, r]``, fan-in normal) and ``lora_b`` (``[r, out]``, zeros) sit beside them, and the layer
+    starts as the plain linear map. ``merged_kernel`` folds the update in for export.
+    """
+
+    def __init__(self, n_in: int, n_out: int, *, rank: int, alpha: float, rngs: nnx.Rngs, **kwargs):
+        super().__init__(n_in, n_out, rngs=rngs, **kwargs)
+        pd = kwargs.get("param_dtype", jnp.float32)
+        self.lora_a = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (n_in, rank), pd))
+        self.lora_b = nnx.Param(jnp.zeros((rank, n_out), pd))
+        self.lora_scale = alpha / rank
+
+    def __call__(self, x: Array) -> Array:
+        y = super().__call__(x)
+        a = self.lora_a[...].astype(y.dtype)
+        b = self.lora_b[...].astype(y.dtype)
+        return y + self.lora_scale * ((x.astype(y.dtype) @ a) @ b)
+
+    def merged_kernel(self) -> Array:
+        return self.kernel[...] + self.lora_scale * (self.lora_a[...] @ self.lora_b[...]).astype(self.kernel.dtype)
 
 
 @jax.tree_util.register_dataclass
@@ -95,26 +129,29 @@ class KVCache:
         )
 
 
-def _linear(n_in: int, n_out: int, config: LlamaConfig, rngs: nnx.Rngs, bias: bool = False) -> nnx.Linear:
-    return nnx.Linear(
-        n_in,
-        n_out,
+def _linear(
+    n_in: int, n_out: int, config: LlamaConfig, rngs: nnx.Rngs, bias: bool = False, name: str = ""
+) -> nnx.Linear:
+    kwargs = dict(
         use_bias=bias,
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.dtype(config.param_dtype),
         kernel_init=nnx.initializers.lecun_normal(),
         rngs=rngs,
     )
+    if config.lora_rank and name in config.lora_targets:
+        return LoRALinear(n_in, n_out, rank=config.lora_rank, alpha=config.lora_alpha, **kwargs)
+    return nnx.Linear(n_in, n_out, **kwargs)
 
 
 class Attention(nnx.Module):
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         hd = config.resolved_head_dim
         self.config = config
-        self.q_proj = _linear(config.dim, config.n_heads * hd, config, rngs, config.attention_bias)
-        self.k_proj = _linear(config.dim, config.n_kv_heads * hd, config, rngs, config.attention_bias)
-        self.v_proj = _linear(config.dim, config.n_kv_heads * hd, config, rngs, config.attention_bias)
-        self.o_proj = _linear(config.n_heads * hd, config.dim, config, rngs, config.o_proj_bias)
+        self.q_proj = _linear(config.dim, config.n_heads * hd, config, rngs, config.attention_bias, "q_proj")
+        self.k_proj = _linear(config.dim, config.n_kv_heads * hd, config, rngs, config.attention_bias, "k_proj")
+        self.v_proj = _linear(config.dim, config.n_kv_heads * hd, config, rngs, config.attention_bias, "v_proj")
+        self.o_proj = _linear(config.n_heads * hd, config.dim, config, rngs, config.o_proj_bias, "o_proj")
         if config.qk_norm:
             pd = jnp.dtype(config.param_dtype)
             self.q_norm = layers.RMSNorm(hd, eps=config.norm_eps, param_dtype=pd)
@@ -162,9 +199,9 @@ class Attention(nnx.Module):
 
 class MLP(nnx.Module):
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
-        self.gate_proj = _linear(config.dim, config.mlp_dim, config, rngs)
-        self.up_proj = _linear(config.dim, config.mlp_dim, config, rngs)
-        self.down_proj = _linear(config.mlp_dim, config.dim, config, rngs)
+        self.gate_proj = _linear(config.dim, config.mlp_dim, config, rngs, name="gate_proj")
+        self.up_proj = _linear(config.dim, config.mlp_dim, config, rngs, name="up_proj")
+        self.down_proj = _linear(config.mlp_dim, config.dim, config, rngs, name="down_proj")
 
     def __call__(self, x: Array) -> Array:
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))

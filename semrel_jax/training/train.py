@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from semrel_jax import config as config_lib
+from semrel_jax.convert import pretrained
 from semrel_jax.data import pipeline, prompts, sort_of_clevr, tokenizer as tokenizer_lib
 from semrel_jax.data.preprocess import ImagePreprocessor
 from semrel_jax.evaluation import generate, vqa
@@ -63,7 +64,10 @@ def build_featurizer(c: ml_collections.ConfigDict, tokenizer) -> pipeline.VQAFea
 
 
 def build_model(c: ml_collections.ConfigDict, vocab_size: int) -> VisionLanguageModel:
-    return VisionLanguageModel(config_lib.model_config(c, vocab_size), rngs=nnx.Rngs(params=c.seed))
+    """The model from random init, with the converted weights of every ``hf_dir`` the config names."""
+    model = VisionLanguageModel(config_lib.model_config(c, vocab_size), rngs=nnx.Rngs(params=c.seed))
+    pretrained.load_pretrained(model, c)
+    return model
 
 
 def build_split_model(c: ml_collections.ConfigDict, vocab_size: int, abstract: bool = False):
