@@ -96,7 +96,7 @@ def test_checkpoint_keys_are_validated(tiny_config):
 
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
-    num_steps = 12
+    num_steps = 10
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
@@ -216,8 +216,7 @@ def test_incompatible_config_fails_and_force_restart_moves_old_run_aside(base_ru
     assert sorted(int(n) for n in os.listdir(os.path.join(old, "checkpoints")) if n.isdigit()) == [4, 5, 6]
     for name in ("metrics.jsonl", "results.json", "config.json", "tokenizer"):
         assert os.path.exists(os.path.join(old, name)), name
-    jax.tree.map(np.testing.assert_array_equal, _restore_params(base_run, 6),
-                 checkpoint_lib.Checkpointer(os.path.join(old, "checkpoints"), read_only=True).restore_raw(6)["params"])
+    jax.tree.map(np.testing.assert_array_equal, _restore_params(base_run, 6), _restore_params(old, 6))
     assert _steps_on_disk(workdir) == [2, 3, 4]
     assert json.loads(open(os.path.join(workdir, "config.json")).read())["model"]["llm"]["dim"] == 48
 
