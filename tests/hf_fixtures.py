@@ -71,3 +71,21 @@ def save_clip_two_tower(directory: str) -> str:
     text = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     transformers.CLIPModel(transformers.CLIPConfig(vision_config=VISION_COMMON, text_config=text)).save_pretrained(directory)
     return directory
+
+
+def save_bpe_tokenizer(directory: str, words: list[str], vocab_size: int = 300) -> None:
+    """A byte-level BPE tokenizer with Llama-3-style special tokens, saved like a HF model's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    specials = ["<|begin_of_text|>", "<|end_of_text|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator([" ".join(words)] * 4, trainer)
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=specials[0], eos_token=specials[1]
+    )
+    tokenizer.save_pretrained(directory)

@@ -14,6 +14,7 @@ import jax.numpy as jnp  # noqa: E402
 import vqa  # noqa: E402 (configs/ is on sys.path, see conftest)
 
 from semrel_jax import config as config_lib  # noqa: E402
+from semrel_jax.data import prompts, sort_of_clevr  # noqa: E402
 from semrel_jax.convert import hf  # noqa: E402
 from semrel_jax.training import train  # noqa: E402
 
@@ -21,7 +22,9 @@ from semrel_jax.training import train  # noqa: E402
 @pytest.fixture(scope="module")
 def pretrained_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrained")
-    llm = hf_fixtures.save_llm(str(root / "llm"), "llama32_tied")
+    llm = hf_fixtures.save_llm(str(root / "llm"), "llama32_tied", vocab_size=300)
+    words = sort_of_clevr.vocabulary() + prompts.template_words("qa")
+    hf_fixtures.save_bpe_tokenizer(llm, words)  # the LLM's own tokenizer, as HF directories ship it
     clip = hf_fixtures.save_clip_two_tower(str(root / "clip"))
     converted = hf.convert_to_orbax(llm, str(root / "llm_converted"))
     return {"llm": llm, "clip": clip, "llm_converted": converted}
@@ -40,7 +43,7 @@ def _config(dirs, llm_key="llm"):
 def test_config_takes_the_checkpoint_architecture(pretrained_dirs):
     c = _config(pretrained_dirs)
     config_lib.validate(c)
-    assert (c.model.llm.dim, c.model.llm.n_layers, c.model.llm.vocab_size, c.model.llm.tie_embeddings) == (64, 2, 96, True)
+    assert (c.model.llm.dim, c.model.llm.n_layers, c.model.llm.vocab_size, c.model.llm.tie_embeddings) == (64, 2, 300, True)
     e = c.model.encoders.vit
     assert (e.image_size, e.patch_size, e.width, e.depth) == (32, 8, 48, 3)
     mc = config_lib.model_config(c, vocab_size=50)
@@ -61,7 +64,7 @@ def test_built_model_holds_the_pretrained_weights(pretrained_dirs, llm_key):
     model = train.build_model(c, vocab_size=50)
     # LLM: same logits as transformers
     ref = transformers.AutoModelForCausalLM.from_pretrained(pretrained_dirs["llm"], dtype=torch.float32).eval()
-    tokens = np.random.default_rng(0).integers(0, 96, (2, 10))
+    tokens = np.random.default_rng(0).integers(0, 300, (2, 10))
     with torch.no_grad():
         expected = ref(torch.from_numpy(tokens)).logits.numpy()
     got, _ = model.llm(jnp.asarray(tokens), valid=jnp.ones(tokens.shape, bool))
@@ -84,6 +87,8 @@ def test_main_trains_lora_and_projectors_on_pretrained_weights(pretrained_dirs, 
     c = _config(pretrained_dirs)
     c.model.llm.lora_rank = 2
     c.train.trainable = (r"/lora_[ab]$", r"^vision/projectors/", r"^memory_(key|value)_embedding$")
+    c.data.tokenizer = pretrained_dirs["llm"]  # the LLM's own byte-level BPE with its BOS/EOS
+    c.data.max_text_len = 64  # subword tokens: longer than the word-level demo tokenizer
     c.train.num_steps = 4
     c.train.checkpoint_every = 4
     workdir = str(tmp_path / "run")
@@ -95,6 +100,15 @@ def test_main_trains_lora_and_projectors_on_pretrained_weights(pretrained_dirs, 
     assert np.abs(np.asarray(lora_b)).max() > 0  # trained away from its zero init
     assert "kernel" not in saved["llm"]["layers"]["0"]["self_attn"]["q_proj"]  # the base weight stays frozen
     assert "encoders" not in saved["vision"]
+    tokenizer = train.build_tokenizer(c, workdir)
+    assert tokenizer.bos_token == "<|begin_of_text|>" and tokenizer.pad_token_id == tokenizer.eos_token_id
+    featurizer = train.build_featurizer(c, tokenizer)
+    source = train.build_sources(c)[0]
+    example = featurizer.train(source[0])
+    assert example["tokens"][0] == tokenizer.bos_token_id
+    n = int(example["valid"].sum())
+    assert example["targets"][n - 1] == tokenizer.eos_token_id
+    assert tokenizer.decode(example["tokens"][1:n]).startswith("question: " + source[0]["question"])
     assert results["num_examples"] == c.eval.num_examples
     with open(os.path.join(workdir, "results.json")) as f:
         assert 0.0 <= json.load(f)["accuracy/relational"] <= 1.0
@@ -116,7 +130,7 @@ def test_lora_starts_as_the_base_model_and_merges_into_the_export(pretrained_dir
     assert inspect_lib.param_counts(model, c.train.trainable)[1] == 2 * per_layer
 
     ref = transformers.AutoModelForCausalLM.from_pretrained(pretrained_dirs["llm"], dtype=torch.float32).eval()
-    tokens = np.random.default_rng(0).integers(0, 96, (2, 10))
+    tokens = np.random.default_rng(0).integers(0, 300, (2, 10))
     with torch.no_grad():
         base = ref(torch.from_numpy(tokens)).logits.numpy()
     got, _ = model.llm(jnp.asarray(tokens), valid=jnp.ones(tokens.shape, bool))

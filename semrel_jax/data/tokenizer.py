@@ -39,11 +39,19 @@ def load(path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def unknown_words(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[str]:
+    """Words the tokenizer cannot represent (they would encode to ``<unk>``); byte-level BPEs have none."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return []
+    return sorted({w for w in words if unk in tokenizer(w, add_special_tokens=False)["input_ids"]})
+
+
 def load_or_train(path: str, words: list[str]) -> PreTrainedTokenizerBase:
     """Reuses the tokenizer cached at ``path``, or trains one over ``words`` and saves it there."""
     if os.path.isdir(path) and os.listdir(path):
         tokenizer = load(path)
-        unknown = sorted({w for w in words if w not in tokenizer.get_vocab()})
+        unknown = unknown_words(tokenizer, words)
         if unknown:
             raise ValueError(
                 f"Cached tokenizer at {path!r} lacks words of this dataset ({unknown[:5]}...); "
