@@ -72,7 +72,6 @@ class SafetensorsFile:
             end = self._data_start + e["data_offsets"][1]
             if end > size:
                 raise CheckpointError(f"{path}: tensor {name!r} ends at byte {end} but the file has {size}: truncated.")
-        self._mmap = None
 
     def keys(self) -> list[str]:
         return list(self._entries)
@@ -84,11 +83,14 @@ class SafetensorsFile:
         return _DTYPES[self._entries[name]["dtype"]]
 
     def get(self, name: str) -> np.ndarray:
-        if self._mmap is None:
-            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+        # One mapping per tensor: once the caller drops the view, its pages leave this process's
+        # resident set, so loading a checkpoint never holds more than the tensors in flight.
         e = self._entries[name]
-        start, end = (self._data_start + o for o in e["data_offsets"])
-        return self._mmap[start:end].view(_DTYPES[e["dtype"]]).reshape(e["shape"])
+        start, end = e["data_offsets"]
+        dtype = _DTYPES[e["dtype"]]
+        if end == start:
+            return np.zeros(e["shape"], dtype)
+        return np.memmap(self.path, dtype=dtype, mode="r", offset=self._data_start + start, shape=tuple(e["shape"]))
 
 
 class SafetensorsCheckpoint(Mapping):
