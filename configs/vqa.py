@@ -115,7 +115,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         force_restart=False,  # True: move an existing run's checkpoints/logs to <workdir>/replaced-<time>/, start over
     )
 
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: all remaining devices
+    c.mesh = dict(
+        data=-1,  # -1: all remaining devices
+        fsdp=1,
+        tensor=1,
+        # logical parameter axis -> mesh axis ('' = replicated); see semrel_jax/training/sharding.py
+        rules=dict(embed="fsdp", heads="tensor", mlp="tensor", vocab="tensor"),
+    )
     c.eval = dict(batch_size=250, num_examples=0, max_new_tokens=3)  # 0: the whole eval split
 
     if preset == "tiny":

@@ -139,6 +139,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(
         [c.mesh.data, c.mesh.fsdp, c.mesh.tensor].count(-1) <= 1, "mesh", "at most one axis may be -1 (fill)"
     )
+    from semrel_jax.training import sharding
+
+    for name, axis in c.mesh.get("rules", {}).items():
+        _check(name in sharding.DEFAULT_RULES, f"mesh.rules.{name}", f"unknown logical axis; known: {tuple(sharding.DEFAULT_RULES)}")
+        _check(axis in ("", "data", "fsdp", "tensor"), f"mesh.rules.{name}", f"expected '', 'data', 'fsdp' or 'tensor', got {axis!r}")
     _positive_int(c, "eval.batch_size")
     _positive_int(c, "eval.num_examples", allow_zero=True)
     _positive_int(c, "eval.max_new_tokens")

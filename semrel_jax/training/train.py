@@ -27,6 +27,7 @@ from semrel_jax.evaluation import generate, vqa
 from semrel_jax.method.vlm import VisionLanguageModel
 from semrel_jax.training import checkpoint as checkpoint_lib
 from semrel_jax.training import mesh as mesh_lib
+from semrel_jax.training import sharding as sharding_lib
 from semrel_jax.training import metric_writers, optimizer as optimizer_lib, partition, preemption
 from semrel_jax.training import train_step as train_step_lib
 
@@ -214,6 +215,47 @@ def _short(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def shard_state(c, mesh, params, frozen, optimizer):
+    """Places the train state and frozen parameters on ``mesh`` by the config's sharding rules.
+
+    Returns ``(state, frozen, state_sharding, frozen_sharding, notes)``; the shardings are what the
+    jitted step pins as its in/out shardings.
+    """
+    rules = dict(c.mesh.get("rules", sharding_lib.DEFAULT_RULES))
+    param_sharding, notes = sharding_lib.param_shardings(params, mesh, rules)
+    frozen_sharding, frozen_notes = sharding_lib.param_shardings(frozen, mesh, rules)
+    abstract = jax.eval_shape(lambda p: train_step_lib.init_train_state(p, optimizer, c.seed), params)
+    replicated = mesh_lib.replicated(mesh)
+    state_sharding = train_step_lib.TrainState(
+        step=replicated,
+        params=param_sharding,
+        opt_state=sharding_lib.like_params(abstract.opt_state, params, param_sharding, mesh),
+        rng=replicated,
+    )
+    # Initialised straight into the shardings: the optimizer state never exists unsharded.
+    init = jax.jit(lambda p: train_step_lib.init_train_state(p, optimizer, c.seed), out_shardings=state_sharding)
+    state = init(jax.device_put(params, param_sharding))
+    frozen = jax.device_put(frozen, frozen_sharding)
+    return state, frozen, state_sharding, frozen_sharding, notes + frozen_notes
+
+
+def make_step_fn(graphdef, optimizer, schedule, mask_start: int, mesh, state_sharding, frozen_sharding, donate=True):
+    """The train step, compiled once with explicit in/out shardings (and the state donated)."""
+    return jax.jit(
+        functools.partial(
+            train_step_lib.train_step,
+            graphdef=graphdef,
+            optimizer=optimizer,
+            schedule=schedule,
+            mask_start_step=mask_start,
+            skip_nonfinite=True,  # never commit a NaN update; the caller's policy decides whether to go on
+        ),
+        in_shardings=(state_sharding, frozen_sharding, mesh_lib.batch_sharding(mesh)),
+        out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
 def _run(c, workdir, mesh, is_main):
     t0 = time.time()
     replaced = force_restart(c, workdir, is_main) if c.train.get("force_restart", False) else None
@@ -223,9 +265,8 @@ def _run(c, workdir, mesh, is_main):
     graphdef, params, frozen = build_split_model(c, len(tokenizer))
     optimizer = optimizer_lib.make_optimizer(c.train)
     schedule = optimizer_lib.learning_rate_schedule(c.train.learning_rate, c.train.warmup_steps, c.train.num_steps)
+    state, frozen, state_sharding, frozen_sharding, sharding_notes = shard_state(c, mesh, params, frozen, optimizer)
     replicated, batch_sharding = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
-    state = jax.device_put(train_step_lib.init_train_state(params, optimizer, c.seed), replicated)
-    frozen = jax.device_put(frozen, replicated)
 
     config_json = c.to_json_best_effort(indent=2)
     checkpointer = checkpoint_lib.Checkpointer(
@@ -245,19 +286,7 @@ def _run(c, workdir, mesh, is_main):
 
     steps_per_epoch = len(train_source) / c.train.batch_size
     mask_start = config_lib.parse_start(c.model.ica.start, steps_per_epoch)
-    step_fn = jax.jit(
-        functools.partial(
-            train_step_lib.train_step,
-            graphdef=graphdef,
-            optimizer=optimizer,
-            schedule=schedule,
-            mask_start_step=mask_start,
-            skip_nonfinite=True,  # never commit a NaN update; the policy below decides whether to go on
-        ),
-        in_shardings=(replicated, replicated, batch_sharding),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
-    )
+    step_fn = make_step_fn(graphdef, optimizer, schedule, mask_start, mesh, state_sharding, frozen_sharding)
     dataset = pipeline.training_dataset(
         train_source, featurizer.train, c.train.batch_size, c.seed, jax.process_index(), jax.process_count()
     )
@@ -268,6 +297,13 @@ def _run(c, workdir, mesh, is_main):
         f"({partition.count_params(params):,} trainable), mesh {dict(mesh.shape)}, "
         f"{len(train_source):,} train examples, start step {start_step}"
     )
+    device_bytes = sharding_lib.per_device_bytes((state, frozen))
+    writer.log(
+        f"per-device state bytes: max {max(device_bytes.values()):,}, min {min(device_bytes.values()):,} "
+        f"over {len(device_bytes)} local devices (parameters, optimizer state, frozen parameters)"
+    )
+    for note in sharding_notes[:10]:
+        writer.log(f"sharding: {note}")
     if replaced:
         writer.log(f"WARNING: train.force_restart: the previous run's checkpoints and logs are in {replaced}")
     for step, error in skipped:
