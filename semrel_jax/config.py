@@ -94,6 +94,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key in ("data.train_images", "data.eval_images", "data.questions_per_image", "data.max_text_len"):
         _positive_int(c, key)
     _positive_int(c, "data.num_workers", allow_zero=True)
+    _one_of(c, "data.prompt_format", ("qa", "chat"))
+    _check(
+        c.data.prompt_format != "chat" or bool(c.data.tokenizer),
+        "data.prompt_format",
+        "'chat' uses the chat template of a model's own tokenizer: set data.tokenizer to its directory",
+    )
     _one_of(c, "model.injection", ("ica", "prefix"))
     _positive_int(c, "model.num_memory_slots", allow_zero=True)
     for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):

@@ -12,6 +12,16 @@ nothing else, self-contained:
 
 ``load_params(DIR)`` returns a ready ``VisionLanguageModel``; ``load_exported(DIR)`` also the config and
 tokenizer.
+
+``--format=adapters`` writes only what training changed, for sharing next to the base weights:
+
+  DIR/adapters.safetensors   the trainable parameters (SRProjs, memory slots, vision adapters, LoRA, ...),
+                             named by their '/'-joined paths
+  DIR/adapter_config.json    the run's config and the tensor names; base weights are the config's hf_dir's
+  DIR/llm_merged/            when the LLM came from a HF directory and trained weights (LoRA or full) changed
+                             it: the merged LLM as a HF directory that ``transformers`` loads
+
+``apply_adapters(model, DIR)`` loads the adapters into a model built from the same config.
 """
 
 from __future__ import annotations
@@ -75,6 +85,65 @@ def export_params(workdir: str, out_dir: str, step: int | None = None) -> str:
     return out_dir
 
 
+def _trainable_tensors(model, c) -> dict[str, Any]:
+    import numpy as np
+
+    from semrel_jax.training import partition
+
+    _, trainable, _ = partition.split_trainable(model, c.train.trainable, c.train.frozen)
+    return {
+        "/".join(str(k) for k in path): np.asarray(jax.device_get(v.get_value()))
+        for path, v in nnx.to_flat_state(trainable)
+    }
+
+
+def export_adapters(workdir: str, out_dir: str, step: int | None = None) -> str:
+    """Writes the trained parameters as safetensors + config (and the merged LLM when one is converted)."""
+    from semrel_jax.convert import hf
+    from semrel_jax.convert.safetensors_io import save_file
+
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(os.path.join(out_dir, "adapters.safetensors")):
+        raise FileExistsError(f"{out_dir!r} already holds an adapter export; choose another --out.")
+    model, c, tokenizer, step = restore_model(workdir, step)
+    tensors = _trainable_tensors(model, c)
+    if jax.process_index() != 0:
+        return out_dir
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(tensors, os.path.join(out_dir, "adapters.safetensors"), {"format": "semrel_jax", "step": str(step)})
+    llm_changed = any(name.startswith("llm/") for name in tensors)
+    if c.model.llm.get("hf_dir") and llm_changed:
+        hf.export_llm(model.llm, os.path.join(out_dir, "llm_merged"), like=c.model.llm.hf_dir)
+    tokenizer.save_pretrained(os.path.join(out_dir, "tokenizer"))
+    with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
+        config = json.loads(c.to_json_best_effort())
+        json.dump({"config": config, "tensors": sorted(tensors), "step": int(step)}, f, indent=2)
+    return out_dir
+
+
+def apply_adapters(model, adapter_dir: str):
+    """Loads ``adapters.safetensors`` into ``model`` (built from the same config); names must match exactly."""
+    import jax.numpy as jnp
+
+    from semrel_jax.convert.safetensors_io import CheckpointError, SafetensorsCheckpoint
+
+    ckpt = SafetensorsCheckpoint(adapter_dir)
+    flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    by_name = {"/".join(str(k) for k in path): (path, v) for path, v in flat}
+    unknown = sorted(set(ckpt) - set(by_name))
+    if unknown:
+        raise CheckpointError(f"{adapter_dir}: adapter tensors the model does not have: {unknown[:10]}")
+    updates = []
+    for name in ckpt:
+        path, variable = by_name[name]
+        value = ckpt[name]
+        if tuple(value.shape) != tuple(variable.get_value().shape):
+            raise CheckpointError(f"{adapter_dir}: {name} has shape {value.shape}, the model {variable.get_value().shape}")
+        updates.append((path, variable.replace(jnp.asarray(value, variable.get_value().dtype))))
+    nnx.update(model, nnx.from_flat_state(updates))
+    return model
+
+
 @dataclasses.dataclass
 class Exported:
     model: Any  # VisionLanguageModel
@@ -110,7 +179,8 @@ def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"Unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
-    out = export_params(FLAGS.workdir, FLAGS.out, FLAGS.step if FLAGS.step >= 0 else None)
+    export = export_adapters if FLAGS.format == "adapters" else export_params
+    out = export(FLAGS.workdir, FLAGS.out, FLAGS.step if FLAGS.step >= 0 else None)
     print(f"exported to {out}")
 
 
@@ -120,5 +190,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Training run directory (with checkpoints/).")
     flags.DEFINE_string("out", None, "Output directory for the params-only export.")
     flags.DEFINE_integer("step", -1, "Checkpoint step to export (-1: the latest).")
+    flags.DEFINE_enum("format", "params", ["params", "adapters"], "Full parameters, or only the trained ones.")
     flags.mark_flags_as_required(["workdir", "out"])
     app.run(main)

@@ -109,6 +109,30 @@ def test_main_trains_lora_and_projectors_on_pretrained_weights(pretrained_dirs, 
     n = int(example["valid"].sum())
     assert example["targets"][n - 1] == tokenizer.eos_token_id
     assert tokenizer.decode(example["tokens"][1:n]).startswith("question: " + source[0]["question"])
+
+    # adapter export: trained tensors as safetensors + config, and the LoRA-merged LLM for transformers
+    from semrel_jax import export
+
+    out = export.export_adapters(workdir, str(tmp_path / "adapters"))
+    with open(os.path.join(out, "adapter_config.json")) as f:
+        names = json.load(f)["tensors"]
+    assert names and all(("lora_" in n) or n.startswith(("vision/projectors/", "memory_")) for n in names)
+    trained, *_ = export.restore_model(workdir)
+    fresh = export.apply_adapters(train.build_model(c, len(tokenizer)), out)
+    batch = featurizer.train(source[5])
+    args = (
+        {"vit": jnp.asarray(batch["images"]["vit"])[None]},
+        jnp.ones((1,), jnp.int32),
+        jnp.asarray(batch["tokens"])[None],
+        jnp.asarray(batch["valid"])[None],
+    )
+    np.testing.assert_allclose(np.asarray(fresh(*args)), np.asarray(trained(*args)), atol=1e-5)
+    merged = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(out, "llm_merged"), dtype=torch.float32)
+    ids = np.asarray(batch["tokens"])[None, :n]
+    with torch.no_grad():
+        expected = merged.eval()(torch.from_numpy(ids.astype(np.int64))).logits.numpy()
+    got, _ = trained.llm(jnp.asarray(ids), valid=jnp.ones(ids.shape, bool))
+    np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4)
     assert results["num_examples"] == c.eval.num_examples
     with open(os.path.join(workdir, "results.json")) as f:
         assert 0.0 <= json.load(f)["accuracy/relational"] <= 1.0
@@ -147,3 +171,41 @@ def test_lora_starts_as_the_base_model_and_merges_into_the_export(pretrained_dir
     with torch.no_grad():
         expected = merged(torch.from_numpy(tokens)).logits.numpy()
     np.testing.assert_allclose(np.asarray(tuned), expected, atol=1e-4)
+
+
+LLAMA3_STYLE_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def test_chat_prompt_format_uses_the_tokenizers_template(pretrained_dirs, tmp_path):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained_dirs["llm"])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    tokenizer.eos_token = "<|eot_id|>"  # instruct checkpoints end a turn with EOT
+    tokenizer.chat_template = LLAMA3_STYLE_TEMPLATE
+    tokenizer.save_pretrained(str(tmp_path / "tok"))
+    c = _config(pretrained_dirs)
+    c.data.update(tokenizer=str(tmp_path / "tok"), prompt_format="chat", max_text_len=96)
+    config_lib.validate(c)
+    tok = train.build_tokenizer(c, str(tmp_path))
+    featurizer = train.build_featurizer(c, tok)
+    example = train.build_sources(c)[0][3]
+    features = featurizer.train(example)
+    n = int(features["valid"].sum())
+    text = tok.decode(features["tokens"][:n])
+    assert text.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n" + example["question"])
+    assert text.count("<|begin_of_text|>") == 1  # the template's BOS, not one more from the featurizer
+    answer_ids = features["targets"][features["loss_mask"] > 0]
+    assert tok.decode(answer_ids) == example["answer"] + "<|eot_id|>"
+    prompt = featurizer.prompt(example)
+    prompt_text = tok.decode(prompt["prompt"][prompt["prompt_valid"]])
+    assert prompt_text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_chat_format_without_a_tokenizer_is_a_config_error(pretrained_dirs):
+    c = _config(pretrained_dirs)
+    c.data.prompt_format = "chat"
+    with pytest.raises(config_lib.ConfigError, match="data.prompt_format"):
+        config_lib.validate(c)

@@ -51,8 +51,11 @@ class VQAFeaturizer:
         return ids
 
     def _prompt_ids(self, example) -> list[int]:
-        text = prompts.vqa_prompt(example["question"], self.prompt_format)
-        return [self.tokenizer.bos_token_id] + self._encode(text, example)
+        text = prompts.vqa_prompt(example["question"], self.prompt_format, self.tokenizer)
+        bos = self.tokenizer.bos_token_id
+        # chat templates write their own BOS; tokenizers without one (Qwen) start directly
+        prefix = [bos] if bos is not None and self.prompt_format != "chat" else []
+        return prefix + self._encode(text, example)
 
     def _check_length(self, n: int, example) -> None:
         if n > self.max_len:
@@ -63,7 +66,7 @@ class VQAFeaturizer:
 
     def train(self, example) -> dict[str, Any]:
         prompt = self._prompt_ids(example)
-        answer = self._encode(" " + example["answer"], example)
+        answer = self._encode(prompts.answer_text(example["answer"], self.prompt_format), example)
         ids = prompt + answer + [self.tokenizer.eos_token_id]
         n = len(ids) - 1
         self._check_length(n, example)

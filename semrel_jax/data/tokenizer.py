@@ -30,9 +30,8 @@ def load(path: str) -> PreTrainedTokenizerBase:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"Tokenizer directory {path!r} does not exist.")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    for name in ("bos_token_id", "eos_token_id"):
-        if getattr(tokenizer, name) is None:
-            raise ValueError(f"Tokenizer at {path!r} has no {name[:-3]}; the prompt format needs one.")
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"Tokenizer at {path!r} has no eos_token; answers must end with one.")
     if tokenizer.pad_token_id is None:
         # Llama tokenizers ship without a pad token; padding positions are masked out anyway.
         tokenizer.pad_token = tokenizer.eos_token
