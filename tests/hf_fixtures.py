@@ -42,6 +42,7 @@ VISION = {
     "clip": (transformers.CLIPVisionConfig, transformers.CLIPVisionModel, dict()),
     "siglip": (transformers.SiglipVisionConfig, transformers.SiglipVisionModel, dict()),
     "dinov2": (transformers.Dinov2Config, transformers.Dinov2Model, dict(layerscale_value=0.5)),
+    "siglip2": (transformers.Siglip2VisionConfig, transformers.Siglip2VisionModel, dict(image_size=None, num_patches=16)),
 }
 
 
@@ -61,7 +62,8 @@ def save_llm(directory: str, name: str, max_shard_size=None, **overrides) -> str
 def save_vision(directory: str, name: str, **overrides) -> str:
     config_cls, model_cls, extra = VISION[name]
     torch.manual_seed(0)
-    model_cls(config_cls(**(VISION_COMMON | extra | overrides))).save_pretrained(directory)
+    kwargs = {k: v for k, v in (VISION_COMMON | extra | overrides).items() if v is not None}
+    model_cls(config_cls(**kwargs)).save_pretrained(directory)
     return directory
 
 

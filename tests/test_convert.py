@@ -99,7 +99,7 @@ def test_export_loads_in_transformers_with_same_logits(llm_dirs, tmp_path, name)
     assert np.max(np.abs(np.asarray(got) - expected)) <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["clip", "siglip", "dinov2", "clip_two_tower"])
+@pytest.mark.parametrize("name", ["clip", "siglip", "siglip2", "dinov2", "clip_two_tower"])
 def test_vision_hidden_states_match_transformers(vision_dirs, name):
     report = check.check_vision(vision_dirs[name])
     assert len(report["per_layer_max_abs_diff"]) == VISION_COMMON["num_hidden_layers"] + 1

@@ -52,13 +52,23 @@ def check_vision(hf_dir: str, *, dtype: str = "float32", batch: int = 2, seed: i
     classes = {
         "clip": transformers.CLIPVisionModel,
         "siglip": transformers.SiglipVisionModel,
+        "siglip2": transformers.Siglip2VisionModel,
         "dinov2": transformers.Dinov2Model,
     }
     ref = classes[family.model_type].from_pretrained(hf_dir, dtype=torch.float32).eval()
     pixels = np.random.default_rng(seed).standard_normal((batch, c.channels, c.image_size, c.image_size))
     pixels = pixels.astype(np.float32)
+    inputs = {"pixel_values": torch.from_numpy(pixels)}
+    if family.model_type == "siglip2":  # NaFlex inputs: (p, p, C)-flattened patches, all valid, native grid
+        grid, p = c.image_size // c.patch_size, c.patch_size
+        patches = pixels.reshape(batch, c.channels, grid, p, grid, p).transpose(0, 2, 4, 3, 5, 1)
+        inputs = {
+            "pixel_values": torch.from_numpy(np.ascontiguousarray(patches.reshape(batch, grid * grid, -1))),
+            "pixel_attention_mask": torch.ones((batch, grid * grid), dtype=torch.long),
+            "spatial_shapes": torch.tensor([[grid, grid]] * batch),
+        }
     with torch.no_grad():
-        expected = [h.numpy() for h in ref(torch.from_numpy(pixels), output_hidden_states=True).hidden_states]
+        expected = [h.numpy() for h in ref(**inputs, output_hidden_states=True).hidden_states]
     taps = tuple(range(c.depth + 1))
     got = ours(jnp.asarray(pixels.transpose(0, 2, 3, 1)), taps)
     diffs = [float(np.max(np.abs(np.asarray(g, np.float32) - e))) for g, e in zip(got, expected, strict=True)]

@@ -8,6 +8,7 @@ and export (``transforms.to_ours`` / ``transforms.to_hf``). Every row is checked
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from semrel_jax.convert.safetensors_io import CheckpointError
 from semrel_jax.models.llama import LlamaConfig
@@ -17,7 +18,7 @@ Path = tuple[str | int, ...]
 Row = tuple[Path, str, str]
 
 LLM_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-VISION_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model", "dinov2")
+VISION_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model", "siglip2", "siglip2_vision_model", "dinov2")
 
 _ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 
@@ -127,15 +128,23 @@ def vision_config_from_hf(cfg: dict, *, dtype: str = "float32", param_dtype: str
     if model_type not in VISION_TYPES:
         raise CheckpointError(f"model_type {model_type!r} is not a supported vision encoder; supported: {VISION_TYPES}.")
     family = model_type.replace("_vision_model", "")
-    vc = cfg.get("vision_config", cfg) if family in ("clip", "siglip") else cfg
+    vc = cfg.get("vision_config", cfg) if family in ("clip", "siglip", "siglip2") else cfg
     act = _get(vc, "hidden_act", "quick_gelu" if family == "clip" else "gelu")
     if act not in _ACTIVATIONS:
         raise CheckpointError(f"vision hidden_act {act!r} is not supported; supported: {sorted(_ACTIVATIONS)}.")
     if family == "dinov2" and _get(vc, "use_swiglu_ffn", False):
         raise CheckpointError("DINOv2 with a SwiGLU FFN (giant) is not supported.")
     width = _get(vc, "hidden_size", required=True)
+    if family == "siglip2":
+        # NaFlex: a square grid of num_patches position embeddings; we run at that native grid
+        grid = math.isqrt(_get(vc, "num_patches", required=True))
+        if grid * grid != vc["num_patches"]:
+            raise CheckpointError(f"SigLIP2 num_patches={vc['num_patches']} is not a square grid.")
+        image_size = grid * _get(vc, "patch_size", required=True)
+    else:
+        image_size = _get(vc, "image_size", required=True)
     common = dict(
-        image_size=_get(vc, "image_size", required=True),
+        image_size=image_size,
         patch_size=_get(vc, "patch_size", required=True),
         width=width,
         depth=_get(vc, "num_hidden_layers", required=True),
@@ -152,7 +161,7 @@ def vision_config_from_hf(cfg: dict, *, dtype: str = "float32", param_dtype: str
         vit = ViTConfig(**common, pre_ln=True, class_token=True, patch_bias=False)
         mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
         prefix = ""  # the loader also finds the "vision_model." of two-tower and older checkpoints
-    elif family == "siglip":
+    elif family in ("siglip", "siglip2"):
         vit = ViTConfig(**common, pre_ln=False, class_token=False, patch_bias=True)
         mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
         prefix = ""
@@ -166,8 +175,10 @@ def vision_config_from_hf(cfg: dict, *, dtype: str = "float32", param_dtype: str
 def vision_rows(f: VisionFamily) -> list[Row]:
     c = f.config
     p = f.prefix
-    if f.model_type in ("clip", "siglip"):
-        rows: list[Row] = [(("patch_embedding", "kernel"), f"{p}embeddings.patch_embedding.weight", "conv_patch")]
+    if f.model_type in ("clip", "siglip", "siglip2"):
+        # SigLIP2's patch embedding is a Linear over (p, p, C)-flattened patches, the others a Conv2d
+        patch = "linear_patch_ppc" if f.model_type == "siglip2" else "conv_patch"
+        rows: list[Row] = [(("patch_embedding", "kernel"), f"{p}embeddings.patch_embedding.weight", patch)]
         if c.patch_bias:
             rows.append((("patch_embedding", "bias"), f"{p}embeddings.patch_embedding.bias", "identity"))
         if c.class_token:

@@ -8,6 +8,7 @@ device copies only its shard and the host holds at most one transformed tensor a
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 
@@ -30,6 +31,9 @@ def to_ours(transform: str, a: np.ndarray) -> np.ndarray:
         return a.reshape(a.shape[0], -1).T
     if transform == "squeeze":  # DINOv2's [1, 1, w] / [1, N, w] parameters
         return a.reshape(a.shape[-2:] if a.ndim == 3 and a.shape[1] > 1 else a.shape[-1:])
+    if transform == "linear_patch_ppc":  # Linear over (p, p, C) patches [w, p·p·3] -> kernel over (C, p, p)
+        p = math.isqrt(a.shape[1] // 3)
+        return a.reshape(a.shape[0], p, p, 3).transpose(0, 3, 1, 2).reshape(a.shape[0], -1).T
     raise ValueError(f"unknown transform {transform!r}")
 
 
@@ -41,6 +45,9 @@ def to_hf(transform: str, a: np.ndarray, hf_shape: tuple[int, ...] | None = None
         return a.T
     if transform in ("conv_patch", "squeeze"):
         return (a.T if transform == "conv_patch" else a).reshape(hf_shape)
+    if transform == "linear_patch_ppc":
+        w, p = a.shape[1], math.isqrt(a.shape[0] // 3)
+        return a.T.reshape(w, 3, p, p).transpose(0, 2, 3, 1).reshape(w, -1)
     raise ValueError(f"unknown transform {transform!r}")
 
 
