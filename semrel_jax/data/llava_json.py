@@ -1,0 +1,132 @@
+"""LLaVA-style instruction data: a JSON list of conversations, with images under an image root.
+
+File (LLaVA-Instruct-150K, LLaVA-1.5 mix665k, LCS-558K and the many sets in that format)::
+
+    [{"id": "000000033471", "image": "coco/train2017/000000033471.jpg",     # "image" optional
+      "conversations": [{"from": "human", "value": "<image>\\nWhat are the colors of the bus?"},
+                        {"from": "gpt", "value": "The bus is white and red."},
+                        {"from": "human", "value": "What feature can be seen on the back of the bus?"},
+                        {"from": "gpt", "value": "An advertisement."}]}, ...]
+
+The image is ``image_root/<image>``. Roles: ``human`` (or ``user``) and ``gpt`` (or ``assistant``); a
+conversation must alternate human, gpt, human, gpt, ... and end with a gpt turn.
+
+**One example per (human, gpt) turn pair**, in file order then turn order; every pair is a training
+target, and the earlier pairs of the conversation are its context:
+
+* pair 1: ``'question'`` is the first human message;
+* pair k > 1: ``'question'`` is the earlier pairs, each as ``USER: {human}\\nASSISTANT: {gpt}\\n``, followed
+  by ``USER: {human_k}``; e.g. for pair 2: ``USER: {h1}\\nASSISTANT: {g1}\\nUSER: {h2}``;
+* ``'answer'`` is ``gpt_k``; ``'messages'`` is the same history as ``[{"role": "user" | "assistant",
+  "content": ...}, ...]`` ending with the user turn ``h_k`` (for chat templates).
+
+The ``<image>`` placeholder is removed from the text as LLaVA's ``preprocess_multimodal`` does
+(``value.replace("<image>", "").strip()``); the image itself is the example's ``'image'`` for every pair
+of the conversation (``'has_image'`` 1), or None for conversations without ``"image"`` (``'has_image'`` 0).
+
+Also in each example: ``index``, ``id`` (the record's; ``records[<position>]`` when it has none),
+``turn`` (0-based pair number) and ``num_turns``.
+
+Malformed records (bad-data policy: see ``semrel_jax.data.images``; a record is one conversation): no
+``conversations`` list; a turn that is not ``{"from", "value": str}``; unknown role; human/gpt not
+alternating or not ending with gpt; an empty gpt message; a ``<image>`` placeholder in a record without
+``"image"``; more than one placeholder; ``"image"`` not a single path (multi-image records are not
+supported).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from semrel_jax.data.images import Malformed, RecordSource
+
+IMAGE_TOKEN = "<image>"
+USER_ROLES = ("human", "user")
+ASSISTANT_ROLES = ("gpt", "assistant")
+
+
+def render_question(history: list[tuple[str, str]], human: str) -> str:
+    """The ``'question'`` text of a pair: earlier (human, gpt) pairs as USER/ASSISTANT lines, then ``human``."""
+    if not history:
+        return human
+    lines = "".join(f"USER: {h}\nASSISTANT: {g}\n" for h, g in history)
+    return f"{lines}USER: {human}"
+
+
+class LLaVAInstruct(RecordSource):
+    """Random-access LLaVA-style instruction data (a grain ``RandomAccessDataSource``)."""
+
+    name = "llava_json"
+
+    def __init__(self, json_path: str, image_root: str, on_bad_data: str = "error", verify_images: bool = False) -> None:
+        super().__init__(on_bad_data, verify_images)
+        self.json_path, self.image_root = json_path, image_root
+        if not os.path.isfile(json_path):
+            raise FileNotFoundError(f"LLaVA instruction file not found at {json_path!r}.")
+        with open(json_path, encoding="utf-8") as f:
+            records = json.load(f)
+        if not isinstance(records, list):
+            raise ValueError(f"{json_path!r}: expected a JSON list of conversations.")
+
+        def record_id(i: int, r: Any) -> Any:
+            if isinstance(r, dict) and r.get("id") is not None:
+                return r["id"]
+            return f"records[{i}]"
+
+        def parse(rid, r):
+            if not isinstance(r, dict):
+                raise Malformed("record is not an object")
+            image = r.get("image")
+            if image is not None and (not isinstance(image, str) or not image):
+                raise Malformed(f"'image' must be one relative path, got {image!r} (multi-image records are not supported)")
+            turns = r.get("conversations")
+            if not isinstance(turns, list) or not turns:
+                raise Malformed("'conversations' missing or empty")
+            texts, placeholders = [], 0
+            for k, t in enumerate(turns):
+                if not isinstance(t, dict) or not isinstance(t.get("value"), str) or not isinstance(t.get("from"), str):
+                    raise Malformed(f"turn {k} is not {{'from': str, 'value': str}}: {t!r}")
+                role = t["from"]
+                expected = USER_ROLES if k % 2 == 0 else ASSISTANT_ROLES
+                if role not in USER_ROLES + ASSISTANT_ROLES:
+                    raise Malformed(f"turn {k} has unknown role {role!r}; expected one of {USER_ROLES + ASSISTANT_ROLES}")
+                if role not in expected:
+                    raise Malformed(f"turn {k} is from {role!r}; turns must alternate human, gpt, human, gpt, ...")
+                placeholders += t["value"].count(IMAGE_TOKEN)
+                text = t["value"].replace(IMAGE_TOKEN, "").strip()
+                if k % 2 == 1 and not text:
+                    raise Malformed(f"turn {k} (gpt) is empty")
+                texts.append(text)
+            if len(turns) % 2:
+                raise Malformed("the conversation ends with a human turn (no gpt answer to train on)")
+            if placeholders and image is None:
+                raise Malformed(f"{IMAGE_TOKEN} placeholder in a record without an 'image'")
+            if placeholders > 1:
+                raise Malformed(f"{placeholders} {IMAGE_TOKEN} placeholders; one image per conversation is supported")
+            pairs = list(zip(texts[0::2], texts[1::2]))
+            entries = [(rid, k, len(pairs), pairs[:k], h, g) for k, (h, g) in enumerate(pairs)]
+            return (os.path.join(image_root, image) if image is not None else None), entries
+
+        self._admit(((record_id(i, r), r) for i, r in enumerate(records)), parse)
+
+    def __repr__(self) -> str:
+        return (f"LLaVAInstruct(json_path={self.json_path!r}, image_root={self.image_root!r}, "
+                f"on_bad_data={self.on_bad_data!r}, len={len(self)})")
+
+    def _fields(self, index: int) -> dict[str, Any]:
+        rid, turn, num_turns, history, human, gpt = self._entries[index]
+        messages = []
+        for h, g in history:
+            messages += [{"role": "user", "content": h}, {"role": "assistant", "content": g}]
+        messages.append({"role": "user", "content": human})
+        return {
+            "question": render_question(history, human),
+            "answer": gpt,
+            "messages": messages,
+            "index": index,
+            "id": rid,
+            "turn": turn,
+            "num_turns": num_turns,
+        }

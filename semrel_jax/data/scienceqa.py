@@ -1,0 +1,260 @@
+"""ScienceQA (Lu et al., NeurIPS 2022) from its official release, with the LaVIN / MemVP prompt formats.
+
+Files (the release as downloaded, under ``root``)::
+
+    problems.json      {pid: {question, choices, answer (int), hint, image ("image.png" | null), task, grade,
+                              subject, topic, category, skill, lecture, solution, split}}
+    pid_splits.json    {"train": [pid, ...], "val": [...], "test": [...], "minival": [...], ...}
+    images/<split>/<pid>/image.png       (<split> is the problem's own "split" field: train | val | test)
+    captions.json      optional, {"captions": {pid: caption}} (pass ``captions_path``)
+
+Any key of ``pid_splits.json`` is a split (``minival``, ``trainval``, ... too). Problems whose ``image`` is
+null are text-only examples: ``'image'`` None, ``'has_image'`` 0 (about half of ScienceQA).
+
+Prompt formats (``prompt_format="<INPUT>-<OUTPUT>"``), as MemVP's ``util/base_prompt.py``
+``create_training_example`` builds them (LaVIN's convention: the prompt ends with ``Response:``):
+
+  INPUT (the ``'question'`` text; the parts are joined with newlines, then ``Response:``)
+    ``QCM``  ``Question: {question}\\nContext: {context}\\nOptions: {options}\\nResponse:``
+    ``CQM``  ``Context: {context}\\nQuestion: {question}\\nOptions: {options}\\nResponse:``
+    ``QM``   ``Question: {question}\\nOptions: {options}\\nResponse:``
+    ``Q``    ``Question: {question}\\nResponse:``
+  OUTPUT (the ``'answer'`` text)
+    ``A``    ``The answer is {letter}.``
+    ``LA``   ``{lecture} The answer is {letter}.``
+    ``EA``   ``{solution} The answer is {letter}.``
+    ``LEA``  ``{lecture} {solution} The answer is {letter}.``
+    ``ELA``  ``{solution} {lecture} The answer is {letter}.``
+
+  so e.g. ``QCM-A`` (MemVP's and LaVIN's ScienceQA setting), ``CQM-A``, ``QCM-LEA`` and ``QCM-EA``.
+
+* ``{options}``: ``(A) first (B) second ...``, letters A-E (ScienceQA has 2-5 choices; more is malformed).
+* ``{context}``: the hint, followed by the image caption when ``captions_path`` is given (joined with one
+  space, stripped); ``N/A`` when both are empty. Only formats with a ``C`` carry the context (and hence
+  the caption).
+* ``{lecture}`` / ``{solution}``: newlines written as the two characters ``\\n``, exactly as the reference
+  code does (``get_lecture_text``/``get_solution_text``).
+* As in the reference, each text then has every double space replaced by one space (one pass of
+  ``str.replace("  ", " ")``) and is stripped.
+
+The answer-first formats with ``BECAUSE:`` (``AL``, ``AE``, ``ALE``, ``AEL``) are not offered: upstream
+they swap lecture and solution (``AL`` writes the solution) and never strip an empty ``BECAUSE:``.
+
+Evaluation: each example carries ``pid``, ``choices``, ``answer_index``, ``label`` (the answer letter) and
+the breakdown fields of the ScienceQA paper (``subject``, ``grade``, ``has_text``, ``has_image``,
+``no_context``; also ``topic``, ``category``, ``skill``); :func:`parse_answer` extracts the predicted
+letter from generated text and :func:`accuracy_report` gives the paper's accuracies. ``family`` and ``kind``
+(subject and category) are the grouping keys ``evaluation.vqa.accuracy_report`` breaks accuracy down by.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+from typing import Any
+
+from semrel_jax.data.images import Malformed, RecordSource
+
+OPTIONS: tuple[str, ...] = ("A", "B", "C", "D", "E")
+INPUT_FORMATS: tuple[str, ...] = ("QCM", "CQM", "QM", "Q")
+OUTPUT_FORMATS: tuple[str, ...] = ("A", "LA", "EA", "LEA", "ELA")
+PROMPT_FORMATS: tuple[str, ...] = tuple(f"{i}-{o}" for i in INPUT_FORMATS for o in OUTPUT_FORMATS)
+GRADES_1_6 = tuple(f"grade{g}" for g in range(1, 7))
+GRADES_7_12 = tuple(f"grade{g}" for g in range(7, 13))
+
+_STR_FIELDS = ("question", "hint", "lecture", "solution", "subject", "grade", "topic", "category", "skill", "task")
+
+
+def check_prompt_format(prompt_format: str) -> tuple[str, str]:
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"Unknown ScienceQA prompt format {prompt_format!r}; expected one of {PROMPT_FORMATS}.")
+    inp, out = prompt_format.split("-")
+    return inp, out
+
+
+def _clean(text: str) -> str:
+    return text.replace("  ", " ").strip()
+
+
+def context_text(hint: str, caption: str = "") -> str:
+    return " ".join([hint, caption]).strip() or "N/A"
+
+
+def choices_text(choices: list[str]) -> str:
+    return " ".join(f"({OPTIONS[i]}) {c}" for i, c in enumerate(choices))
+
+
+def build_prompt(problem: dict, prompt_format: str, caption: str = "") -> tuple[str, str]:
+    """(question text, answer text) of one problem (a problems.json value) in ``prompt_format``."""
+    inp, out = check_prompt_format(prompt_format)
+    question = problem["question"]
+    context = context_text(problem.get("hint") or "", caption)
+    options = choices_text(problem["choices"])
+    letter = OPTIONS[problem["answer"]]
+    lecture = (problem.get("lecture") or "").replace("\n", "\\n")
+    solution = (problem.get("solution") or "").replace("\n", "\\n")
+    parts = {
+        "QCM": [f"Question: {question}", f"Context: {context}", f"Options: {options}"],
+        "CQM": [f"Context: {context}", f"Question: {question}", f"Options: {options}"],
+        "QM": [f"Question: {question}", f"Options: {options}"],
+        "Q": [f"Question: {question}"],
+    }[inp]
+    text = "\n".join(parts) + "\nResponse:"
+    answer = f"The answer is {letter}."
+    answer = {
+        "A": answer,
+        "LA": f"{lecture} {answer}",
+        "EA": f"{solution} {answer}",
+        "LEA": f"{lecture} {solution} {answer}",
+        "ELA": f"{solution} {lecture} {answer}",
+    }[out]
+    return _clean(text), _clean(answer)
+
+
+_ANSWER_RE = re.compile(r"answer is \(?([A-Z])\b")
+
+
+def parse_answer(text: str, num_choices: int) -> int:
+    """Index of the choice a generated text names, or -1.
+
+    ``The answer is X`` (last occurrence) wins; otherwise a text that is just a letter (``B``, ``(B)``,
+    ``B.``) counts; letters beyond ``num_choices`` are -1 (as MemVP's ``get_pred_idx``).
+    """
+    hits = _ANSWER_RE.findall(text)
+    letter = hits[-1] if hits else None
+    if letter is None:
+        m = re.fullmatch(r"\s*\(?([A-Z])\)?\.?\s*", text)
+        letter = m.group(1) if m else None
+    if letter is None or letter not in OPTIONS[:num_choices]:
+        return -1
+    return OPTIONS.index(letter)
+
+
+def accuracy_report(records: list[dict]) -> dict[str, float]:
+    """ScienceQA accuracies from records (example metadata + ``'prediction'`` text).
+
+    Keys: ``accuracy`` and ``accuracy/{natural,social,language}`` (subject), ``accuracy/{text,image,
+    no_context}`` (context modality: hint present, image present, neither), ``accuracy/grade_1_6``,
+    ``accuracy/grade_7_12``, ``num_examples``. Groups with no example are left out.
+    """
+    if not records:
+        raise ValueError("No ScienceQA evaluation records.")
+    groups: dict[str, list[bool]] = collections.defaultdict(list)
+    subjects = {"natural science": "natural", "social science": "social", "language science": "language"}
+    for r in records:
+        hit = parse_answer(r["prediction"], len(r["choices"])) == r["answer_index"]
+        keys = ["accuracy"]
+        if r["subject"] in subjects:
+            keys.append(f"accuracy/{subjects[r['subject']]}")
+        for key, flag in (("text", "has_text"), ("image", "has_image"), ("no_context", "no_context")):
+            if r[flag]:
+                keys.append(f"accuracy/{key}")
+        if r["grade"] in GRADES_1_6:
+            keys.append("accuracy/grade_1_6")
+        elif r["grade"] in GRADES_7_12:
+            keys.append("accuracy/grade_7_12")
+        for k in keys:
+            groups[k].append(hit)
+    report = {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+    report["num_examples"] = float(len(records))
+    return report
+
+
+def _load_json(path: str, what: str) -> Any:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ScienceQA {what} not found at {path!r}.")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class ScienceQA(RecordSource):
+    """Random-access ScienceQA split (a grain ``RandomAccessDataSource``); one example per problem.
+
+    Example: ``image`` (uint8 [H, W, 3] or None), ``has_image``, ``question`` (the formatted prompt),
+    ``answer`` (the formatted target), ``index``, ``pid``, ``choices``, ``answer_index``, ``label``,
+    ``subject``, ``grade``, ``topic``, ``category``, ``skill``, ``has_text``, ``no_context``, ``family``,
+    ``kind``. Order: the order of ``pid_splits.json[split]``. Bad data: see ``semrel_jax.data.images``.
+    """
+
+    name = "scienceqa"
+
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        prompt_format: str = "QCM-A",
+        captions_path: str | None = None,
+        on_bad_data: str = "error",
+        verify_images: bool = False,
+    ) -> None:
+        super().__init__(on_bad_data, verify_images)
+        check_prompt_format(prompt_format)
+        self.root, self.split, self.prompt_format, self.captions_path = root, split, prompt_format, captions_path
+        problems = _load_json(os.path.join(root, "problems.json"), "problems.json")
+        splits = _load_json(os.path.join(root, "pid_splits.json"), "pid_splits.json")
+        if split not in splits:
+            raise ValueError(f"ScienceQA split {split!r} is not in pid_splits.json; it has {sorted(splits)}.")
+        captions: dict[str, str] = {}
+        if captions_path:
+            captions = _load_json(captions_path, "captions file")
+            if not isinstance(captions, dict) or not isinstance(captions.get("captions"), dict):
+                raise ValueError(f"{captions_path!r}: expected {{'captions': {{pid: caption}}}}.")
+            captions = captions["captions"]
+
+        def parse(pid, _):
+            p = problems.get(pid)
+            if not isinstance(p, dict):
+                raise Malformed("pid listed in pid_splits.json but absent from problems.json" if p is None else "problem is not an object")
+            for key in _STR_FIELDS:
+                if not isinstance(p.get(key, ""), str) or (key == "question" and not p.get(key)):
+                    raise Malformed(f"field {key!r} missing or not a string")
+            choices, answer = p.get("choices"), p.get("answer")
+            if not isinstance(choices, list) or not 2 <= len(choices) <= len(OPTIONS) or not all(isinstance(c, str) for c in choices):
+                raise Malformed(f"'choices' must be a list of 2-{len(OPTIONS)} strings, got {choices!r}")
+            if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
+                raise Malformed(f"'answer' must index 'choices' (0..{len(choices) - 1}), got {answer!r}")
+            image = p.get("image")
+            if image is not None and (not isinstance(image, str) or not image):
+                raise Malformed(f"'image' must be a file name or null, got {image!r}")
+            caption = captions.get(pid, "") if captions else ""
+            if not isinstance(caption, str):
+                raise Malformed(f"caption is not a string: {caption!r}")
+            question, answer_text = build_prompt(p, prompt_format, caption)
+            path = os.path.join(root, "images", p.get("split") or split, pid, image) if image else None
+            hint = p.get("hint") or ""
+            entry = (pid, question, answer_text, tuple(choices), answer, p.get("subject", ""), p.get("grade", ""),
+                     p.get("topic", ""), p.get("category", ""), p.get("skill", ""), bool(hint))
+            return path, [entry]
+
+        pids = splits[split]
+        if not isinstance(pids, list):
+            raise ValueError(f"pid_splits.json[{split!r}] is not a list.")
+        self._admit(((str(pid), None) for pid in pids), parse)
+
+    def __repr__(self) -> str:
+        return (f"ScienceQA(root={self.root!r}, split={self.split!r}, prompt_format={self.prompt_format!r}, "
+                f"captions_path={self.captions_path!r}, on_bad_data={self.on_bad_data!r}, len={len(self)})")
+
+    def _fields(self, index: int) -> dict[str, Any]:
+        pid, question, answer, choices, answer_index, subject, grade, topic, category, skill, has_text = self._entries[index]
+        has_image = self._paths[index] is not None
+        return {
+            "question": question,
+            "answer": answer,
+            "index": index,
+            "pid": pid,
+            "choices": list(choices),
+            "answer_index": answer_index,
+            "label": OPTIONS[answer_index],
+            "subject": subject,
+            "grade": grade,
+            "topic": topic,
+            "category": category,
+            "skill": skill,
+            "has_text": int(has_text),
+            "no_context": int(not has_text and not has_image),
+            "family": subject,
+            "kind": category,
+        }
