@@ -186,30 +186,11 @@ def test_scienceqa_examples(data):
     assert _sqa(data, "val")[0]["pid"] == "10" and _sqa(data, "minival")[0]["image"].shape == (24, 32, 3)
     test = _sqa(data, "test")[0]
     assert test["image"].shape == (24, 32, 3) and test["label"] == "A"  # RGBA -> RGB
+    assert list(src.problems) == ["1", "2", "4", "6"] and src.problems["1"] == fx.SCIENCEQA_PROBLEM_1
     with pytest.raises(ValueError, match="minitrain"):
         _sqa(data, "minitrain")
     with pytest.raises(ValueError, match="prompt format"):
         _sqa(data, prompt_format="QCM-ALE")
-
-
-def test_scienceqa_parse_answer_and_accuracy():
-    assert scienceqa.parse_answer("The answer is B.", 3) == 1
-    assert scienceqa.parse_answer("Because ... The answer is (C).", 3) == 2
-    assert scienceqa.parse_answer(" B. ", 2) == 1
-    assert scienceqa.parse_answer("The answer is D.", 3) == -1  # beyond the choices
-    assert scienceqa.parse_answer("I do not know", 4) == -1
-    base = {"choices": ["a", "b"], "subject": "natural science", "grade": "grade3"}
-    records = [
-        {**base, "answer_index": 0, "prediction": "The answer is A.", "has_text": 1, "has_image": 1, "no_context": 0},
-        {**base, "answer_index": 1, "prediction": "The answer is A.", "has_text": 0, "has_image": 0, "no_context": 1,
-         "subject": "language science", "grade": "grade9"},
-    ]
-    report = scienceqa.accuracy_report(records)
-    assert report == {
-        "accuracy": 0.5, "accuracy/natural": 1.0, "accuracy/language": 0.0, "accuracy/text": 1.0,
-        "accuracy/image": 1.0, "accuracy/no_context": 0.0, "accuracy/grade_1_6": 1.0, "accuracy/grade_7_12": 0.0,
-        "num_examples": 2.0,
-    }
 
 
 # ------------------------------------------------------------------ VQA v2

@@ -41,18 +41,18 @@ The answer-first formats with ``BECAUSE:`` (``AL``, ``AE``, ``ALE``, ``AEL``) ar
 they swap lecture and solution (``AL`` writes the solution) and never strip an empty ``BECAUSE:``.
 
 Evaluation: each example carries ``pid``, ``choices``, ``answer_index``, ``label`` (the answer letter) and
-the breakdown fields of the ScienceQA paper (``subject``, ``grade``, ``has_text``, ``has_image``,
-``no_context``; also ``topic``, ``category``, ``skill``); :func:`parse_answer` extracts the predicted
-letter from generated text and :func:`accuracy_report` gives the paper's accuracies. ``family`` and ``kind``
-(subject and category) are the grouping keys ``evaluation.vqa.accuracy_report`` breaks accuracy down by.
+the breakdown fields of the ScienceQA paper (``subject``, ``grade``, ``has_text`` = the hint is non-empty,
+``has_image``, ``no_context``; also ``topic``, ``category``, ``skill``). ``source.problems`` maps the pid
+of every example kept to its official problems.json entry, the input of the official-protocol scorer
+``semrel_jax.evaluation.scienceqa.accuracy_report(predictions_by_pid, source.problems,
+pids=source.problems)``. ``family`` and ``kind`` (subject and category) are the grouping keys
+``evaluation.vqa.accuracy_report`` breaks accuracy down by.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
-import re
 from typing import Any
 
 from semrel_jax.data.images import Malformed, RecordSource
@@ -61,8 +61,6 @@ OPTIONS: tuple[str, ...] = ("A", "B", "C", "D", "E")
 INPUT_FORMATS: tuple[str, ...] = ("QCM", "CQM", "QM", "Q")
 OUTPUT_FORMATS: tuple[str, ...] = ("A", "LA", "EA", "LEA", "ELA")
 PROMPT_FORMATS: tuple[str, ...] = tuple(f"{i}-{o}" for i in INPUT_FORMATS for o in OUTPUT_FORMATS)
-GRADES_1_6 = tuple(f"grade{g}" for g in range(1, 7))
-GRADES_7_12 = tuple(f"grade{g}" for g in range(7, 13))
 
 _STR_FIELDS = ("question", "hint", "lecture", "solution", "subject", "grade", "topic", "category", "skill", "task")
 
@@ -111,55 +109,6 @@ def build_prompt(problem: dict, prompt_format: str, caption: str = "") -> tuple[
         "ELA": f"{solution} {lecture} {answer}",
     }[out]
     return _clean(text), _clean(answer)
-
-
-_ANSWER_RE = re.compile(r"answer is \(?([A-Z])\b")
-
-
-def parse_answer(text: str, num_choices: int) -> int:
-    """Index of the choice a generated text names, or -1.
-
-    ``The answer is X`` (last occurrence) wins; otherwise a text that is just a letter (``B``, ``(B)``,
-    ``B.``) counts; letters beyond ``num_choices`` are -1 (as MemVP's ``get_pred_idx``).
-    """
-    hits = _ANSWER_RE.findall(text)
-    letter = hits[-1] if hits else None
-    if letter is None:
-        m = re.fullmatch(r"\s*\(?([A-Z])\)?\.?\s*", text)
-        letter = m.group(1) if m else None
-    if letter is None or letter not in OPTIONS[:num_choices]:
-        return -1
-    return OPTIONS.index(letter)
-
-
-def accuracy_report(records: list[dict]) -> dict[str, float]:
-    """ScienceQA accuracies from records (example metadata + ``'prediction'`` text).
-
-    Keys: ``accuracy`` and ``accuracy/{natural,social,language}`` (subject), ``accuracy/{text,image,
-    no_context}`` (context modality: hint present, image present, neither), ``accuracy/grade_1_6``,
-    ``accuracy/grade_7_12``, ``num_examples``. Groups with no example are left out.
-    """
-    if not records:
-        raise ValueError("No ScienceQA evaluation records.")
-    groups: dict[str, list[bool]] = collections.defaultdict(list)
-    subjects = {"natural science": "natural", "social science": "social", "language science": "language"}
-    for r in records:
-        hit = parse_answer(r["prediction"], len(r["choices"])) == r["answer_index"]
-        keys = ["accuracy"]
-        if r["subject"] in subjects:
-            keys.append(f"accuracy/{subjects[r['subject']]}")
-        for key, flag in (("text", "has_text"), ("image", "has_image"), ("no_context", "no_context")):
-            if r[flag]:
-                keys.append(f"accuracy/{key}")
-        if r["grade"] in GRADES_1_6:
-            keys.append("accuracy/grade_1_6")
-        elif r["grade"] in GRADES_7_12:
-            keys.append("accuracy/grade_7_12")
-        for k in keys:
-            groups[k].append(hit)
-    report = {k: sum(v) / len(v) for k, v in sorted(groups.items())}
-    report["num_examples"] = float(len(records))
-    return report
 
 
 def _load_json(path: str, what: str) -> Any:
@@ -232,6 +181,8 @@ class ScienceQA(RecordSource):
         if not isinstance(pids, list):
             raise ValueError(f"pid_splits.json[{split!r}] is not a list.")
         self._admit(((str(pid), None) for pid in pids), parse)
+        # pid -> official problems.json entry, for every problem kept (in order; what scorers take)
+        self.problems: dict[str, dict] = {pid: problems[pid] for pid in dict.fromkeys(self._record_ids)}
 
     def __repr__(self) -> str:
         return (f"ScienceQA(root={self.root!r}, split={self.split!r}, prompt_format={self.prompt_format!r}, "
