@@ -70,6 +70,24 @@ def test_release_presets_reproduce_the_papers_trainable_counts(name, trainable, 
     assert partition.count_params(train_state) + partition.count_params(frozen_state) == total
 
 
+@pytest.mark.parametrize("llm", list(presets.LLM_SHAPES))
+def test_lsrm_on_every_llm_follows_the_recipe(llm):
+    """lsrm_<llm>: the release recipe (N_mem 320) on each published LLM shape, counted without allocating."""
+    name = f"lsrm_{llm}"
+    c = preset_config(name)
+    model = abstract(c)
+    d = presets.LLM_SHAPES[llm]["dim"]
+    srproj = 1024 * 64 + 64 + 64 + 64 * d + d  # fc1 (+bias), diagonal, fc2 (+bias)
+    expected_trainable = 589_824 + 2 * srproj + 2 * d + 2 * 320 * d
+    total, n_train = inspect_lib.param_counts(model, c.train.trainable, c.train.frozen)
+    assert n_train == expected_trainable
+    llm_params = partition.count_params(nnx_state(model.llm))
+    vision_frozen = total - n_train - llm_params
+    assert vision_frozen == 303_179_776  # HF CLIPVisionModel, openai/clip-vit-large-patch14 (224 px)
+    if llm == "llama_7b":
+        assert n_train == 3_883_264
+
+
 def nnx_state(module):
     return nnx.state(module, nnx.Param)
 
@@ -115,7 +133,7 @@ def test_every_preset_validates_and_builds_its_typed_config(name):
     assert c.preset == name
     config_lib.validate(c)
     mc = config_lib.model_config(c, TOKENIZER_VOCAB)
-    if name in presets.RELEASE_PRESETS:
+    if name in presets.RELEASE_PRESETS + presets.LSRM_ON_LLM_PRESETS:
         assert mc.llm.dtype == "bfloat16" and mc.llm.param_dtype == "float32"
         assert c.train.frozen_dtype == "bfloat16"
         (enc,) = mc.vision.encoders
