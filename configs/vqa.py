@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = dict(
-        name="sort_of_clevr",
+        name="sort_of_clevr",  # | scienceqa | vqa_v2 | coco_captions | llava_json (semrel_jax/data/sources.py)
         train_images=10_000,  # x questions_per_image questions
         eval_images=500,
         questions_per_image=20,
@@ -37,6 +37,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_text_len=20,
         prompt_format="qa",  # 'qa' | 'chat' (the tokenizer's chat template; for instruct checkpoints)
         tokenizer="",  # '' -> train once from the dataset vocabulary, cached in <workdir>/tokenizer
+        # real datasets (data.name != sort_of_clevr); set prompt_format='raw' (they format their own prompts) or 'chat'
+        root="",  # scienceqa: the release dir (problems.json, pid_splits.json, images/); vqa_v2: the JSON dir
+        image_root="",  # coco_captions / llava_json images (vqa_v2: default root/<split>)
+        train_file="",  # coco_captions: Karpathy dataset_coco.json; llava_json: the instruction JSON
+        eval_file="",  # llava_json: held-out JSON ('' = train_file)
+        train_split="",  # '' = the dataset's usual one (train / train2014)
+        eval_split="",  # '' = test / val2014
+        scienceqa_format="QCM-A",  # LaVIN/MemVP formats: QCM-A, CQM-A, QCM-LEA, QCM-EA, ...
+        captions="",  # scienceqa: optional captions.json for the context
+        vqa_prompt="plain",  # vqa_v2: 'plain' | 'llava' (adds "Answer the question using a single word or phrase.")
+        on_bad_data="error",  # 'error' names the bad record | 'skip' drops/replaces it and counts it (logged)
         num_workers=0,  # grain worker processes (0: in the main process)
         prefetch=2,
     )

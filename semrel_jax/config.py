@@ -90,11 +90,26 @@ def resolve_pretrained(c: ml_collections.ConfigDict) -> None:
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raises ConfigError on the first invalid value (after filling shapes from any ``hf_dir``)."""
     resolve_pretrained(c)
-    _one_of(c, "data.name", ("sort_of_clevr",))
-    for key in ("data.train_images", "data.eval_images", "data.questions_per_image", "data.max_text_len"):
-        _positive_int(c, key)
+    from semrel_jax.data import scienceqa as scienceqa_data, sources, vqa_v2 as vqa_v2_data
+
+    _one_of(c, "data.name", sources.NAMES)
+    _positive_int(c, "data.max_text_len")
     _positive_int(c, "data.num_workers", allow_zero=True)
-    _one_of(c, "data.prompt_format", ("qa", "chat"))
+    _one_of(c, "data.prompt_format", ("qa", "raw", "chat"))
+    if c.data.name == "sort_of_clevr":
+        for key in ("data.train_images", "data.eval_images", "data.questions_per_image"):
+            _positive_int(c, key)
+    else:
+        _check(c.data.prompt_format != "qa", "data.prompt_format", f"{c.data.name} formats its own prompts: use 'raw' (or 'chat')")
+        _one_of(c, "data.on_bad_data", ("error", "skip"))
+        needs = {"scienceqa": ("root",), "vqa_v2": ("root",), "coco_captions": ("train_file", "image_root"),
+                 "llava_json": ("train_file", "image_root")}[c.data.name]
+        for key in needs:
+            _check(bool(c.data[key]), f"data.{key}", f"required for data.name={c.data.name!r}")
+        if c.data.name == "scienceqa":
+            _one_of(c, "data.scienceqa_format", scienceqa_data.PROMPT_FORMATS)
+        if c.data.name == "vqa_v2":
+            _one_of(c, "data.vqa_prompt", vqa_v2_data.PROMPT_FORMATS)
     _check(
         c.data.prompt_format != "chat" or bool(c.data.tokenizer),
         "data.prompt_format",

@@ -480,14 +480,16 @@ def test_examples_go_through_the_featurizer(data):
     tokenizer = tokenizer_lib.train_word_level(words)
     preprocessors = {"clip": ImagePreprocessor(16, "clip"), "siglip": ImagePreprocessor(8, "siglip", "bilinear")}
     featurizer = pipeline.VQAFeaturizer(tokenizer, preprocessors, max_len=160)
-    featurized = 0
+    featurized = text_only = 0
     for src in sources:
         # through grain, as training reads it (corrupt images replaced inside the map)
         ds = grain.MapDataset.source(src).map(featurizer.train)
         for i in range(len(src)):
-            if src.metadata(i)["has_image"] == 0:
-                continue  # text-only examples need pipeline support for has_image=0 (see the report)
             f = ds[i]
+            if src.metadata(i)["has_image"] == 0:  # text-only: a blank image the model masks out
+                assert f["has_image"] == 0 and not f["images"]["clip"].any()
+                text_only += 1
+                continue
             ex = src[i]
             n_answer = len(tokenizer(prompts.answer_text(ex["answer"]), add_special_tokens=False)["input_ids"])
             assert f["tokens"].shape == (160,) and f["loss_mask"].sum() == n_answer + 1
@@ -499,3 +501,4 @@ def test_examples_go_through_the_featurizer(data):
         prompt = featurizer.prompt(src[0])
         assert prompt["prompt"].shape == (160,)
     assert featurized == 3 + 3 + 4 + 8 + 4
+    assert text_only == sum(1 for src in sources for i in range(len(src)) if not src.metadata(i)["has_image"]) > 0

@@ -34,9 +34,15 @@ class VQAFeaturizer:
     prompt_format: str = "qa"
 
     def _images(self, example) -> dict[str, Any]:
+        if example.get("image") is None:  # text-only example: a blank image the model masks out (has_image=0)
+            images = {name: np.zeros((prep.size, prep.size, 3), np.float32) for name, prep in self.preprocessors.items()}
+            has_image = 0
+        else:
+            images = {name: prep(example["image"]) for name, prep in self.preprocessors.items()}
+            has_image = int(example.get("has_image", 1))
         return {
-            "images": {name: prep(example["image"]) for name, prep in self.preprocessors.items()},
-            "has_image": np.int32(1),
+            "images": images,
+            "has_image": np.int32(has_image),
             "index": np.int64(example.get("index", -1)),
         }
 

@@ -31,7 +31,8 @@ class MetricWriter:
     def write_scalars(self, step: int, scalars: dict, *, prefix: str = "train") -> None:
         if not self.enabled:
             return
-        values = {k: _to_float(v) for k, v in scalars.items()}
+        # scalars only: reports may carry notes (e.g. which caption tokenizer ran); results.json keeps them
+        values = {k: _to_float(v) for k, v in scalars.items() if not isinstance(v, str)}
         self._jsonl.write(json.dumps({"step": step, "split": prefix, "time": time.time(), **values}) + "\n")
         self._jsonl.flush()
         for name, value in values.items():

@@ -21,18 +21,16 @@ from flax import nnx
 
 from semrel_jax import config as config_lib
 from semrel_jax.convert import pretrained
-from semrel_jax.data import pipeline, prompts, sort_of_clevr, tokenizer as tokenizer_lib
+from semrel_jax.data import pipeline, prompts, tokenizer as tokenizer_lib
+from semrel_jax.data import sources as sources_lib
 from semrel_jax.data.preprocess import ImagePreprocessor
-from semrel_jax.evaluation import generate, vqa
+from semrel_jax.evaluation import generate, scoring
 from semrel_jax.method.vlm import VisionLanguageModel
 from semrel_jax.training import checkpoint as checkpoint_lib
 from semrel_jax.training import mesh as mesh_lib
 from semrel_jax.training import sharding as sharding_lib
 from semrel_jax.training import metric_writers, optimizer as optimizer_lib, partition, preemption
 from semrel_jax.training import train_step as train_step_lib
-
-EVAL_SPLIT = "test"
-
 
 class NonFiniteLossError(FloatingPointError):
     pass
@@ -43,17 +41,15 @@ class CheckpointRestoreError(RuntimeError):
 
 
 def build_sources(c: ml_collections.ConfigDict):
-    d = c.data
-    kw = dict(seed=c.seed, questions_per_image=d.questions_per_image, object_size=d.object_size)
-    return (
-        sort_of_clevr.SortOfClevr("train", d.train_images, **kw),
-        sort_of_clevr.SortOfClevr(EVAL_SPLIT, d.eval_images, **kw),
-    )
+    return sources_lib.build_sources(c)
 
 
-def build_tokenizer(c: ml_collections.ConfigDict, workdir: str):
+def build_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=None, eval_source=None):
+    """``data.tokenizer`` (a HF directory), or a word-level one trained over the data and cached in the workdir."""
     path = c.data.tokenizer or os.path.join(workdir, "tokenizer")
-    words = sort_of_clevr.vocabulary() + prompts.template_words(c.data.prompt_format)
+    if train_source is None:
+        train_source, eval_source = build_sources(c)
+    words = sources_lib.vocabulary(c, train_source, eval_source) + prompts.template_words(c.data.prompt_format)
     return tokenizer_lib.load_or_train(path, words)
 
 
@@ -260,7 +256,7 @@ def _run(c, workdir, mesh, is_main):
     t0 = time.time()
     replaced = force_restart(c, workdir, is_main) if c.train.get("force_restart", False) else None
     train_source, eval_source = build_sources(c)
-    tokenizer = build_tokenizer(c, workdir)
+    tokenizer = build_tokenizer(c, workdir, train_source, eval_source)
     featurizer = build_featurizer(c, tokenizer)
     graphdef, params, frozen = build_split_model(c, len(tokenizer))
     optimizer = optimizer_lib.make_optimizer(c.train)
@@ -394,27 +390,23 @@ def evaluate(c, graphdef, states, featurizer, tokenizer, train_source, eval_sour
         ids = generate.greedy_generate(graphdef, states, inputs, c.eval.max_new_tokens)
         for index, keep, text in zip(batch["index"], batch["example_valid"], generate.decode_texts(tokenizer, ids)):
             if keep:
-                image_index, q = divmod(int(index), eval_source.questions_per_image)
-                question = eval_source.questions(image_index)[q]
-                predictions.append(
-                    {"index": int(index), "question": question.text, "answer": question.answer,
-                     "family": question.family, "kind": question.kind, "prediction": text}
-                )
-    train_answers = (
-        {"kind": q.kind, "answer": q.answer} for i in range(train_source.num_images) for q in train_source.questions(i)
-    )
-    results = vqa.accuracy_report(predictions, vqa.majority_answers(train_answers))
+                predictions.append({"index": int(index), **scoring.describe(eval_source, int(index)), "prediction": text})
+    results = scoring.score(c.data.name, predictions, train_source, eval_source)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "predictions.json"), "w") as f:
-            json.dump(predictions, f, indent=1)
+            json.dump(predictions, f, indent=1, default=str)
     return results
 
 
-def format_results(results: dict[str, float]) -> str:
+def format_results(results: dict) -> str:
+    """The console table: every metric, beside the majority baseline where the dataset has one."""
+    skip = ("num_", "majority_baseline", "wall_seconds", "train_seconds", "preempted")
     lines = ["", f"{'metric':<28}{'model':>10}{'majority':>10}"]
-    for key in sorted(k for k in results if k.startswith("accuracy")):
-        name = key.replace("accuracy", "").lstrip("/") or "all"
+    for key in sorted(k for k, v in results.items() if not isinstance(v, str) and not k.startswith(skip)):
+        name = (key.replace("accuracy", "").lstrip("/") or "all") if key.startswith("accuracy") else key
         base = results.get(key.replace("accuracy", "majority_baseline"), float("nan"))
         lines.append(f"{name:<28}{results[key]:>10.3f}{base:>10.3f}")
-    lines.append(f"examples: {int(results['num_examples'])}, wall: {results.get('wall_seconds', 0):.0f}s")
+    lines += [f"{k}: {v}" for k, v in results.items() if isinstance(v, str)]
+    n = results.get("num_examples", results.get("num_images", 0))
+    lines.append(f"examples: {int(n)}, wall: {results.get('wall_seconds', 0):.0f}s")
     return "\n".join(lines)

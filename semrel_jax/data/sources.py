@@ -1,0 +1,70 @@
+"""The training and evaluation sources a config names (``data.name``).
+
+  sort_of_clevr   built-in, generated (the demo)
+  scienceqa       official release under data.root; data.scienceqa_format (QCM-A, CQM-A, QCM-LEA, ...)
+  vqa_v2          official questions/annotations JSON under data.root, COCO images in data.root/<split>
+                  (or data.image_root)
+  coco_captions   Karpathy split JSON (data.train_file) + COCO image root (data.image_root)
+  llava_json      LLaVA instruction JSON (data.train_file, optional data.eval_file) + data.image_root
+
+Real datasets format their prompts themselves, so they use the ``raw`` prompt format (``data.prompt_format``
+'qa' wraps only the built-in data) unless ``chat`` is asked for.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from semrel_jax.data import coco_captions, llava_json, scienceqa, sort_of_clevr, vqa_v2
+
+NAMES = ("sort_of_clevr", "scienceqa", "vqa_v2", "coco_captions", "llava_json")
+EVAL_SPLIT = "test"
+
+
+def build_sources(c: ml_collections.ConfigDict):
+    """``(train_source, eval_source)``; every source is random-access, deterministic and picklable."""
+    d = c.data
+    if d.name == "sort_of_clevr":
+        kw = dict(seed=c.seed, questions_per_image=d.questions_per_image, object_size=d.object_size)
+        return (
+            sort_of_clevr.SortOfClevr("train", d.train_images, **kw),
+            sort_of_clevr.SortOfClevr(EVAL_SPLIT, d.eval_images, **kw),
+        )
+    policy = dict(on_bad_data=d.on_bad_data)
+    # A corrupt eval image must never be replaced by its neighbour (that example would be scored twice).
+    eval_policy = dict(on_bad_data=d.on_bad_data, verify_images=d.on_bad_data == "skip")
+    if d.name == "scienceqa":
+        fmt, captions = d.scienceqa_format, d.captions or None
+        return (
+            scienceqa.ScienceQA(d.root, d.train_split or "train", fmt, captions, **policy),
+            scienceqa.ScienceQA(d.root, d.eval_split or "test", fmt, captions, **eval_policy),
+        )
+    if d.name == "vqa_v2":
+        image_dir = d.image_root or None
+        return (
+            vqa_v2.VQAv2.from_root(d.root, d.train_split or "train2014", image_dir, prompt_format=d.vqa_prompt, **policy),
+            vqa_v2.VQAv2.from_root(d.root, d.eval_split or "val2014", image_dir, prompt_format=d.vqa_prompt, **eval_policy),
+        )
+    if d.name == "coco_captions":
+        return (
+            coco_captions.KarpathyCOCO(d.train_file, d.image_root, d.train_split or "train", "train", **policy),
+            coco_captions.KarpathyCOCO(d.train_file, d.image_root, d.eval_split or "test", "eval", **eval_policy),
+        )
+    if d.name == "llava_json":
+        train = llava_json.LLaVAInstruct(d.train_file, d.image_root, **policy)
+        return train, llava_json.LLaVAInstruct(d.eval_file or d.train_file, d.image_root, **eval_policy)
+    raise ValueError(f"Unknown data.name {d.name!r}; expected one of {NAMES}.")
+
+
+def vocabulary(c: ml_collections.ConfigDict, train_source, eval_source) -> list[str]:
+    """Words a closed-vocabulary tokenizer trained for this data must cover."""
+    if c.data.name == "sort_of_clevr":
+        return sort_of_clevr.vocabulary()
+    from tokenizers import pre_tokenizers
+
+    split = pre_tokenizers.Whitespace()  # the word-level tokenizer's own splitting (tokenizer.py)
+    words = set()
+    for source in (train_source, eval_source):
+        for text in source.texts():
+            words.update(word for word, _ in split.pre_tokenize_str(text))
+    return sorted(words)
