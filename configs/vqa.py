@@ -53,7 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     c.model = dict(
-        injection="ica",  # 'ica' (LSRM/MemVP memory in every block) | 'prefix' (LLaVA)
+        injection="ica",
+        remat="none",  # activation rematerialisation per block: none | full | dots | dots_no_batch  # 'ica' (LSRM/MemVP memory in every block) | 'prefix' (LLaVA)
         num_memory_slots=0,  # N_mem; 0 = exactly the number of fused visual tokens
         modality_embedding=True,
         slot_key_init_std=0.02,  # P_k ~ N(0, 0.02²) as in the release
@@ -107,7 +108,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     c.train = dict(
-        batch_size=32,
+        batch_size=32,  # global batch
+        grad_accum_steps=1,  # > 1: the batch runs as that many micro-batches, one optimizer update
         num_steps=4_500,
         learning_rate=2e-3,
         warmup_steps=100,

@@ -116,6 +116,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         "'chat' uses the chat template of a model's own tokenizer: set data.tokenizer to its directory",
     )
     _one_of(c, "model.injection", ("ica", "prefix"))
+    _one_of(c, "model.remat", ("none", "full", "dots", "dots_no_batch"))
     _positive_int(c, "model.num_memory_slots", allow_zero=True)
     for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):
         _positive_int(c, f"model.llm.{key}")
@@ -144,6 +145,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         _positive_int(c, f"train.{key}")
     _positive_int(c, "train.warmup_steps", allow_zero=True)
+    _positive_int(c, "train.grad_accum_steps")
+    _check(
+        c.train.batch_size % c.train.grad_accum_steps == 0,
+        "train.grad_accum_steps",
+        f"must divide train.batch_size={c.train.batch_size}, got {c.train.grad_accum_steps}",
+    )
     _check(c.train.learning_rate > 0, "train.learning_rate", f"must be > 0, got {c.train.learning_rate}")
     _check(c.train.warmup_steps < c.train.num_steps, "train.warmup_steps", "must be smaller than train.num_steps")
     _one_of(c, "train.nonfinite", ("stop", "skip"))
@@ -186,6 +193,7 @@ def _pretrained_llm(m: ml_collections.ConfigDict) -> LlamaConfig:
     try:
         llm = families.llm_config_from_hf(hf.read_config(m.llm.hf_dir), dtype=m.llm.dtype, param_dtype=m.llm.param_dtype)
         lora = dict(lora_rank=m.llm.lora_rank, lora_alpha=m.llm.lora_alpha, lora_targets=tuple(m.llm.lora_targets))
+        lora["remat"] = m.remat
         return dataclasses.replace(llm, **lora)
     except ValueError as e:
         raise ConfigError(f"config.model.llm.hf_dir={m.llm.hf_dir!r}: {e}") from None
@@ -202,7 +210,7 @@ def _pretrained_vit(name: str, e: ml_collections.ConfigDict, m: ml_collections.C
     if bad:
         raise ConfigError(f"config.model.encoders.{name}.taps: {bad} beyond the {family.config.depth} blocks of {e.hf_dir}")
     # The architecture is the checkpoint's; the adapters are ours.
-    return dataclasses.replace(family.config, adapter_dim=e.adapter_dim, adapter_scale=e.adapter_scale)
+    return dataclasses.replace(family.config, adapter_dim=e.adapter_dim, adapter_scale=e.adapter_scale, remat=m.remat)
 
 
 def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
@@ -225,6 +233,7 @@ def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
         lora_rank=m.llm.lora_rank,
         lora_alpha=m.llm.lora_alpha,
         lora_targets=tuple(m.llm.lora_targets),
+        remat=m.remat,
         dtype=m.llm.dtype,
         param_dtype=m.llm.param_dtype,
     )
@@ -243,6 +252,7 @@ def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
             posemb=e.posemb,
             adapter_dim=e.adapter_dim,
             adapter_scale=e.adapter_scale,
+            remat=m.remat,
             dtype=m.llm.dtype,
             param_dtype=m.llm.param_dtype,
         )

@@ -123,3 +123,25 @@ def activation(name: str):
     if name not in table:
         raise ValueError(f"Unknown activation {name!r}; expected one of {sorted(table)}.")
     return table[name]
+
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+def remat(fn, policy: str):
+    """``fn`` rematerialised in the backward pass by a named policy (``nnx.remat`` over jax.checkpoint).
+
+    none: keep every activation; full: keep only the block inputs, recompute the rest; dots: keep matmul
+    outputs, recompute elementwise ops; dots_no_batch: keep only matmuls without batch dimensions (the
+    projections, not attention scores) — the usual memory/compute trade-offs for big models.
+    """
+    if policy == "none":
+        return fn
+    policies = {
+        "full": None,
+        "dots": jax.checkpoint_policies.checkpoint_dots,
+        "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    }
+    if policy not in policies:
+        raise ValueError(f"Unknown remat policy {policy!r}; expected one of {REMAT_POLICIES}.")
+    return nnx.remat(fn, policy=policies[policy])

@@ -52,6 +52,7 @@ class LlamaConfig:
     lora_rank: int = 0  # > 0: low-rank adapters on the projections named in lora_targets
     lora_alpha: float = 16.0  # the update is (lora_alpha / lora_rank) · x A B
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    remat: str = "none"  # rematerialisation policy per decoder layer (layers.REMAT_POLICIES)
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
 
@@ -282,10 +283,14 @@ class Llama(nnx.Module):
             mask = layers.causal_mask(query_slots, key_valid, c.sliding_window)
         memory_mask = None if memory is None else jnp.ones((b, t, memory.keys.shape[1]), jnp.float32)
         new_keys, new_values = [], []
+        def run_layer(layer, x, positions, mask, kv, memory, memory_mask, key):  # ica_config stays static
+            return layer(x, positions, mask, kv, memory, memory_mask, ica_config, key)
+
+        call = layers.remat(run_layer, c.remat)
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-            x, (k, v), memory_mask = layer(x, positions, mask, kv, memory, memory_mask, ica_config, key)
+            x, (k, v), memory_mask = call(layer, x, positions, mask, kv, memory, memory_mask, key)
             new_keys.append(k)
             new_values.append(v)
         x = self.norm(x)

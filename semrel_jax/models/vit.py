@@ -42,6 +42,7 @@ class ViTConfig:
     posemb: str = "learned"  # 'learned' (CLIP, converted towers) | 'sincos2d' (fixed; big_vision's from-scratch default)
     adapter_dim: int = 0  # 0: no adapters
     adapter_scale: float = 0.1
+    remat: str = "none"  # rematerialisation policy per block (layers.REMAT_POLICIES)
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -193,7 +194,8 @@ class ViT(nnx.Module):
         if self.pre_layrnorm is not None:
             x = self.pre_layrnorm(x)
         hidden = {0: x}
+        call = layers.remat(EncoderLayer.__call__, c.remat)
         for i in range(max(taps)):
-            x = self.layers[i](x)
+            x = call(self.layers[i], x)
             hidden[i + 1] = x
         return [hidden[t] for t in taps]

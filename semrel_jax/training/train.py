@@ -235,7 +235,9 @@ def shard_state(c, mesh, params, frozen, optimizer):
     return state, frozen, state_sharding, frozen_sharding, notes + frozen_notes
 
 
-def make_step_fn(graphdef, optimizer, schedule, mask_start: int, mesh, state_sharding, frozen_sharding, donate=True):
+def make_step_fn(
+    graphdef, optimizer, schedule, mask_start: int, mesh, state_sharding, frozen_sharding, donate=True, accumulation_steps=1
+):
     """The train step, compiled once with explicit in/out shardings (and the state donated)."""
     return jax.jit(
         functools.partial(
@@ -245,6 +247,7 @@ def make_step_fn(graphdef, optimizer, schedule, mask_start: int, mesh, state_sha
             schedule=schedule,
             mask_start_step=mask_start,
             skip_nonfinite=True,  # never commit a NaN update; the caller's policy decides whether to go on
+            accumulation_steps=accumulation_steps,
         ),
         in_shardings=(state_sharding, frozen_sharding, mesh_lib.batch_sharding(mesh)),
         out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
@@ -282,7 +285,10 @@ def _run(c, workdir, mesh, is_main):
 
     steps_per_epoch = len(train_source) / c.train.batch_size
     mask_start = config_lib.parse_start(c.model.ica.start, steps_per_epoch)
-    step_fn = make_step_fn(graphdef, optimizer, schedule, mask_start, mesh, state_sharding, frozen_sharding)
+    step_fn = make_step_fn(
+        graphdef, optimizer, schedule, mask_start, mesh, state_sharding, frozen_sharding,
+        accumulation_steps=c.train.grad_accum_steps,
+    )
     dataset = pipeline.training_dataset(
         train_source, featurizer.train, c.train.batch_size, c.seed, jax.process_index(), jax.process_count()
     )

@@ -37,15 +37,6 @@ def init_train_state(params, optimizer: optax.GradientTransformation, seed: int)
     )
 
 
-def answer_loss(logits: Array, targets: Array, loss_mask: Array) -> tuple[Array, dict[str, Array]]:
-    """Mean cross-entropy over answer tokens only. logits ``[B, T, V]``; targets, mask ``[B, T]``."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    weight = jnp.maximum(loss_mask.sum(), 1.0)
-    loss = (losses * loss_mask).sum() / weight
-    correct = (jnp.argmax(logits, -1) == targets) * loss_mask
-    return loss, {"loss": loss, "token_accuracy": correct.sum() / weight, "answer_tokens": loss_mask.sum()}
-
-
 def train_step(
     state: TrainState,
     frozen: Any,
@@ -56,24 +47,57 @@ def train_step(
     schedule,
     mask_start_step: int,
     skip_nonfinite: bool,
+    accumulation_steps: int = 1,
 ) -> tuple[TrainState, dict[str, Array]]:
-    """One optimisation step. ``mask_start_step`` < 0 never enables the ICA inheritance mask."""
+    """One optimisation step. ``mask_start_step`` < 0 never enables the ICA inheritance mask.
+
+    ``accumulation_steps`` > 1 splits the batch into that many micro-batches, run one after another
+    (``lax.scan``, so activations of one micro-batch at a time) with their gradients summed before the
+    single optimizer update. With dropout off the result equals the full-batch step; with dropout each
+    micro-batch draws its own mask.
+    """
     rng, dropout_key = jax.random.split(state.rng)
     mask_enabled = (state.step >= mask_start_step) if mask_start_step >= 0 else jnp.asarray(False)
+    # Normalise by the answer tokens of the WHOLE batch, so accumulated micro-batch gradients sum to
+    # exactly the full-batch gradient whatever the split.
+    total_weight = jnp.maximum(batch["loss_mask"].sum(), 1.0)
 
-    def loss_fn(params):
+    def loss_fn(params, micro, key):
         model = nnx.merge(graphdef, params, frozen)
         logits = model(
-            batch["images"],
-            batch["has_image"],
-            batch["tokens"],
-            batch["valid"],
+            micro["images"],
+            micro["has_image"],
+            micro["tokens"],
+            micro["valid"],
             mask_enabled=mask_enabled,
-            dropout_key=dropout_key,
+            dropout_key=key,
         )
-        return answer_loss(logits, batch["targets"], batch["loss_mask"])
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, micro["targets"])
+        correct = (jnp.argmax(logits, -1) == micro["targets"]) * micro["loss_mask"]
+        loss = (losses * micro["loss_mask"]).sum() / total_weight
+        return loss, correct.sum() / total_weight
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accumulation_steps == 1:
+        (loss, token_accuracy), grads = grad_fn(state.params, batch, dropout_key)
+    else:
+        # Micro-batch j takes rows j, j+k, j+2k, ...: every device keeps contributing its share of each
+        # micro-batch (a contiguous split would leave devices idle).
+        micro_batches = jax.tree.map(
+            lambda x: x.reshape(x.shape[0] // accumulation_steps, accumulation_steps, *x.shape[1:]).swapaxes(0, 1),
+            batch,
+        )
+
+        def accumulate(carry, xs):
+            micro, index = xs
+            (loss, acc), grads = grad_fn(state.params, micro, jax.random.fold_in(dropout_key, index))
+            return jax.tree.map(jnp.add, carry, (loss, acc, grads)), None
+
+        zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+        (loss, token_accuracy, grads), _ = jax.lax.scan(
+            accumulate, zeros, (micro_batches, jnp.arange(accumulation_steps))
+        )
+    metrics = {"loss": loss, "token_accuracy": token_accuracy, "answer_tokens": batch["loss_mask"].sum()}
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

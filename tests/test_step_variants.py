@@ -1,0 +1,71 @@
+"""Gradient accumulation and rematerialisation change memory, not the math: same step results."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+import vqa  # configs/ is on sys.path (conftest)
+
+from semrel_jax.data import pipeline
+from semrel_jax.training import mesh as mesh_lib, optimizer as optimizer_lib, train, train_step as ts
+
+
+def _run_steps(c, tmp_path, steps=2):
+    tokenizer = train.build_tokenizer(c, str(tmp_path))
+    featurizer = train.build_featurizer(c, tokenizer)
+    source = train.build_sources(c)[0]
+    batch = ts.device_batch(pipeline._stack([featurizer.train(source[i * 3]) for i in range(8)]))
+    graphdef, params, frozen = train.build_split_model(c, len(tokenizer))
+    # plain SGD: parameters move linearly in the gradient, so they compare gradients (Adam's normalisation
+    # would turn round-off in near-zero gradients into full-size updates)
+    optimizer = optax.sgd(0.5)
+    schedule = optimizer_lib.learning_rate_schedule(c.train.learning_rate, c.train.warmup_steps, c.train.num_steps)
+    mesh = jax.make_mesh((1, 1, 1), mesh_lib.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=jax.devices()[:1])
+    with jax.set_mesh(mesh):
+        state, fz, ssh, fsh, _ = train.shard_state(c, mesh, params, frozen, optimizer)
+        step = train.make_step_fn(
+            graphdef, optimizer, schedule, 0, mesh, ssh, fsh, donate=False, accumulation_steps=c.train.grad_accum_steps
+        )
+        losses = []
+        for _ in range(steps):
+            state, metrics = step(state, fz, batch)
+            losses.append(float(metrics["loss"]))
+    return losses, [np.asarray(x) for x in jax.tree.leaves(state.params)]
+
+
+def _config(**train_overrides):
+    c = vqa.get_config("tiny")
+    c.model.ica.dropout = 0.0  # dropout masks depend on how the batch is split
+    c.train.update(**train_overrides)
+    return c
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return _run_steps(_config(), tmp_path_factory.mktemp("ref"))
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_gradient_accumulation_equals_the_full_batch_step(reference, tmp_path, k):
+    losses, params = _run_steps(_config(grad_accum_steps=k), tmp_path)
+    np.testing.assert_allclose(losses, reference[0], rtol=1e-5)
+    for a, b in zip(params, reference[1]):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_rematerialisation_policies_give_the_same_step(reference, tmp_path, policy):
+    c = _config()
+    c.model.remat = policy
+    losses, params = _run_steps(c, tmp_path)
+    np.testing.assert_allclose(losses, reference[0], rtol=1e-6)
+    for a, b in zip(params, reference[1]):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_accumulation_must_divide_the_batch():
+    from semrel_jax import config as config_lib
+
+    c = _config(grad_accum_steps=3)
+    with pytest.raises(config_lib.ConfigError, match="train.grad_accum_steps"):
+        config_lib.validate(c)
