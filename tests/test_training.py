@@ -108,6 +108,15 @@ def test_main_runs_end_to_end(tmp_path):
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["split"] == "train" and np.isfinite(json.loads(lines[0])["loss"])
     assert len(json.loads((workdir / "predictions.json").read_text())) == 20
+    # evaluating the checkpoint afterwards reproduces the run's own evaluation
+    cmd = [sys.executable, "-m", "semrel_jax.evaluate", f"--checkpoint={workdir}", f"--out={tmp_path / 'eval'}",
+           "--config=configs/vqa.py:tiny", "--config.eval.num_examples=20"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {k: v for k, v in again.items() if k.startswith("accuracy")} == {
+        k: v for k, v in results.items() if k.startswith("accuracy")
+    }
 
 
 def test_bad_config_fails_before_compiling(tmp_path):

@@ -1,0 +1,66 @@
+"""Evaluate a checkpoint: generate every answer of the eval split and score it with the dataset's metric.
+
+    python -m semrel_jax.evaluate --checkpoint=/tmp/run                       # a training workdir (latest step)
+    python -m semrel_jax.evaluate --checkpoint=/tmp/export --out=/tmp/eval    # a `semrel_jax.export` directory
+    python -m semrel_jax.evaluate --checkpoint=/tmp/run --config=configs/vqa.py:demo \\
+        --config.data.eval_images=2000 --config.eval.batch_size=500           # other data/eval settings
+
+The model is the checkpoint's (its saved config); ``--config`` only supplies the ``data`` and ``eval``
+sections (another split, more examples, another batch size). Writes ``predictions.json`` and
+``results.json`` to ``--out`` (default ``<checkpoint>/eval``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Optional config whose data/eval sections are used.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir or a semrel_jax.export directory.")
+_STEP = flags.DEFINE_integer("step", -1, "Checkpoint step of a training workdir (-1: the latest).")
+_OUT = flags.DEFINE_string("out", "", "Where predictions.json and results.json go (default <checkpoint>/eval).")
+flags.mark_flags_as_required(["checkpoint"])
+
+
+def evaluate_checkpoint(checkpoint: str, out_dir: str = "", config=None, step: int | None = None) -> dict:
+    """Returns the metrics (also written to ``out_dir/results.json``)."""
+    import jax
+    from flax import nnx
+
+    from semrel_jax import export
+    from semrel_jax.training import train
+
+    if os.path.exists(os.path.join(checkpoint, "export.json")):
+        exported = export.load_exported(checkpoint)
+        model, c, tokenizer = exported.model, exported.config, exported.tokenizer
+    else:
+        model, c, tokenizer, _ = export.restore_model(checkpoint, step)
+    if config is not None:
+        c.data, c.eval = config.data, config.eval
+    out_dir = out_dir or os.path.join(checkpoint, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    train_source, eval_source = train.build_sources(c)
+    featurizer = train.build_featurizer(c, tokenizer)
+    graphdef, state = nnx.split(model)
+    results = train.evaluate(c, graphdef, (state,), featurizer, tokenizer, train_source, eval_source, out_dir)
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def main(argv):
+    del argv
+    from semrel_jax.training import train
+
+    results = evaluate_checkpoint(
+        _CHECKPOINT.value, _OUT.value, flags.FLAGS.config, _STEP.value if _STEP.value >= 0 else None
+    )
+    print(train.format_results(results))
+
+
+if __name__ == "__main__":
+    app.run(main)
