@@ -57,6 +57,11 @@ def test_gradient_accumulation_equals_the_full_batch_step(reference, tmp_path, k
 def test_rematerialisation_policies_give_the_same_step(reference, tmp_path, policy):
     c = _config()
     c.model.remat = policy
+    if policy == "full":  # with frozen parameters (not differentiated) inside the rematerialised blocks
+        c.train.frozen = (r"^vision/encoders/vit/layers/0/(fc1|q_proj)/", r"^llm/layers/1/mlp/")
+        plain = _config()
+        plain.train.frozen = c.train.frozen
+        reference = _run_steps(plain, tmp_path / "plain")
     losses, params = _run_steps(c, tmp_path)
     np.testing.assert_allclose(losses, reference[0], rtol=1e-6)
     for a, b in zip(params, reference[1]):

@@ -129,7 +129,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
 def remat(fn, policy: str):
-    """``fn`` rematerialised in the backward pass by a named policy (``nnx.remat`` over jax.checkpoint).
+    """``fn(module, *args)`` rematerialised in the backward pass by a named policy (``jax.checkpoint``).
 
     none: keep every activation; full: keep only the block inputs, recompute the rest; dots: keep matmul
     outputs, recompute elementwise ops; dots_no_batch: keep only matmuls without batch dimensions (the
@@ -144,4 +144,15 @@ def remat(fn, policy: str):
     }
     if policy not in policies:
         raise ValueError(f"Unknown remat policy {policy!r}; expected one of {REMAT_POLICIES}.")
-    return nnx.remat(fn, policy=policies[policy])
+
+    def rematerialised(module, *args):
+        # A pure function of the module's state: frozen parameters traced at an outer level (they are
+        # not differentiated) are read, never written back, which nnx.remat would attempt.
+        graphdef, state = nnx.split(module)
+
+        def pure(state, *args):
+            return fn(nnx.merge(graphdef, state), *args)
+
+        return jax.checkpoint(pure, policy=policies[policy])(state, *args)
+
+    return rematerialised
