@@ -5,7 +5,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from semrel_jax.training import train
+from semrel_jax.training import distributed, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with a preset: configs/vqa.py:demo.")
@@ -27,6 +27,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    distributed.initialize()  # multi-host: before anything touches a device (see training/distributed.py)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
