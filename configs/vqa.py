@@ -125,6 +125,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         checkpoint_every=1_000,
         keep_checkpoints=2,  # the newest N checkpoints ...
         keep_every=0,  # ... plus every one whose step is a multiple of this (0: none); those are always saved
+        checkpoint_frozen=False,  # True: also save the frozen parameters (self-contained checkpoints)
         force_restart=False,  # True: move an existing run's checkpoints/logs to <workdir>/replaced-<time>/, start over
     )
 

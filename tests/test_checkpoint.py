@@ -313,3 +313,25 @@ def test_batches_after_resume_are_the_uninterrupted_runs_batches(tiny_config, to
         resumed = pipeline.iterate(dataset, start)
         for step in range(start, start + 2):
             jax.tree.map(np.testing.assert_array_equal, next(resumed), uninterrupted[step])
+
+
+def test_checkpoint_frozen_makes_checkpoints_self_contained(tmp_path):
+    c = _base_config()
+    c.train.update(num_steps=3, warmup_steps=1, checkpoint_every=3, checkpoint_frozen=True)
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(c, workdir)
+    ckpt = _checkpointer(workdir)
+    try:
+        saved = ckpt.restore_frozen(3)
+        params = ckpt.restore_raw(3)["params"]
+    finally:
+        ckpt.close()
+    tokenizer = train.build_tokenizer(c, workdir)
+    _, _, frozen = train.build_split_model(c, len(tokenizer))
+    expected = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(frozen)[0]}
+    got = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    assert len(got) == len(expected) > 0
+    for (ka, a), (kb, b) in zip(sorted(expected.items()), sorted(got.items())):
+        assert a.dtype == b.dtype and np.array_equal(a.astype(np.float32), b.astype(np.float32)), (ka, kb)
+    trainable = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+    assert trainable and not trainable & set(got)  # "state" still holds only the trainable parameters

@@ -3,8 +3,9 @@
 Saves are asynchronous (training continues while the write finishes) and atomic: Orbax writes
 ``<step>.orbax-checkpoint-tmp`` and renames it to ``<step>`` on commit, so a process killed mid-save
 leaves only a temporary directory, which is never listed as a step (and is overwritten when that step
-is saved again). Frozen parameters are not saved: they are rebuilt from the config (random init from
-the seed, or the converted weights the config names).
+is saved again). Frozen parameters are not saved by default: they are rebuilt from the config (random
+init from the seed, or the converted weights the config names); ``train.checkpoint_frozen=True`` also
+writes them (item ``frozen``), making each checkpoint self-contained.
 
 Data-iterator state: there is none to save. The training dataset is a ``grain.MapDataset`` indexed by
 global step (``dataset[s]`` is step ``s``'s batch, see ``data/pipeline.py``), so the iterator state IS
@@ -49,7 +50,10 @@ class Checkpointer:
                 create=True,
             )
         self.save_every, self.keep_every = save_every, keep_every
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config"))
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "config", "frozen")
+        )
+        self.frozen = None  # set to the frozen parameters to save them with every checkpoint
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -64,13 +68,15 @@ class Checkpointer:
     def save(self, step: int, state, config_json: str, *, force: bool = False) -> bool:
         """Saves when ``due(step)`` or ``force``; returns whether a save started."""
         force = force or bool(self.keep_every and step % self.keep_every == 0)
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(json.loads(config_json))
-            ),
-            force=force,
-        )
+        items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(json.loads(config_json)))
+        if self.frozen is not None:
+            items["frozen"] = ocp.args.StandardSave(self.frozen)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore_frozen(self, step: int, abstract_frozen=None):
+        """The frozen parameters saved with ``step`` (``train.checkpoint_frozen``)."""
+        target = None if abstract_frozen is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_frozen)
+        return self.manager.restore(step, args=ocp.args.Composite(frozen=ocp.args.StandardRestore(target))).frozen
 
     def restore(self, step: int, abstract_state):
         """Restores onto the shardings/dtypes of ``abstract_state`` (a tree of ShapeDtypeStructs or arrays)."""

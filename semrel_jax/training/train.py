@@ -274,6 +274,8 @@ def _run(c, workdir, mesh, is_main):
         keep=c.train.keep_checkpoints,
         keep_every=c.train.get("keep_every", 0),
     )
+    if c.train.checkpoint_frozen:
+        checkpointer.frozen = frozen
     try:
         state, start_step, skipped = restore_latest(checkpointer, state, c, workdir, is_main)
     except BaseException:
