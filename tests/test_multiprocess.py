@@ -8,7 +8,9 @@ process 0 may write metrics.
 """
 
 import json
+import re
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -136,7 +138,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two(workdir, num_steps, logs, tag, cache):
+def _run_two(workdir, num_steps, logs, tag, cache, sigterm_process_0_after_checkpoint=None):
     port = _free_port()
     cmd = [sys.executable, "-m", "semrel_jax.main", "--config=configs/vqa.py:tiny", f"--workdir={workdir}",
            f"--config.train.num_steps={num_steps}", "--config.train.checkpoint_every=2",
@@ -154,6 +156,12 @@ def _run_two(workdir, num_steps, logs, tag, cache):
         log = open(logs / f"{tag}-p{pid}.log", "w")
         procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     deadline = time.time() + 150
+    if sigterm_process_0_after_checkpoint is not None:
+        # preemption that reaches one host only (schedulers signal hosts independently)
+        marker = os.path.join(workdir, "checkpoints", str(sigterm_process_0_after_checkpoint))
+        while not os.path.isdir(marker) and time.time() < deadline and procs[0][0].poll() is None:
+            time.sleep(0.2)
+        procs[0][0].send_signal(signal.SIGTERM)
     try:
         for proc, _ in procs:
             proc.wait(timeout=max(deadline - time.time(), 1))
@@ -184,16 +192,7 @@ def _steps_on_disk(workdir):
 def test_two_processes_train_checkpoint_and_resume(tmp_path):
     workdir, logs, cache = tmp_path / "run", tmp_path / "logs", tmp_path / "jax_cache"
     logs.mkdir()
-    # Workaround: train.build_tokenizer is not multi-process safe. With no cached tokenizer every process
-    # trains one and writes <workdir>/tokenizer at the same time, and a process that starts a moment
-    # later finds the folder half written and fails to load it ("Couldn't instantiate the backend
-    # tokenizer"); the other then times out in its first collective (1 of the first 2 runs here failed so).
-    # Writing the cached tokenizer first (exactly what the first run would write) sidesteps that.
-    from semrel_jax.training import train
-    import vqa
-
-    train.build_tokenizer(vqa.get_config("tiny"), str(workdir))
-
+    # No tokenizer is cached beforehand: process 0 trains it, the others wait and load it.
     out0, out1 = _run_two(workdir, 4, logs, "first", cache)
     for pid, out in enumerate((out0, out1)):
         assert f"distributed: explicit (process {pid} of 2" in out, out[-3000:]
@@ -217,3 +216,14 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
     # Exactly one metrics file: nothing per process anywhere in the workdir.
     assert [p.relative_to(workdir) for p in workdir.rglob("metrics*.jsonl")] == [type(workdir)("metrics.jsonl")]
     assert len(list((workdir / "tensorboard").iterdir())) == 2  # one event file per run, from process 0 only
+
+
+def test_sigterm_on_one_process_stops_both_at_the_same_step(tmp_path):
+    workdir, logs, cache = tmp_path / "run", tmp_path / "logs", tmp_path / "jax_cache"
+    logs.mkdir()
+    out0, out1 = _run_two(workdir, 400, logs, "preempted", cache, sigterm_process_0_after_checkpoint=2)
+    assert "preempted: checkpoint saved at step" in out0, out0[-3000:]
+    stopped = int(re.search(r"preempted: checkpoint saved at step (\d+)", out0).group(1))
+    assert 2 <= stopped < 400 and max(_steps_on_disk(workdir)) == stopped  # both agreed, the save committed
+    out0, _ = _run_two(workdir, stopped + 2, logs, "after", cache)
+    assert f"start step {stopped}" in out0, out0[-3000:]

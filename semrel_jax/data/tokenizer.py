@@ -58,6 +58,10 @@ def load_or_train(path: str, words: list[str]) -> PreTrainedTokenizerBase:
             )
         return tokenizer
     tokenizer = train_word_level(words)
-    os.makedirs(path, exist_ok=True)
-    tokenizer.save_pretrained(path)
+    # written next to the target and renamed into place, so nobody ever reads a half-written tokenizer
+    tmp = f"{path.rstrip('/')}.tmp-{os.getpid()}"
+    tokenizer.save_pretrained(tmp)
+    if os.path.isdir(path):  # an empty directory left behind
+        os.rmdir(path)
+    os.replace(tmp, path)
     return tokenizer

@@ -45,11 +45,21 @@ def build_sources(c: ml_collections.ConfigDict):
 
 
 def build_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=None, eval_source=None):
-    """``data.tokenizer`` (a HF directory), or a word-level one trained over the data and cached in the workdir."""
+    """``data.tokenizer`` (a HF directory), or a word-level one trained over the data and cached in the workdir.
+
+    With several processes only process 0 may create the cached tokenizer (others would read it
+    half-written); everyone loads it after a barrier.
+    """
     path = c.data.tokenizer or os.path.join(workdir, "tokenizer")
     if train_source is None:
         train_source, eval_source = build_sources(c)
     words = sources_lib.vocabulary(c, train_source, eval_source) + prompts.template_words(c.data.prompt_format)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if jax.process_index() == 0:
+            tokenizer_lib.load_or_train(path, words)
+        multihost_utils.sync_global_devices("semrel_jax_tokenizer")
     return tokenizer_lib.load_or_train(path, words)
 
 
@@ -363,7 +373,7 @@ def _train_loop(c, state, frozen, step_fn, batches, batch_sharding, start_step, 
             interval_start, interval_step = now, done
             writer.write_scalars(done, summary)
             writer.progress(done, {k: summary[k] for k in ("loss", "examples_per_second")})
-        stopping = guard.requested and done < c.train.num_steps
+        stopping = preemption.agreed(guard.requested) and done < c.train.num_steps
         if stopping and pending:
             _summarize(jax.device_get(pending), c.train.nonfinite, done, checkpointer)  # never save a NaN state
         checkpointer.save(done, state, config_json, force=done == c.train.num_steps or stopping)
