@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 Array = jax.Array
 
@@ -156,3 +157,37 @@ def remat(fn, policy: str):
         return jax.checkpoint(pure, policy=policies[policy])(state, *args)
 
     return rematerialised
+
+
+# Logical activation axes -> mesh axes (the parameter rules live in training/sharding.py). Activations
+# keep their feature dimension whole; the batch is split over data x fsdp, heads and MLP units over tensor.
+ACTIVATION_RULES: dict[str, tuple[str, ...]] = {
+    "batch": ("data", "fsdp"),
+    "heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "mlp": ("tensor",),
+    "vocab": ("tensor",),
+}
+
+
+def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
+    """Pins ``x``'s sharding by logical axis names when a mesh is set (``jax.set_mesh``); a no-op otherwise.
+
+    A mesh axis that does not divide the dimension (or is already used) is left out, so the same model
+    code runs on any mesh, including none (notebooks).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    sizes, used, spec = dict(mesh.shape), set(), []
+    for name, dim in zip(axes, x.shape):
+        mesh_axes = tuple(a for a in ACTIVATION_RULES.get(name, ()) if a in sizes and sizes[a] > 1 and a not in used)
+        total = 1
+        for a in mesh_axes:
+            total *= sizes[a]
+        if not mesh_axes or dim % total:
+            spec.append(None)
+            continue
+        used.update(mesh_axes)
+        spec.append(mesh_axes if len(mesh_axes) > 1 else mesh_axes[0])
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))

@@ -183,8 +183,8 @@ class Attention(nnx.Module):
             c.rope_high_freq_factor,
             c.rope_original_max_position,
         )
-        q = self.q_proj(x).reshape(b, t, c.n_heads, hd)
-        k = self.k_proj(x).reshape(b, t, c.n_kv_heads, hd)
+        q = layers.constrain(self.q_proj(x).reshape(b, t, c.n_heads, hd), ("batch", None, "heads", None))
+        k = layers.constrain(self.k_proj(x).reshape(b, t, c.n_kv_heads, hd), ("batch", None, "kv_heads", None))
         if c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q = layers.apply_rope(q, positions, inv_freq)
@@ -205,7 +205,8 @@ class MLP(nnx.Module):
         self.down_proj = _linear(config.mlp_dim, config.dim, config, rngs, name="down_proj")
 
     def __call__(self, x: Array) -> Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        hidden = layers.constrain(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x), ("batch", None, "mlp"))
+        return self.down_proj(hidden)
 
 
 class DecoderLayer(nnx.Module):
@@ -291,6 +292,7 @@ class Llama(nnx.Module):
             kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
             x, (k, v), memory_mask = call(layer, x, positions, mask, kv, memory, memory_mask, key)
+            x = layers.constrain(x, ("batch", None, None))
             new_keys.append(k)
             new_values.append(v)
         x = self.norm(x)
@@ -306,4 +308,4 @@ class Llama(nnx.Module):
                 lengths=cache.lengths + valid.sum(-1).astype(jnp.int32),
                 index=cache.index + t,
             )
-        return logits.astype(jnp.float32), cache
+        return layers.constrain(logits.astype(jnp.float32), ("batch", None, "vocab")), cache

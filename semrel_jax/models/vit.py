@@ -196,6 +196,6 @@ class ViT(nnx.Module):
         hidden = {0: x}
         call = layers.remat(EncoderLayer.__call__, c.remat)
         for i in range(max(taps)):
-            x = call(self.layers[i], x)
+            x = layers.constrain(call(self.layers[i], x), ("batch", None, None))
             hidden[i + 1] = x
         return [hidden[t] for t in taps]
