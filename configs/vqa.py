@@ -99,6 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 adapter_scale=0.1,
                 normalization="unit",  # x/255: see data/preprocess.py (CLIP stats drown position on black)
                 resample="bicubic",
+                crop=True,  # resize the shortest side to `resize` (0: image_size) and centre-crop; False: squash
+                resize=0,
             ),
         ),
         projector=dict(hidden=64, learnable_diagonal=True, zero_init_output=False, fusion="sum", memory_scale=0.1),

@@ -85,6 +85,12 @@ def resolve_pretrained(c: ml_collections.ConfigDict) -> None:
                 raise ConfigError(f"config.model.encoders.{name}.hf_dir={e.hf_dir!r}: {err}") from None
             for key in ("image_size", "patch_size", "width", "depth", "heads", "mlp_dim", "act"):
                 e[key] = getattr(vit, key)
+            # the family's HF image processor (data/preprocess.py reproduces it exactly)
+            family = families.vision_config_from_hf(hf.read_config(e.hf_dir)).model_type
+            e.normalization = {"clip": "clip", "siglip": "siglip", "siglip2": "siglip", "dinov2": "imagenet"}[family]
+            e.resample = "bicubic"
+            e.crop = family in ("clip", "dinov2")
+            e.resize = int(vit.image_size * 256 / 224) if family == "dinov2" else 0
 
 
 def validate(c: ml_collections.ConfigDict) -> None:

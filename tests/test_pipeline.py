@@ -90,3 +90,22 @@ def test_unknown_tokens_are_refused(tokenizer):
                "answer": "zebra", "index": 11}
     with pytest.raises(ValueError, match="Example 11: the tokenizer maps part of"):
         _featurizer(tokenizer).train(example)
+
+
+def test_preprocessing_matches_the_hf_image_processors():
+    transformers = pytest.importorskip("transformers")
+    rng = np.random.default_rng(0)
+    cases = [
+        (transformers.CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}),
+         ImagePreprocessor(224, "clip", "bicubic")),
+        (transformers.SiglipImageProcessorPil(size={"height": 224, "width": 224}),
+         ImagePreprocessor(224, "siglip", "bicubic", crop=False)),
+        (transformers.BitImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
+                                           image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
+         ImagePreprocessor(224, "imagenet", "bicubic", resize=256)),  # DINOv2's processor
+    ]
+    for hf_processor, ours in cases:
+        for h, w in [(300, 451), (480, 640), (224, 224), (250, 199), (500, 333)]:
+            image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            expected = hf_processor(images=image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+            np.testing.assert_allclose(ours(image), expected, atol=1e-5, err_msg=f"{type(hf_processor).__name__} {h}x{w}")

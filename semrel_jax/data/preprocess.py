@@ -25,9 +25,19 @@ RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Ima
 
 @dataclasses.dataclass(frozen=True)
 class ImagePreprocessor:
+    """uint8 RGB -> the encoder's float input, as the HF image processor of its family computes it.
+
+    ``crop=True`` (CLIP, DINOv2): resize the shortest side to ``resize`` (0 = ``size``; DINOv2 uses
+    256 for 224) and centre-crop ``size``; ``crop=False`` (SigLIP): resize to ``size`` x ``size``.
+    Tested equal to transformers' ``CLIPImageProcessorPil``, ``SiglipImageProcessorPil`` and
+    ``BitImageProcessorPil`` (DINOv2) in tests/test_pipeline.py.
+    """
+
     size: int
     normalization: str = "clip"
     resample: str = "bicubic"
+    crop: bool = True
+    resize: int = 0
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATION:
@@ -40,9 +50,15 @@ class ImagePreprocessor:
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise ValueError(f"Expected a uint8 RGB image [H, W, 3], got {image.dtype} {image.shape}.")
         h, w, _ = image.shape
-        if (h, w) != (self.size, self.size):
-            scale = self.size / min(h, w)
-            new_h, new_w = max(self.size, round(h * scale)), max(self.size, round(w * scale))
+        if not self.crop:
+            if (h, w) != (self.size, self.size):
+                image = np.asarray(Image.fromarray(image).resize((self.size, self.size), RESAMPLE[self.resample]))
+        elif (h, w) != (self.size, self.size) or self.resize not in (0, self.size):
+            target = self.resize or self.size
+            # the long side truncated, as HF's get_resize_output_image_size does (int, not round)
+            short, long = min(h, w), max(h, w)
+            new_long = int(target * long / short)
+            new_h, new_w = (target, new_long) if h <= w else (new_long, target)
             pil = Image.fromarray(image).resize((new_w, new_h), RESAMPLE[self.resample])
             top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
             image = np.asarray(pil)[top : top + self.size, left : left + self.size]

@@ -65,7 +65,8 @@ def build_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=Non
 
 def build_featurizer(c: ml_collections.ConfigDict, tokenizer) -> pipeline.VQAFeaturizer:
     preprocessors = {
-        name: ImagePreprocessor(e.image_size, e.normalization, e.resample) for name, e in c.model.encoders.items()
+        name: ImagePreprocessor(e.image_size, e.normalization, e.resample, e.crop, e.resize)
+        for name, e in c.model.encoders.items()
     }
     return pipeline.VQAFeaturizer(tokenizer, preprocessors, c.data.max_text_len, c.data.prompt_format)
 
