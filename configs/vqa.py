@@ -138,7 +138,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # logical parameter axis -> mesh axis ('' = replicated); see semrel_jax/training/sharding.py
         rules=dict(embed="fsdp", heads="tensor", mlp="tensor", vocab="tensor"),
     )
-    c.eval = dict(batch_size=250, num_examples=0, max_new_tokens=3)  # 0: the whole eval split
+    c.eval = dict(
+        batch_size=250,
+        num_examples=0,  # 0: the whole eval split
+        max_new_tokens=3,
+        temperature=0.0,  # 0: greedy; > 0: sampling (with top_p)
+        top_p=1.0,
+        stop_strings=(),  # generated text is cut at the first of these (and at EOS)
+    )
 
     if preset == "tiny":
         c.data.train_images = 200

@@ -181,6 +181,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _positive_int(c, "eval.batch_size")
     _positive_int(c, "eval.num_examples", allow_zero=True)
     _positive_int(c, "eval.max_new_tokens")
+    _check(float(c.eval.temperature) >= 0.0, "eval.temperature", f"must be >= 0, got {c.eval.temperature}")
+    _check(0.0 < float(c.eval.top_p) <= 1.0, "eval.top_p", f"expected 0 < top_p <= 1, got {c.eval.top_p}")
 
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:

@@ -406,8 +406,11 @@ def evaluate(c, graphdef, states, featurizer, tokenizer, train_source, eval_sour
     n = c.eval.num_examples or len(eval_source)
     for batch in pipeline.evaluation_batches(eval_source, featurizer.prompt, c.eval.batch_size, n):
         inputs = {k: batch[k] for k in ("images", "has_image", "prompt", "prompt_valid")}
-        ids = generate.greedy_generate(graphdef, states, inputs, c.eval.max_new_tokens)
-        for index, keep, text in zip(batch["index"], batch["example_valid"], generate.decode_texts(tokenizer, ids)):
+        temperature, top_p = float(c.eval.temperature), float(c.eval.top_p)
+        key = jax.random.fold_in(jax.random.PRNGKey(c.seed), len(predictions)) if temperature > 0 else None
+        ids = generate.generate(graphdef, states, inputs, c.eval.max_new_tokens, key, temperature, top_p)
+        texts = generate.decode_texts(tokenizer, ids, tuple(c.eval.stop_strings))
+        for index, keep, text in zip(batch["index"], batch["example_valid"], texts):
             if keep:
                 predictions.append({"index": int(index), **scoring.describe(eval_source, int(index)), "prediction": text})
     results = scoring.score(c.data.name, predictions, train_source, eval_source)
