@@ -124,6 +124,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         frozen_dtype="float32",
         nonfinite="stop",  # 'stop' | 'skip' the update when loss or gradients are NaN/Inf
         log_every=100,
+        peak_tflops_per_device=0.0,  # > 0: log MFU against it (e.g. 989 for an H100's dense bf16)
         checkpoint_every=1_000,
         keep_checkpoints=2,  # the newest N checkpoints ...
         keep_every=0,  # ... plus every one whose step is a multiple of this (0: none); those are always saved

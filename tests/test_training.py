@@ -96,7 +96,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_config, tmp_pat
 def test_main_runs_end_to_end(tmp_path):
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "semrel_jax.main", "--config=configs/vqa.py:tiny", f"--workdir={workdir}",
-           "--config.eval.num_examples=20"]
+           "--config.eval.num_examples=20", "--config.train.peak_tflops_per_device=0.1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
@@ -107,6 +107,9 @@ def test_main_runs_end_to_end(tmp_path):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tensorboard"))
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["split"] == "train" and np.isfinite(json.loads(lines[0])["loss"])
+    first = json.loads(lines[0])  # throughput figures logged while training
+    assert first["tokens_per_second"] > 0 and first["tflops_per_second_per_device"] > 0
+    assert first["mfu"] == pytest.approx(first["tflops_per_second_per_device"] / 0.1)
     assert len(json.loads((workdir / "predictions.json").read_text())) == 20
     # evaluating the checkpoint afterwards reproduces the run's own evaluation
     cmd = [sys.executable, "-m", "semrel_jax.evaluate", f"--checkpoint={workdir}", f"--out={tmp_path / 'eval'}",

@@ -27,6 +27,7 @@ from semrel_jax.data.preprocess import ImagePreprocessor
 from semrel_jax.evaluation import generate, scoring
 from semrel_jax.method.vlm import VisionLanguageModel
 from semrel_jax.training import checkpoint as checkpoint_lib
+from semrel_jax.training import flops as flops_lib
 from semrel_jax.training import mesh as mesh_lib
 from semrel_jax.training import sharding as sharding_lib
 from semrel_jax.training import metric_writers, optimizer as optimizer_lib, partition, preemption
@@ -330,8 +331,10 @@ def _run(c, workdir, mesh, is_main):
 
     try:
         with preemption.PreemptionGuard() as guard:
+            flops_per_example = flops_lib.count_for_run(c, len(tokenizer)).training
             state, last_step = _train_loop(
-                c, state, frozen, step_fn, batches, batch_sharding, start_step, checkpointer, writer, config_json, guard
+                c, state, frozen, step_fn, batches, batch_sharding, start_step, checkpointer, writer, config_json, guard,
+                flops_per_example,
             )
     finally:
         # Whatever stops the loop (an error, Ctrl-C, a NaN), committed and in-flight saves complete.
@@ -343,7 +346,9 @@ def _run(c, workdir, mesh, is_main):
     train_seconds = time.time() - t0
     writer.log(f"training finished in {train_seconds:.1f}s")
 
-    results = evaluate(c, graphdef, (state.params, frozen), featurizer, tokenizer, train_source, eval_source, workdir)
+    results = evaluate(
+        c, graphdef, (state.params, frozen), featurizer, tokenizer, train_source, eval_source, workdir, mesh
+    )
     results["wall_seconds"] = time.time() - t0
     results["train_seconds"] = train_seconds
     writer.write_scalars(c.train.num_steps, results, prefix="eval")
@@ -355,7 +360,10 @@ def _run(c, workdir, mesh, is_main):
     return results
 
 
-def _train_loop(c, state, frozen, step_fn, batches, batch_sharding, start_step, checkpointer, writer, config_json, guard):
+def _train_loop(
+    c, state, frozen, step_fn, batches, batch_sharding, start_step, checkpointer, writer, config_json, guard,
+    flops_per_example=0.0,
+):
     """Runs steps until ``num_steps`` or a preemption request; returns the state and the last finished step."""
     pending: list[dict] = []
     interval_start, interval_step = time.time(), start_step
@@ -371,6 +379,12 @@ def _train_loop(c, state, frozen, step_fn, batches, batch_sharding, start_step, 
             pending = []
             now = time.time()
             summary["examples_per_second"] = (done - interval_step) * c.train.batch_size / max(now - interval_start, 1e-9)
+            summary["tokens_per_second"] = summary["examples_per_second"] * c.data.max_text_len  # padded text tokens
+            if flops_per_example:  # model FLOPs (training/flops.py), per device, and MFU against the stated peak
+                tflops = flops_per_example * summary["examples_per_second"] / jax.device_count() / 1e12
+                summary["tflops_per_second_per_device"] = tflops
+                if c.train.peak_tflops_per_device:
+                    summary["mfu"] = tflops / c.train.peak_tflops_per_device
             interval_start, interval_step = now, done
             writer.write_scalars(done, summary)
             writer.progress(done, {k: summary[k] for k in ("loss", "examples_per_second")})
@@ -400,15 +414,42 @@ def _summarize(metrics: list[dict], policy: str, step: int, checkpointer) -> dic
     return summary
 
 
-def evaluate(c, graphdef, states, featurizer, tokenizer, train_source, eval_source, workdir) -> dict[str, float]:
-    """Greedy-generates every eval answer and scores it against the majority baseline."""
+def _global_eval_batch(inputs: dict, mesh) -> dict:
+    """Every host holds the same evaluation batch: each contributes its slice to one global array."""
+    count, index = jax.process_count(), jax.process_index()
+    local = jax.tree.map(lambda x: x[index * len(x) // count : (index + 1) * len(x) // count], inputs)
+    sharding = mesh_lib.batch_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def _fetch(ids) -> np.ndarray:
+    if jax.process_count() == 1:
+        return np.asarray(ids)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(ids, tiled=True))
+
+
+def evaluate(c, graphdef, states, featurizer, tokenizer, train_source, eval_source, workdir, mesh=None) -> dict:
+    """Generates every eval answer and scores it with the dataset's metric.
+
+    With ``mesh`` (the training path) each batch is split over the batch axes of all devices of all hosts
+    (the batch size rounded up to a multiple of them; padding rows are dropped), and the generated ids
+    are gathered back on every host.
+    """
     predictions = []
     n = c.eval.num_examples or len(eval_source)
-    for batch in pipeline.evaluation_batches(eval_source, featurizer.prompt, c.eval.batch_size, n):
+    batch_size = c.eval.batch_size
+    if mesh is not None:
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        batch_size = -(-batch_size // shards) * shards
+    for batch in pipeline.evaluation_batches(eval_source, featurizer.prompt, batch_size, n):
         inputs = {k: batch[k] for k in ("images", "has_image", "prompt", "prompt_valid")}
+        if mesh is not None:
+            inputs = _global_eval_batch(inputs, mesh)
         temperature, top_p = float(c.eval.temperature), float(c.eval.top_p)
         key = jax.random.fold_in(jax.random.PRNGKey(c.seed), len(predictions)) if temperature > 0 else None
-        ids = generate.generate(graphdef, states, inputs, c.eval.max_new_tokens, key, temperature, top_p)
+        ids = _fetch(generate.generate(graphdef, states, inputs, c.eval.max_new_tokens, key, temperature, top_p))
         texts = generate.decode_texts(tokenizer, ids, tuple(c.eval.stop_strings))
         for index, keep, text in zip(batch["index"], batch["example_valid"], texts):
             if keep:
