@@ -102,10 +102,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _positive_int(c, "data.max_text_len")
     _positive_int(c, "data.num_workers", allow_zero=True)
     _one_of(c, "data.prompt_format", ("qa", "raw", "chat"))
-    if c.data.name == "sort_of_clevr":
+    if c.data.name in ("sort_of_clevr", "sort_of_clevr_captions"):
         for key in ("data.train_images", "data.eval_images", "data.questions_per_image"):
             _positive_int(c, key)
-    else:
+    if c.data.name == "sort_of_clevr_captions":
+        _check(c.data.prompt_format != "qa", "data.prompt_format", "captions use 'raw' (or 'chat')")
+    elif c.data.name != "sort_of_clevr":
         _check(c.data.prompt_format != "qa", "data.prompt_format", f"{c.data.name} formats its own prompts: use 'raw' (or 'chat')")
         _one_of(c, "data.on_bad_data", ("error", "skip"))
         needs = {"scienceqa": ("root",), "vqa_v2": ("root",), "coco_captions": ("train_file", "image_root"),

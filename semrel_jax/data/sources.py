@@ -1,6 +1,7 @@
 """The training and evaluation sources a config names (``data.name``).
 
   sort_of_clevr   built-in, generated (the demo)
+  sort_of_clevr_captions  the same images with scene descriptions (configs/caption.py)
   scienceqa       official release under data.root; data.scienceqa_format (QCM-A, CQM-A, QCM-LEA, ...)
   vqa_v2          official questions/annotations JSON under data.root, COCO images in data.root/<split>
                   (or data.image_root)
@@ -15,9 +16,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from semrel_jax.data import coco_captions, llava_json, scienceqa, sort_of_clevr, vqa_v2
+from semrel_jax.data import coco_captions, llava_json, scienceqa, sort_of_clevr, sort_of_clevr_captions, vqa_v2
 
-NAMES = ("sort_of_clevr", "scienceqa", "vqa_v2", "coco_captions", "llava_json")
+NAMES = ("sort_of_clevr", "sort_of_clevr_captions", "scienceqa", "vqa_v2", "coco_captions", "llava_json")
 EVAL_SPLIT = "test"
 
 
@@ -29,6 +30,11 @@ def build_sources(c: ml_collections.ConfigDict):
         return (
             sort_of_clevr.SortOfClevr("train", d.train_images, **kw),
             sort_of_clevr.SortOfClevr(EVAL_SPLIT, d.eval_images, **kw),
+        )
+    if d.name == "sort_of_clevr_captions":
+        return (
+            sort_of_clevr_captions.SortOfClevrCaptions("train", d.train_images, c.seed, d.object_size),
+            sort_of_clevr_captions.SortOfClevrCaptions(EVAL_SPLIT, d.eval_images, c.seed, d.object_size),
         )
     policy = dict(on_bad_data=d.on_bad_data)
     # A corrupt eval image must never be replaced by its neighbour (that example would be scored twice).

@@ -38,6 +38,9 @@ def score(name: str, rows: Sequence[dict], train_source, eval_source) -> dict[st
         if any(r.get("answers") is None for r in rows):
             return {"num_examples": float(len(rows)), "note": "no annotations (test split): predictions only"}
         return vqa_v2.accuracy_report({r["question_id"]: r["prediction"] for r in rows}, rows)
+    if name in ("coco_captions", "sort_of_clevr_captions"):
+        key = "cocoid" if name == "coco_captions" else "image_id"
+        return captioning.caption_scores({r[key]: r["prediction"] for r in rows}, {r[key]: r["references"] for r in rows})
     if name == "coco_captions":
         return captioning.caption_scores(
             {r["cocoid"]: r["prediction"] for r in rows}, {r["cocoid"]: r["references"] for r in rows}
