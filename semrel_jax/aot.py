@@ -34,8 +34,7 @@ def compile_report(c, devices=None) -> dict:
     import jax
 
     from semrel_jax import config as config_lib, inspect as inspect_lib
-    from semrel_jax.training import mesh as mesh_lib, optimizer as optimizer_lib, sharding, train
-    from semrel_jax.training import train_step as train_step_lib
+    from semrel_jax.training import mesh as mesh_lib, optimizer as optimizer_lib, train
 
     config_lib.validate(c)
     vocab = c.model.llm.vocab_size or inspect_lib.tokenizer_vocab_size(c)
@@ -45,17 +44,7 @@ def compile_report(c, devices=None) -> dict:
     graphdef, params, frozen = train.build_split_model(c, vocab, abstract=True)
     optimizer = optimizer_lib.make_optimizer(c.train)
     schedule = optimizer_lib.learning_rate_schedule(c.train.learning_rate, c.train.warmup_steps, c.train.num_steps)
-    rules = dict(c.mesh.rules)
-    param_sharding, _ = sharding.param_shardings(params, mesh, rules)
-    frozen_sharding, _ = sharding.param_shardings(frozen, mesh, rules)
-    abstract_state = jax.eval_shape(lambda p: train_step_lib.init_train_state(p, optimizer, c.seed), params)
-    replicated = mesh_lib.replicated(mesh)
-    state_sharding = train_step_lib.TrainState(
-        step=replicated,
-        params=param_sharding,
-        opt_state=sharding.like_params(abstract_state.opt_state, params, param_sharding, mesh),
-        rng=replicated,
-    )
+    abstract_state, state_sharding, frozen_sharding, _ = train.state_shardings(c, mesh, params, frozen, optimizer)
 
     def place(tree, shardings):
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

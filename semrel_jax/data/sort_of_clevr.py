@@ -48,10 +48,11 @@ and for multiprocess data loading).
 from __future__ import annotations
 
 import dataclasses
-import operator
 from typing import Any
 
 import numpy as np
+
+from semrel_jax.data.images import as_index
 
 COLORS: tuple[str, ...] = ("red", "green", "blue", "orange", "gray", "yellow")
 COLOR_RGB: dict[str, tuple[int, int, int]] = {
@@ -335,16 +336,6 @@ def split_id(split: str) -> int:
         raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLITS)}") from None
 
 
-def _as_index(index: Any) -> int:
-    # bool is an int subclass but almost certainly a bug as an index.
-    if isinstance(index, (bool, np.bool_)):
-        raise TypeError(f"index must be an integer, got {type(index).__name__}")
-    try:
-        return operator.index(index)
-    except TypeError:
-        raise TypeError(f"index must be an integer, got {type(index).__name__}") from None
-
-
 class SortOfClevr:
     """Random-access Sort-of-CLEVR source (usable as a grain RandomAccessDataSource).
 
@@ -406,7 +397,7 @@ class SortOfClevr:
         return state
 
     def _check_image_index(self, image_index: Any) -> int:
-        i = _as_index(image_index)
+        i = as_index(image_index)
         if not 0 <= i < self.num_images:
             raise IndexError(f"image_index {i} out of range [0, {self.num_images})")
         return i
@@ -454,7 +445,7 @@ class SortOfClevr:
           'question', 'answer', 'family', 'kind' (str), 'image_index', 'index'
           (int).
         """
-        i = _as_index(index)
+        i = as_index(index)
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range [0, {len(self)})")
         image_index, q = divmod(i, self.questions_per_image)

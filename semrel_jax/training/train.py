@@ -223,11 +223,10 @@ def _short(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def shard_state(c, mesh, params, frozen, optimizer):
-    """Places the train state and frozen parameters on ``mesh`` by the config's sharding rules.
+def state_shardings(c, mesh, params, frozen, optimizer):
+    """The config's sharding rules applied to the train state and the frozen parameters (arrays or abstract).
 
-    Returns ``(state, frozen, state_sharding, frozen_sharding, notes)``; the shardings are what the
-    jitted step pins as its in/out shardings.
+    Returns ``(abstract_state, state_sharding, frozen_sharding, notes)``.
     """
     rules = dict(c.mesh.get("rules", sharding_lib.DEFAULT_RULES))
     param_sharding, notes = sharding_lib.param_shardings(params, mesh, rules)
@@ -240,11 +239,21 @@ def shard_state(c, mesh, params, frozen, optimizer):
         opt_state=sharding_lib.like_params(abstract.opt_state, params, param_sharding, mesh),
         rng=replicated,
     )
+    return abstract, state_sharding, frozen_sharding, notes + frozen_notes
+
+
+def shard_state(c, mesh, params, frozen, optimizer):
+    """Places the train state and frozen parameters on ``mesh`` by the config's sharding rules.
+
+    Returns ``(state, frozen, state_sharding, frozen_sharding, notes)``; the shardings are what the
+    jitted step pins as its in/out shardings.
+    """
+    _, state_sharding, frozen_sharding, notes = state_shardings(c, mesh, params, frozen, optimizer)
     # Initialised straight into the shardings: the optimizer state never exists unsharded.
     init = jax.jit(lambda p: train_step_lib.init_train_state(p, optimizer, c.seed), out_shardings=state_sharding)
-    state = init(jax.device_put(params, param_sharding))
+    state = init(jax.device_put(params, state_sharding.params))
     frozen = jax.device_put(frozen, frozen_sharding)
-    return state, frozen, state_sharding, frozen_sharding, notes + frozen_notes
+    return state, frozen, state_sharding, frozen_sharding, notes
 
 
 def make_step_fn(
