@@ -145,6 +145,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_new_tokens=3,
         temperature=0.0,  # 0: greedy; > 0: sampling (with top_p)
         top_p=1.0,
+        num_beams=1,  # > 1: beam search (needs temperature=0)
+        length_penalty=1.0,  # beam score = sum logprob / length**length_penalty (0: raw sum; > 0 favours longer)
         stop_strings=(),  # generated text is cut at the first of these (and at EOS)
     )
 

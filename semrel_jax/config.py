@@ -7,6 +7,7 @@ typo or an impossible value fails in a second with the offending key named.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any
 
@@ -180,11 +181,29 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for name, axis in c.mesh.get("rules", {}).items():
         _check(name in sharding.DEFAULT_RULES, f"mesh.rules.{name}", f"unknown logical axis; known: {tuple(sharding.DEFAULT_RULES)}")
         _check(axis in ("", "data", "fsdp", "tensor"), f"mesh.rules.{name}", f"expected '', 'data', 'fsdp' or 'tensor', got {axis!r}")
+    validate_eval(c)
+
+
+def validate_eval(c: ml_collections.ConfigDict) -> None:
+    """The ``eval`` section alone (``validate`` runs it; evaluating a checkpoint with another eval section too)."""
     _positive_int(c, "eval.batch_size")
     _positive_int(c, "eval.num_examples", allow_zero=True)
     _positive_int(c, "eval.max_new_tokens")
     _check(float(c.eval.temperature) >= 0.0, "eval.temperature", f"must be >= 0, got {c.eval.temperature}")
     _check(0.0 < float(c.eval.top_p) <= 1.0, "eval.top_p", f"expected 0 < top_p <= 1, got {c.eval.top_p}")
+    # .get: configs saved before beam search existed have neither key (defaults: 1 beam, penalty 1.0).
+    num_beams = c.eval.get("num_beams", 1)
+    ok = isinstance(num_beams, int) and not isinstance(num_beams, bool) and num_beams > 0
+    _check(ok, "eval.num_beams", f"expected a positive integer (1: greedy / sampling), got {num_beams!r}")
+    _check(
+        num_beams == 1 or float(c.eval.temperature) == 0.0,
+        "eval.num_beams",
+        f"beam search ({num_beams} beams) is deterministic and cannot sample: set eval.temperature=0 "
+        f"(got {c.eval.temperature}) or eval.num_beams=1",
+    )
+    penalty = c.eval.get("length_penalty", 1.0)
+    ok = isinstance(penalty, (int, float)) and not isinstance(penalty, bool) and math.isfinite(penalty)
+    _check(ok, "eval.length_penalty", f"expected a finite number (score = logprob / length**penalty), got {penalty!r}")
 
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:

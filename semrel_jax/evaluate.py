@@ -30,9 +30,11 @@ def evaluate_checkpoint(checkpoint: str, out_dir: str = "", config=None, step: i
     import jax
     from flax import nnx
 
-    from semrel_jax import export
+    from semrel_jax import config as config_lib, export
     from semrel_jax.training import train
 
+    if config is not None:
+        config_lib.validate_eval(config)  # before restoring the model
     if os.path.exists(os.path.join(checkpoint, "export.json")):
         exported = export.load_exported(checkpoint)
         model, c, tokenizer = exported.model, exported.config, exported.tokenizer

@@ -446,6 +446,10 @@ def evaluate(c, graphdef, states, featurizer, tokenizer, train_source, eval_sour
     (the batch size rounded up to a multiple of them; padding rows are dropped), and the generated ids
     are gathered back on every host.
     """
+    config_lib.validate_eval(c)
+    temperature, top_p = float(c.eval.temperature), float(c.eval.top_p)
+    # .get: configs saved before beam search existed have neither key.
+    num_beams, length_penalty = int(c.eval.get("num_beams", 1)), float(c.eval.get("length_penalty", 1.0))
     predictions = []
     n = c.eval.num_examples or len(eval_source)
     batch_size = c.eval.batch_size
@@ -456,9 +460,14 @@ def evaluate(c, graphdef, states, featurizer, tokenizer, train_source, eval_sour
         inputs = {k: batch[k] for k in ("images", "has_image", "prompt", "prompt_valid")}
         if mesh is not None:
             inputs = _global_eval_batch(inputs, mesh)
-        temperature, top_p = float(c.eval.temperature), float(c.eval.top_p)
-        key = jax.random.fold_in(jax.random.PRNGKey(c.seed), len(predictions)) if temperature > 0 else None
-        ids = _fetch(generate.generate(graphdef, states, inputs, c.eval.max_new_tokens, key, temperature, top_p))
+        if num_beams > 1:
+            ids = generate.beam_search(
+                graphdef, states, inputs, c.eval.max_new_tokens, num_beams, length_penalty, eos_id=tokenizer.eos_token_id
+            )
+        else:
+            key = jax.random.fold_in(jax.random.PRNGKey(c.seed), len(predictions)) if temperature > 0 else None
+            ids = generate.generate(graphdef, states, inputs, c.eval.max_new_tokens, key, temperature, top_p)
+        ids = _fetch(ids)
         texts = generate.decode_texts(tokenizer, ids, tuple(c.eval.stop_strings))
         for index, keep, text in zip(batch["index"], batch["example_valid"], texts):
             if keep:
