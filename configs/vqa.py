@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         captions="",  # scienceqa: optional captions.json for the context
         vqa_prompt="plain",  # vqa_v2: 'plain' | 'llava' (adds "Answer the question using a single word or phrase.")
         on_bad_data="error",  # 'error' names the bad record | 'skip' drops/replaces it and counts it (logged)
+        prepared_dir="",  # set: read the TFDS array_record copy made by `python -m semrel_jax.data.prepare --out=<dir>`
         num_workers=0,  # grain worker processes (0: in the main process)
         prefetch=2,
     )

@@ -113,12 +113,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _one_of(c, "data.on_bad_data", ("error", "skip"))
         needs = {"scienceqa": ("root",), "vqa_v2": ("root",), "coco_captions": ("train_file", "image_root"),
                  "llava_json": ("train_file", "image_root")}[c.data.name]
-        for key in needs:
+        for key in needs if not c.data.get("prepared_dir") else ():  # a prepared copy is read without them
             _check(bool(c.data[key]), f"data.{key}", f"required for data.name={c.data.name!r}")
         if c.data.name == "scienceqa":
             _one_of(c, "data.scienceqa_format", scienceqa_data.PROMPT_FORMATS)
         if c.data.name == "vqa_v2":
             _one_of(c, "data.vqa_prompt", vqa_v2_data.PROMPT_FORMATS)
+    if c.data.get("prepared_dir"):
+        from semrel_jax.data import prepared
+
+        try:
+            prepared.check(c)
+        except prepared.PreparedDataError as e:
+            raise ConfigError(f"config.data.prepared_dir: {e}") from None
     _check(
         c.data.prompt_format != "chat" or bool(c.data.tokenizer),
         "data.prompt_format",

@@ -10,6 +10,9 @@
 
 Real datasets format their prompts themselves, so they use the ``raw`` prompt format (``data.prompt_format``
 'qa' wraps only the built-in data) unless ``chat`` is asked for.
+
+``data.prepared_dir``: read a prepared copy (TFDS array_record, ``python -m semrel_jax.data.prepare``) of the
+same sources instead of the raw files; ``record_settings`` are the keys that copy must have been made with.
 """
 
 from __future__ import annotations
@@ -20,11 +23,50 @@ from semrel_jax.data import coco_captions, llava_json, scienceqa, sort_of_clevr,
 
 NAMES = ("sort_of_clevr", "sort_of_clevr_captions", "scienceqa", "vqa_v2", "coco_captions", "llava_json")
 EVAL_SPLIT = "test"
+# (train, eval) splits when data.train_split / data.eval_split are ''
+DEFAULT_SPLITS = {
+    "scienceqa": ("train", "test"), "vqa_v2": ("train2014", "val2014"), "coco_captions": ("train", "test"),
+}
+
+
+def split_names(d: ml_collections.ConfigDict) -> tuple[str, str]:
+    """The (train, eval) split names of a dataset with named splits (``DEFAULT_SPLITS``), defaults resolved."""
+    train, evaluation = DEFAULT_SPLITS[d.name]
+    return d.train_split or train, d.eval_split or evaluation
+
+
+def record_settings(c: ml_collections.ConfigDict) -> dict:
+    """The config values that decide which records the two sources hold and what they contain.
+
+    A prepared copy stores them and is only read under the same values. File locations are not among them
+    (a copy is read without the raw files); ``scienceqa`` records whether a captions file was used.
+    """
+    d = c.data
+    settings: dict = {"name": d.name}
+    if d.name in ("sort_of_clevr", "sort_of_clevr_captions"):
+        settings.update(seed=c.seed, train_images=d.train_images, eval_images=d.eval_images, object_size=d.object_size)
+        if d.name == "sort_of_clevr":
+            settings["questions_per_image"] = d.questions_per_image
+        return settings
+    settings["on_bad_data"] = d.on_bad_data
+    if d.name in DEFAULT_SPLITS:
+        settings["train_split"], settings["eval_split"] = split_names(d)
+    if d.name == "scienceqa":
+        settings.update(scienceqa_format=d.scienceqa_format, captions=bool(d.captions))
+    elif d.name == "vqa_v2":
+        settings["vqa_prompt"] = d.vqa_prompt
+    elif d.name == "llava_json":
+        settings["separate_eval_file"] = bool(d.eval_file)
+    return settings
 
 
 def build_sources(c: ml_collections.ConfigDict):
     """``(train_source, eval_source)``; every source is random-access, deterministic and picklable."""
     d = c.data
+    if d.get("prepared_dir"):  # .get: configs saved before prepared copies existed
+        from semrel_jax.data import prepared
+
+        return prepared.open_sources(c)
     if d.name == "sort_of_clevr":
         kw = dict(seed=c.seed, questions_per_image=d.questions_per_image, object_size=d.object_size)
         return (
@@ -41,20 +83,23 @@ def build_sources(c: ml_collections.ConfigDict):
     eval_policy = dict(on_bad_data=d.on_bad_data, verify_images=d.on_bad_data == "skip")
     if d.name == "scienceqa":
         fmt, captions = d.scienceqa_format, d.captions or None
+        train, evaluation = split_names(d)
         return (
-            scienceqa.ScienceQA(d.root, d.train_split or "train", fmt, captions, **policy),
-            scienceqa.ScienceQA(d.root, d.eval_split or "test", fmt, captions, **eval_policy),
+            scienceqa.ScienceQA(d.root, train, fmt, captions, **policy),
+            scienceqa.ScienceQA(d.root, evaluation, fmt, captions, **eval_policy),
         )
     if d.name == "vqa_v2":
         image_dir = d.image_root or None
+        train, evaluation = split_names(d)
         return (
-            vqa_v2.VQAv2.from_root(d.root, d.train_split or "train2014", image_dir, prompt_format=d.vqa_prompt, **policy),
-            vqa_v2.VQAv2.from_root(d.root, d.eval_split or "val2014", image_dir, prompt_format=d.vqa_prompt, **eval_policy),
+            vqa_v2.VQAv2.from_root(d.root, train, image_dir, prompt_format=d.vqa_prompt, **policy),
+            vqa_v2.VQAv2.from_root(d.root, evaluation, image_dir, prompt_format=d.vqa_prompt, **eval_policy),
         )
     if d.name == "coco_captions":
+        train, evaluation = split_names(d)
         return (
-            coco_captions.KarpathyCOCO(d.train_file, d.image_root, d.train_split or "train", "train", **policy),
-            coco_captions.KarpathyCOCO(d.train_file, d.image_root, d.eval_split or "test", "eval", **eval_policy),
+            coco_captions.KarpathyCOCO(d.train_file, d.image_root, train, "train", **policy),
+            coco_captions.KarpathyCOCO(d.train_file, d.image_root, evaluation, "eval", **eval_policy),
         )
     if d.name == "llava_json":
         train = llava_json.LLaVAInstruct(d.train_file, d.image_root, **policy)

@@ -1,0 +1,253 @@
+"""Prepared copies (semrel_jax.data.prepared): TFDS array_record, record-for-record equal to the raw sources.
+
+The on-disk fixtures (tests/dataset_fixtures.py) carry bad records under ``on_bad_data='skip'``, so the
+copies also hold examples the raw readers replaced at read time.
+"""
+
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import vqa  # configs/ is on sys.path (conftest)
+
+import dataset_fixtures
+from semrel_jax import config as config_lib
+from semrel_jax.data import pipeline, prepared, sources
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = ("scienceqa", "vqa_v2", "coco_captions", "llava_json", "sort_of_clevr", "sort_of_clevr_captions")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("formats")
+    return {
+        "scienceqa": dataset_fixtures.write_scienceqa(str(root / "scienceqa")),
+        "vqa_v2": dataset_fixtures.write_vqa_v2(str(root / "vqa_v2")),
+        "coco_captions": dataset_fixtures.write_coco_karpathy(str(root / "coco")),
+        "llava_json": dataset_fixtures.write_llava(str(root / "llava")),
+    }
+
+
+def _config(name, data, prepared_dir=""):
+    c = vqa.get_config("tiny")
+    c.data.update(name=name, prompt_format="raw", on_bad_data="skip", max_text_len=160, prepared_dir=prepared_dir)
+    if name == "scienceqa":
+        c.data.update(root=data[name]["root"], captions=data[name]["captions"], scienceqa_format="QCM-A")
+    elif name == "vqa_v2":
+        c.data.update(root=data[name]["root"], eval_split="train2014")
+    elif name in ("coco_captions", "llava_json"):
+        c.data.update(train_file=data[name]["json"], image_root=data[name]["root"])
+    else:  # the built-in data, a handful of images
+        c.data.update(train_images=4, eval_images=2, questions_per_image=4, max_text_len=40)
+        c.data.prompt_format = "qa" if name == "sort_of_clevr" else "raw"
+    c.model.encoders.vit.update(image_size=32, patch_size=8)
+    return c
+
+
+@pytest.fixture(scope="module")
+def out(data, tmp_path_factory):
+    """Every dataset prepared once, side by side in one directory."""
+    out = str(tmp_path_factory.mktemp("prepared"))
+    for name in NAMES:
+        prepared.prepare(_config(name, data), out, threads=2)
+    return out
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for key, value in a.items():
+        if isinstance(value, np.ndarray):
+            assert isinstance(b[key], np.ndarray) and b[key].dtype == value.dtype and b[key].flags.writeable, key
+            np.testing.assert_array_equal(b[key], value, err_msg=key)
+        else:
+            assert type(b[key]) is type(value) and b[key] == value, (key, value, b[key])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_record_reads_back_equal(data, out, name):
+    raw = sources.build_sources(_config(name, data))
+    copy = sources.build_sources(_config(name, data, prepared_dir=out))
+    assert all(isinstance(s, prepared.PreparedSource) for s in copy)
+    for r, p in zip(raw, copy):
+        assert len(p) == len(r) > 0
+        for i in range(len(r)):
+            _assert_same(r[i], p[i])  # images pixel-equal, text and metadata equal, same key order
+        assert hasattr(p, "metadata") == hasattr(r, "metadata")
+        if hasattr(r, "metadata"):
+            for i in range(len(r)):
+                _assert_same(r.metadata(i), p.metadata(i))
+        if hasattr(r, "texts"):
+            assert list(p.texts()) == list(r.texts())
+        if name == "scienceqa":
+            assert p.problems == r.problems
+        if name == "sort_of_clevr":
+            assert (p.num_images, p.questions_per_image) == (r.num_images, r.questions_per_image)
+            assert [p.questions(i) for i in range(r.num_images)] == [r.questions(i) for i in range(r.num_images)]
+        _assert_same(r[len(r) - 1], pickle.loads(pickle.dumps(p))[len(r) - 1])
+        with pytest.raises(IndexError):
+            p[len(p)]
+
+
+def test_metadata_spread_over_several_rows(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepared, "METADATA_CHUNK", 3)  # 16 train questions -> 6 *_metadata rows
+    for name in ("sort_of_clevr", "vqa_v2"):
+        c = _config(name, data)
+        raw = sources.build_sources(c)
+        prepared.prepare(c, str(tmp_path), threads=1)
+        c.data.prepared_dir = str(tmp_path)
+        copy = sources.build_sources(c)
+        if hasattr(raw[0], "texts"):
+            assert list(copy[0].texts()) == list(raw[0].texts())
+        for r, p in zip(raw, copy):
+            for i in reversed(range(len(r))):
+                _assert_same(r[i], p[i])
+                if hasattr(r, "metadata"):
+                    _assert_same(r.metadata(i), p.metadata(i))
+        if name == "sort_of_clevr":
+            assert [copy[0].questions(i) for i in range(4)] == [raw[0].questions(i) for i in range(4)]
+
+
+def test_images_are_stored_encoded_once_per_distinct_image(data, out):
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(prepared.dataset_dir(out, "vqa_v2"))  # a plain TFDS dataset
+    examples, images = builder.as_data_source("train"), builder.as_data_source("train_images")
+    assert len(images) < len(examples)  # questions 10 and 11 share image 1
+    assert images[0]["image"][:2] == b"\xff\xd8"  # the JPEG file's own bytes
+    with open(os.path.join(data["vqa_v2"]["root"], "train2014", "COCO_train2014_000000000001.jpg"), "rb") as f:
+        assert images[0]["image"] == f.read()
+    clevr = tfds.builder_from_directory(prepared.dataset_dir(out, "sort_of_clevr")).as_data_source("train_images")
+    assert len(clevr) == 4 and clevr[0]["image"][:4] == b"\x89PNG"  # generated: lossless PNG
+    assert "tensorflow" not in sys.modules  # written and read without TensorFlow
+
+
+@pytest.mark.parametrize("name", ["scienceqa", "sort_of_clevr"])
+def test_the_copy_feeds_the_same_batches(data, out, tmp_path, name):
+    from semrel_jax.training import train
+
+    raw_c, copy_c = _config(name, data), _config(name, data, prepared_dir=out)
+    config_lib.validate(copy_c)
+    raw, copy = sources.build_sources(raw_c), sources.build_sources(copy_c)
+    assert sources.vocabulary(copy_c, *copy) == sources.vocabulary(raw_c, *raw)
+    tokenizer = train.build_tokenizer(raw_c, str(tmp_path), *raw)
+    featurizer = train.build_featurizer(raw_c, tokenizer)
+    batches = [pipeline.training_dataset(s[0], featurizer.train, 4, seed=0)[0] for s in (raw, copy)]
+    evals = [next(pipeline.evaluation_batches(s[1], featurizer.prompt, 4)) for s in (raw, copy)]
+    for a, b in (batches, evals):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], dict):
+                for enc in a[key]:
+                    np.testing.assert_array_equal(a[key][enc], b[key][enc])
+            else:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["scienceqa", "vqa_v2", "llava_json", "sort_of_clevr"])
+def test_scoring_reads_the_copy_like_the_raw_source(data, out, name):
+    from semrel_jax.evaluation import scoring
+
+    reports = []
+    for c in (_config(name, data), _config(name, data, prepared_dir=out)):
+        train_source, eval_source = sources.build_sources(c)  # ScienceQA problems, Sort-of-CLEVR questions
+        rows = [{"index": i, **scoring.describe(eval_source, i)} for i in range(len(eval_source))]
+        rows = [{**r, "prediction": "The answer is A." if name == "scienceqa" else str(r["answer"])} for r in rows]
+        reports.append((rows, scoring.score(name, rows, train_source, eval_source)))
+    assert reports[1] == reports[0]
+
+
+def test_grain_worker_processes_read_the_copy(data, out, tmp_path):
+    from semrel_jax.training import train
+
+    c = _config("scienceqa", data, prepared_dir=out)
+    train_source, eval_source = sources.build_sources(c)
+    featurizer = train.build_featurizer(c, train.build_tokenizer(c, str(tmp_path), train_source, eval_source))
+    dataset = pipeline.training_dataset(train_source, featurizer.train, 2, seed=3)
+    it = pipeline.iterate(dataset, start_step=1, num_workers=1)
+    try:
+        for step in (1, 2):
+            batch = next(it)
+            np.testing.assert_array_equal(np.asarray(batch["tokens"]), dataset[step]["tokens"])
+            np.testing.assert_array_equal(np.asarray(batch["images"]["vit"]), dataset[step]["images"]["vit"])
+    finally:
+        it.close()
+
+
+def test_preparing_again_is_a_no_op(data, out, monkeypatch):
+    directory = prepared.dataset_dir(out, "scienceqa")
+    before = {f: os.stat(os.path.join(directory, f)).st_mtime_ns for f in os.listdir(directory)}
+    monkeypatch.setattr(sources, "build_sources", lambda c: pytest.fail("a complete copy must not be rebuilt"))
+    assert prepared.prepare(_config("scienceqa", data), out) == directory
+    assert {f: os.stat(os.path.join(directory, f)).st_mtime_ns for f in os.listdir(directory)} == before
+
+
+def test_incomplete_copies_are_detected_and_prepared_again(data, out, tmp_path):
+    copy = str(tmp_path / "copy")
+    shutil.copytree(out, copy)
+    c = _config("llava_json", data, prepared_dir=copy)
+    directory = prepared.dataset_dir(copy, "llava_json")
+    shard = os.path.join(directory, "semrel_prepared-train_images.array_record-00000")
+    with open(shard, "r+b") as f:  # an interrupted copy of the directory: a shard cut short
+        f.truncate(os.path.getsize(shard) // 2)
+    shard_error = r"shard semrel_prepared-train_images\.array_record-00000 .*truncated"
+    with pytest.raises(prepared.PreparedDataError, match=shard_error):
+        sources.build_sources(c)
+    with pytest.raises(config_lib.ConfigError, match=r"config\.data\.prepared_dir: .*" + re.escape(directory)):
+        config_lib.validate(c)
+    prepared.prepare(c, copy, threads=1)  # detected and redone
+    raw, again = sources.build_sources(_config("llava_json", data)), sources.build_sources(c)
+    for r, p in zip(raw, again):
+        for i in range(len(r)):
+            _assert_same(r[i], p[i])
+
+    # an interrupted preparation leaves only its incomplete.* directory, never the final one
+    os.remove(os.path.join(directory, "semrel_prepared-eval.array_record-00000"))
+    os.rename(directory, os.path.join(os.path.dirname(directory), "incomplete.0123_1.0.0"))
+    with pytest.raises(prepared.PreparedDataError, match="no prepared copy there.*interrupted preparation"):
+        sources.build_sources(c)
+    os.makedirs(directory)  # an empty (or half-written) final directory is not a copy either
+    with pytest.raises(prepared.PreparedDataError, match="dataset_info.json is missing"):
+        sources.build_sources(c)
+
+
+def test_missing_directory_or_other_settings_are_clear_errors(data, out, tmp_path):
+    missing = str(tmp_path / "nowhere")
+    c = _config("scienceqa", data, prepared_dir=missing)
+    c.data.root = ""  # a copy is read without the raw files
+    no_dir = r"config\.data\.prepared_dir: .*" + re.escape(missing) + ".* does not exist"
+    with pytest.raises(config_lib.ConfigError, match=no_dir):
+        config_lib.validate(c)
+    with pytest.raises(prepared.PreparedDataError, match="semrel_jax.data.prepare"):
+        sources.build_sources(c)
+    c.data.prepared_dir = out
+    config_lib.validate(c)
+    c.data.scienceqa_format = "CQM-A"  # other questions than the copy holds
+    with pytest.raises(prepared.PreparedDataError, match="scienceqa_format: prepared 'QCM-A', config 'CQM-A'"):
+        sources.build_sources(c)
+    other = _config("scienceqa", data)
+    other.data.scienceqa_format = "CQM-A"
+    with pytest.raises(prepared.PreparedDataError, match="other data settings.*--overwrite"):
+        prepared.prepare(other, out)  # never silently replaced
+
+
+def test_command_line_prepares_what_the_config_names(data, tmp_path):
+    target = str(tmp_path / "cli")
+    cmd = [sys.executable, "-m", "semrel_jax.data.prepare", "--config=configs/vqa.py:tiny",
+           "--config.data.name=scienceqa", f"--config.data.root={data['scienceqa']['root']}",
+           "--config.data.on_bad_data=skip", f"--out={target}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"--config.data.prepared_dir={target}" in proc.stdout
+    c = _config("scienceqa", data)
+    c.data.captions = ""
+    raw = sources.build_sources(c)
+    c.data.prepared_dir = target
+    for r, p in zip(raw, sources.build_sources(c)):
+        assert len(p) == len(r)
+        _assert_same(r[0], p[0])
