@@ -2,6 +2,7 @@
 
     python benchmarks/input_pipeline.py                          # demo config, workers 0 and 2
     python benchmarks/input_pipeline.py --workers=0,1,2 --batches=60 --rounds=2
+    python benchmarks/input_pipeline.py --workers=0 --warm       # steady state: every scene drawn once before
 
 All in one process, the phases alternating round by round:
 
@@ -38,6 +39,10 @@ _BATCHES = flags.DEFINE_integer("batches", 40, "Timed batches per phase and roun
 _SKIP = flags.DEFINE_integer("skip", 5, "Untimed batches at the start of every pipeline iterator.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Rounds over all phases.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps of the step-only phase per round.")
+_WARM = flags.DEFINE_bool(
+    "warm", False, "Draw every training scene once before timing (the source's scene cache as it is after the "
+    "first visit of each image; a demo run visits each image ~14 times). Workers keep their own caches, so this "
+    "affects workers=0 only.")
 
 
 def pipeline_rate(dataset, workers: int, prefetch: int, batch_size: int, skip: int, n: int, start: int) -> float:
@@ -100,6 +105,11 @@ def main(argv):
         tokenizer = train.build_tokenizer(c, tmp, train_source, eval_source)
     featurizer = train.build_featurizer(c, tokenizer)
     dataset = pipeline.training_dataset(train_source, featurizer.train, c.train.batch_size, c.seed)
+    if _WARM.value:
+        t0 = time.perf_counter()
+        for i in range(train_source.num_images):
+            train_source.scene(i)
+        print(f"scene cache warmed: {train_source.num_images} images in {time.perf_counter() - t0:.1f}s")
     rates: dict[str, list[float]] = {}
     start = 0
     for r in range(_ROUNDS.value):

@@ -106,6 +106,25 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.data.name in ("sort_of_clevr", "sort_of_clevr_captions"):
         for key in ("data.train_images", "data.eval_images", "data.questions_per_image"):
             _positive_int(c, key)
+    _positive_int(c, "data.examples_per_image")
+    group = c.data.examples_per_image
+    if group > 1:
+        _check(
+            c.data.name == "sort_of_clevr" and not c.data.get("prepared_dir"),
+            "data.examples_per_image",
+            f"grouping examples by image is implemented for the generated sort_of_clevr source, not {c.data.name!r}",
+        )
+        _check(
+            c.data.questions_per_image % group == 0,
+            "data.examples_per_image",
+            f"must divide data.questions_per_image={c.data.questions_per_image}, got {group}",
+        )
+        _check(
+            c.train.batch_size % (group * c.train.grad_accum_steps) == 0,
+            "data.examples_per_image",
+            f"train.batch_size={c.train.batch_size} must be a multiple of examples_per_image x grad_accum_steps "
+            f"({group} x {c.train.grad_accum_steps})",
+        )
     if c.data.name == "sort_of_clevr_captions":
         _check(c.data.prompt_format != "qa", "data.prompt_format", "captions use 'raw' (or 'chat')")
     elif c.data.name != "sort_of_clevr":
@@ -294,7 +313,9 @@ def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
         )
         if e.get("hf_dir"):
             vit = _pretrained_vit(name, e, m)
-        encoders.append(EncoderSpec(name=name, vit=vit, taps=tuple(e.taps), post_ln=e.post_ln, drop_cls=e.drop_cls))
+        encoders.append(
+            EncoderSpec(name=name, vit=vit, taps=tuple(e.taps), post_ln=e.post_ln, drop_cls=e.drop_cls, pool=e.get("pool", 1))
+        )
     vision = EnsembleConfig(
         encoders=tuple(encoders),
         out_dim=llm.dim,

@@ -213,3 +213,19 @@ def test_llama_gqa_logits_are_finite_and_causal():
     changed, _ = model(tokens.at[:, 4].set(7), valid=valid)
     np.testing.assert_allclose(logits[:, :4], changed[:, :4], atol=1e-6)  # the future does not leak back
     assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_pooled_patch_grid_is_the_mean_of_each_window():
+    from semrel_jax.method.ensemble import EncoderSpec, pool_grid
+
+    x = np.random.default_rng(0).normal(size=(2, 36, 5)).astype(np.float32)  # 6x6 grid
+    pooled = np.asarray(pool_grid(jnp.asarray(x), 6, 3))
+    grid = x.reshape(2, 6, 6, 5)
+    expected = np.stack([grid[:, i * 3 : i * 3 + 3, j * 3 : j * 3 + 3].mean((1, 2)) for i in range(2) for j in range(2)], 1)
+    np.testing.assert_allclose(pooled, expected, rtol=1e-6)
+    vit = ViTConfig(image_size=30, patch_size=5, width=8, depth=1, heads=2, mlp_dim=16)
+    assert EncoderSpec("v", vit, taps=(1,), pool=3).num_tokens == 4
+    with pytest.raises(ValueError, match="must divide"):
+        EncoderSpec("v", vit, taps=(1,), pool=4)
+    with pytest.raises(ValueError, match="drop_cls"):
+        EncoderSpec("v", vit, taps=(1,), pool=2, drop_cls=False)

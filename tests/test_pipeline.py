@@ -77,6 +77,36 @@ def test_training_dataset_is_indexable_by_step_and_reshuffles(tokenizer):
     assert not seen0 & seen1 and len(seen0 | seen1) == 16
 
 
+def test_grouped_batches_hold_each_image_once_with_its_questions(tokenizer):
+    source = sort_of_clevr.SortOfClevr("train", 6, questions_per_image=4)  # 24 examples, 6 images
+    featurizer = _featurizer(tokenizer)
+    ds = pipeline.training_dataset(
+        source, featurizer.train, batch_size=8, seed=1, examples_per_image=4, featurize_group=featurizer.train_group
+    )
+    batch = ds[0]
+    assert batch["images"]["vit"].shape == (2, 75, 75, 3)
+    assert batch["tokens"].shape == (2, 4, 24) and batch["loss_mask"].shape == (2, 4, 24)
+    for row in range(2):
+        image_index = int(batch["index"][row]) // 4
+        examples = [source[image_index * 4 + q] for q in range(4)]
+        np.testing.assert_array_equal(batch["images"]["vit"][row], featurizer.train(examples[0])["images"]["vit"])
+        for q, example in enumerate(examples):
+            np.testing.assert_array_equal(batch["tokens"][row, q], featurizer.train(example)["tokens"])
+    # An epoch is 3 steps of 2 images: every image once; two hosts split the images.
+    images = sorted(int(i) // 4 for step in range(3) for i in ds[step]["index"])
+    assert images == list(range(6))
+    hosts = [
+        pipeline.training_dataset(source, featurizer.train, 8, 1, h, 2, examples_per_image=4, featurize_group=featurizer.train_group)
+        for h in (0, 1)
+    ]
+    seen = [{int(i) // 4 for step in range(3) for i in host[step]["index"]} for host in hosts]
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 6
+    with pytest.raises(ValueError, match="do not share an image"):
+        featurizer.train_group([source[0], source[4]])
+    with pytest.raises(ValueError, match="divide"):
+        source.image_groups(3)
+
+
 def test_evaluation_batches_pad_the_last_batch(tokenizer):
     source = sort_of_clevr.SortOfClevr("test", 1, questions_per_image=10)
     batches = list(pipeline.evaluation_batches(source, _featurizer(tokenizer).prompt, batch_size=4))

@@ -74,3 +74,67 @@ def test_accumulation_must_divide_the_batch():
     c = _config(grad_accum_steps=3)
     with pytest.raises(config_lib.ConfigError, match="train.grad_accum_steps"):
         config_lib.validate(c)
+
+
+def _vision_leaves(params):
+    leaves = [np.asarray(x) for path, x in jax.tree_util.tree_leaves_with_path(params) if "encoders" in jax.tree_util.keystr(path)]
+    assert leaves
+    return leaves
+
+
+def _grouped_vs_repeated(c, tmp_path, group):
+    """One step on G questions per image (vision run once per image) and on the same rows with every image
+    repeated per row: the same loss and the same parameter update."""
+    tokenizer = train.build_tokenizer(c, str(tmp_path))
+    featurizer = train.build_featurizer(c, tokenizer)
+    source = train.build_sources(c)[0]
+    groups = source.image_groups(group)[[0, 3]]  # two images, G questions each
+    grouped = ts.device_batch(pipeline._stack([featurizer.train_group([source[int(i)] for i in g]) for g in groups]))
+    flat = ts.device_batch(pipeline._stack([featurizer.train(source[int(i)]) for i in groups.reshape(-1)]))
+    graphdef, params, frozen = train.build_split_model(c, len(tokenizer))
+    optimizer = optax.sgd(0.5)
+    schedule = optimizer_lib.learning_rate_schedule(c.train.learning_rate, c.train.warmup_steps, c.train.num_steps)
+    mesh = jax.make_mesh((1, 1, 1), mesh_lib.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=jax.devices()[:1])
+    results = []
+    with jax.set_mesh(mesh):
+        for batch in (grouped, flat):
+            state, fz, ssh, fsh, _ = train.shard_state(c, mesh, params, frozen, optimizer)
+            step = train.make_step_fn(graphdef, optimizer, schedule, 0, mesh, ssh, fsh, donate=False)
+            before = _vision_leaves(state.params)
+            state, metrics = step(state, fz, batch)
+            # the shared image's gradient reaches the vision tower (summed over its rows)
+            assert any(not np.allclose(a, b) for a, b in zip(_vision_leaves(state.params), before))
+            results.append((float(metrics["loss"]), [np.asarray(x) for x in jax.tree.leaves(state.params)]))
+    return grouped, flat, results
+
+
+@pytest.mark.parametrize("injection", ["ica", "prefix"])
+def test_questions_sharing_an_image_give_the_step_of_repeated_images(tmp_path, injection):
+    c = _config()
+    c.model.injection = injection
+    grouped, flat, ((loss_g, params_g), (loss_f, params_f)) = _grouped_vs_repeated(c, tmp_path, group=4)
+    assert grouped["images"]["vit"].shape[0] == 2 and grouped["tokens"].shape[:2] == (2, 4)
+    assert flat["images"]["vit"].shape[0] == 8
+    np.testing.assert_allclose(loss_g, loss_f, rtol=1e-6)
+    assert not np.isclose(loss_g, 0.0)
+    for a, b in zip(params_g, params_f):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_grouped_batches_need_a_batch_the_groups_divide():
+    from semrel_jax import config as config_lib
+
+    c = _config()
+    c.data.examples_per_image = 3  # does not divide the 20 (tiny: questions_per_image) questions
+    c.data.questions_per_image = 20
+    with pytest.raises(config_lib.ConfigError, match="data.examples_per_image"):
+        config_lib.validate(c)
+    c.data.examples_per_image = 5
+    c.train.batch_size = 8
+    with pytest.raises(config_lib.ConfigError, match="multiple of examples_per_image"):
+        config_lib.validate(c)
+    c.train.batch_size = 10
+    config_lib.validate(c)
+    c.data.name, c.data.prompt_format, c.data.root = "scienceqa", "raw", "/nonexistent"
+    with pytest.raises(config_lib.ConfigError, match="sort_of_clevr"):
+        config_lib.validate(c)

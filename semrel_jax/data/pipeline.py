@@ -46,8 +46,20 @@ class VQAFeaturizer:
             "index": np.int64(example.get("index", -1)),
         }
 
-    def _encode(self, text: str, example) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    # Token ids of recent texts: templated data repeats few texts (Sort-of-CLEVR has 36 questions), and the
+    # tokenizer call is most of the featurisation time. Bounded, so unique texts (real data) cost nothing.
+    _CACHE_SIZE = 4096
+    _ids_cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_ids_cache": {}}  # grain workers start empty: small pickles
+
+    def _encode(self, text: str, example) -> tuple[int, ...]:
+        ids = self._ids_cache.get(text)
+        if ids is None:
+            ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(self._ids_cache) < self._CACHE_SIZE:
+                self._ids_cache[text] = ids
         if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids:
             # An unknown token silently erases part of the question or answer: refuse it.
             raise ValueError(
@@ -61,7 +73,7 @@ class VQAFeaturizer:
         bos = self.tokenizer.bos_token_id
         # chat templates write their own BOS; tokenizers without one (Qwen) start directly
         prefix = [bos] if bos is not None and self.prompt_format != "chat" else []
-        return prefix + self._encode(text, example)
+        return prefix + list(self._encode(text, example))
 
     def _check_length(self, n: int, example) -> None:
         if n > self.max_len:
@@ -71,8 +83,27 @@ class VQAFeaturizer:
             )
 
     def train(self, example) -> dict[str, Any]:
+        return {**self._images(example), **self._train_text(example)}
+
+    def train_group(self, examples: list) -> dict[str, Any]:
+        """Examples that share one image -> its image features once, text features stacked ``[G, T]``."""
+        first = examples[0]
+        for example in examples[1:]:
+            same = (
+                example["image_index"] == first["image_index"]
+                if "image_index" in first and "image_index" in example
+                else np.array_equal(example.get("image"), first.get("image"))
+            )
+            if not same:
+                raise ValueError(
+                    f"Examples {first.get('index', '?')} and {example.get('index', '?')} are grouped but do not share an image."
+                )
+        texts = [self._train_text(example) for example in examples]
+        return {**self._images(first), **{key: np.stack([t[key] for t in texts]) for key in texts[0]}}
+
+    def _train_text(self, example) -> dict[str, Any]:
         prompt = self._prompt_ids(example)
-        answer = self._encode(prompts.answer_text(example["answer"], self.prompt_format), example)
+        answer = list(self._encode(prompts.answer_text(example["answer"], self.prompt_format), example))
         ids = prompt + answer + [self.tokenizer.eos_token_id]
         n = len(ids) - 1
         self._check_length(n, example)
@@ -82,7 +113,7 @@ class VQAFeaturizer:
         loss_mask = np.zeros(self.max_len, np.float32)
         loss_mask[len(prompt) - 1 : n] = 1.0  # positions whose NEXT token is an answer token or EOS
         valid = np.arange(self.max_len) < n
-        return {**self._images(example), "tokens": tokens, "targets": targets, "loss_mask": loss_mask, "valid": valid}
+        return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask, "valid": valid}
 
     def prompt(self, example) -> dict[str, Any]:
         ids = self._prompt_ids(example)
@@ -95,16 +126,58 @@ class VQAFeaturizer:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageGroups:
+    """Random access to groups of examples that share one image: item ``i`` is the list of examples
+    ``groups[i]`` (``[num_groups, G]`` indices from ``source.image_groups(G)``)."""
+
+    source: Any
+    groups: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> list:
+        return [self.source[int(i)] for i in self.groups[int(index)]]
+
+
+def image_groups(source, examples_per_image: int) -> ImageGroups:
+    groups = getattr(source, "image_groups", None)
+    if groups is None:
+        raise ValueError(
+            f"data.examples_per_image={examples_per_image} needs a source whose examples share images; "
+            f"{type(source).__name__} does not group its examples by image (use 1)."
+        )
+    return ImageGroups(source, np.asarray(groups(examples_per_image)))
+
+
 def training_dataset(
-    source, featurize, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+    source,
+    featurize,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    examples_per_image: int = 1,
+    featurize_group=None,
 ) -> grain.MapDataset:
-    """Infinite stream of per-host batches, reshuffled every epoch; ``ds[step]`` is step's batch."""
-    if batch_size % process_count:
-        raise ValueError(f"Global batch {batch_size} is not divisible by the {process_count} processes.")
+    """Infinite stream of per-host batches, reshuffled every epoch; ``ds[step]`` is step's batch.
+
+    ``examples_per_image = G > 1``: a batch holds ``batch_size / G`` images, each with G of its examples
+    (``featurize_group``), so the vision tower runs once per image: images ``[B/G, ...]``, text ``[B/G, G, T]``.
+    Groups, not examples, are shuffled and sharded over hosts.
+    """
+    if batch_size % (process_count * examples_per_image):
+        raise ValueError(
+            f"Global batch {batch_size} is not divisible by {process_count} processes x "
+            f"data.examples_per_image={examples_per_image}."
+        )
+    if examples_per_image > 1:
+        source, featurize = image_groups(source, examples_per_image), featurize_group
     ds = grain.MapDataset.source(source)[process_index::process_count]
-    per_host = batch_size // process_count
+    per_host = batch_size // process_count // examples_per_image
     if len(ds) < per_host:
-        raise ValueError(f"Training split has {len(ds)} examples per host, fewer than one batch ({per_host}).")
+        raise ValueError(f"Training split has {len(ds)} items per host, fewer than one batch ({per_host}).")
     return ds.shuffle(seed=seed).repeat(None).map(featurize).batch(per_host, drop_remainder=True)
 
 

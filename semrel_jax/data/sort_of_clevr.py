@@ -345,7 +345,10 @@ class SortOfClevr:
     and kind are drawn from the image's generator after the scene.
     """
 
-    _CACHE_SIZE = 32  # images; consecutive indices share an image
+    _CACHE_SIZE = 32  # rendered images; consecutive indices share an image
+    # Scenes and questions (~5 KB per image) are kept for up to 50k images (~270 MB): drawing a scene
+    # (rejection sampling) costs ~10x rendering it, and an epoch visits each image questions_per_image times.
+    _SCENE_CACHE_SIZE = 50_000
 
     def __init__(
         self,
@@ -380,6 +383,7 @@ class SortOfClevr:
         # image_index -> (read-only image, questions). A plain dict keeps the
         # object picklable; it is dropped on pickling (see __getstate__).
         self._cache: dict[int, tuple[np.ndarray, list[Question]]] = {}
+        self._scenes: dict[int, tuple[Scene, list[Question]]] = {}
 
     def __len__(self) -> int:
         return self.num_images * self.questions_per_image
@@ -394,6 +398,7 @@ class SortOfClevr:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cache"] = {}  # workers rebuild cheaply; keeps pickles small
+        state["_scenes"] = {}
         return state
 
     def _check_image_index(self, image_index: Any) -> int:
@@ -403,6 +408,14 @@ class SortOfClevr:
         return i
 
     def _generate(self, image_index: int) -> tuple[Scene, list[Question]]:
+        hit = self._scenes.get(image_index)
+        if hit is None:
+            hit = self._draw(image_index)
+            if len(self._scenes) < self._SCENE_CACHE_SIZE:
+                self._scenes[image_index] = hit
+        return hit
+
+    def _draw(self, image_index: int) -> tuple[Scene, list[Question]]:
         rng = np.random.default_rng([self.seed, self._split_id, image_index])
         scene = generate_scene(rng, self.image_size, self.object_size)
         half = self.questions_per_image // 2
@@ -436,6 +449,14 @@ class SortOfClevr:
             self._cache.pop(next(iter(self._cache)), None)
         self._cache[image_index] = (image, questions)
         return image, questions
+
+    def image_groups(self, size: int) -> np.ndarray:
+        """``[len / size, size]`` example indices, each row ``size`` questions of one image."""
+        if size < 1 or self.questions_per_image % size:
+            raise ValueError(
+                f"Groups of {size} questions must divide the {self.questions_per_image} questions per image."
+            )
+        return np.arange(len(self)).reshape(-1, size)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Returns one example.

@@ -7,6 +7,8 @@ Fusion rule (documented choice for encoders with different token counts):
   * different encoders are concatenated along the token axis, so each keeps its own grid
     (CLIP 16×16 next to DINOv2 37×37 needs no resampling and loses nothing);
   * the result is scaled by ``memory_scale`` (release: 0.01).
+An encoder's ``pool = k > 1`` average-pools its patch grid k×k before projection (a fine patch grid for the
+tower, k² fewer memory slots for the LLM); the release uses no pooling.
 The caller pads the result to ``N_mem`` slots.
 """
 
@@ -33,10 +35,21 @@ class EncoderSpec:
     taps: tuple[int, ...]  # HF hidden_states indices (0 = embeddings, i = output of block i)
     post_ln: bool = True  # apply the tower's post-LN to every tapped map (release: yes)
     drop_cls: bool = True
+    pool: int = 1  # k×k average pooling of the patch grid before projection
+
+    @property
+    def grid(self) -> int:
+        return self.vit.image_size // self.vit.patch_size
 
     @property
     def num_tokens(self) -> int:
-        return self.vit.num_patches + int(self.vit.class_token and not self.drop_cls)
+        return (self.grid // self.pool) ** 2 + int(self.vit.class_token and not self.drop_cls)
+
+    def __post_init__(self):
+        if self.pool < 1 or self.grid % self.pool:
+            raise ValueError(f"Encoder {self.name!r}: pool={self.pool} must divide its {self.grid}x{self.grid} patch grid.")
+        if self.pool > 1 and self.vit.class_token and not self.drop_cls:
+            raise ValueError(f"Encoder {self.name!r}: pooling the patch grid needs drop_cls=True.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +79,13 @@ class EnsembleConfig:
         for e in self.encoders:
             if not e.taps:
                 raise ValueError(f"Encoder {e.name!r} has no taps.")
+
+
+def pool_grid(tokens: Array, grid: int, k: int) -> Array:
+    """``[B, grid², w]`` row-major patch tokens -> ``[B, (grid/k)², w]`` k×k means."""
+    b, _, w = tokens.shape
+    g = grid // k
+    return tokens.reshape(b, g, k, g, k, w).mean(axis=(2, 4)).reshape(b, g * g, w)
 
 
 def projector_name(encoder: str, tap: int) -> str:
@@ -111,6 +131,8 @@ class EncoderEnsemble(nnx.Module):
                     hidden = vit.post_layernorm(hidden)
                 if spec.drop_cls and spec.vit.class_token:
                     hidden = hidden[:, 1:]
+                if spec.pool > 1:
+                    hidden = pool_grid(hidden, spec.grid, spec.pool)
                 projected = self.projectors[projector_name(spec.name, tap)](hidden)
                 fused = projected if fused is None else fused + projected
             if self.config.fusion == "mean":

@@ -8,6 +8,11 @@ text-only. ``K = X_v + P_k`` and ``V = X_v + P_v`` use slot embeddings shared by
 ``injection='prefix'`` (LLaVA): the fused visual tokens are prepended to the text embeddings and no
 ICA runs. Both are presets of this one module.
 
+Several text rows may share one image (``data.examples_per_image``: all questions of an image in one
+batch, the vision tower run once): with ``B_img`` images and ``B = G · B_img`` text rows, row ``r`` reads
+image ``r // G``; the visual tokens are computed once per image and repeated, and the backward pass sums
+the gradients of all ``G`` rows into the image's one forward.
+
 A learned modality embedding ``[2, d]`` (release: "2×d_llm") is added to every visual slot/token,
 indexed by ``has_image``; for samples without an image the visual features are zeroed first, so the
 LLM sees only the "no image" embedding.
@@ -59,6 +64,19 @@ class VLMConfig:
             )
 
 
+def share_images(x: Array, rows: int) -> Array:
+    """``[B_img, ...]`` per-image values -> ``[rows, ...]``, each repeated for its ``rows // B_img`` text rows."""
+    if x.shape[0] == rows:
+        return x
+    if rows % x.shape[0]:
+        raise ValueError(f"{rows} text rows cannot share {x.shape[0]} images evenly (rows r uses image r // G).")
+    return jnp.repeat(x, rows // x.shape[0], axis=0)
+
+
+def share_memory(memory: ica.Memory, rows: int) -> ica.Memory:
+    return dataclasses.replace(memory, keys=share_images(memory.keys, rows), values=share_images(memory.values, rows))
+
+
 class VisionLanguageModel(nnx.Module):
     def __init__(self, config: VLMConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -96,7 +114,7 @@ class VisionLanguageModel(nnx.Module):
         )
 
     def _prefixed(self, images, has_image, tokens, valid):
-        prefix = self.visual_tokens(images, has_image)
+        prefix = share_images(self.visual_tokens(images, has_image), tokens.shape[0])
         embeddings = jnp.concatenate([prefix.astype(jnp.dtype(self.config.llm.dtype)), self.llm.embed(tokens)], 1)
         valid = jnp.concatenate([jnp.ones(prefix.shape[:2], bool), valid], axis=1)
         return embeddings, valid
@@ -116,7 +134,7 @@ class VisionLanguageModel(nnx.Module):
             embeddings, full_valid = self._prefixed(images, has_image, tokens, valid)
             logits, _ = self.llm(valid=full_valid, embeddings=embeddings)
             return logits[:, self.config.num_prefix_tokens :]
-        memory = self.memory(images, has_image, mask_enabled)
+        memory = share_memory(self.memory(images, has_image, mask_enabled), tokens.shape[0])
         logits, _ = self.llm(
             tokens, valid=valid, memory=memory, ica_config=self.config.ica, dropout_key=dropout_key
         )
@@ -136,7 +154,7 @@ class VisionLanguageModel(nnx.Module):
             embeddings, full_valid = self._prefixed(images, has_image, tokens, valid)
             logits, cache = self.llm(valid=full_valid, embeddings=embeddings, cache=cache)
             return logits[:, -1], cache, None
-        memory = self.memory(images, has_image, True)
+        memory = share_memory(self.memory(images, has_image, True), batch)
         logits, cache = self.llm(tokens, valid=valid, memory=memory, ica_config=self.config.ica, cache=cache)
         return logits[:, -1], cache, memory
 

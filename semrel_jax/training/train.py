@@ -313,7 +313,8 @@ def _run(c, workdir, mesh, is_main):
         accumulation_steps=c.train.grad_accum_steps,
     )
     dataset = pipeline.training_dataset(
-        train_source, featurizer.train, c.train.batch_size, c.seed, jax.process_index(), jax.process_count()
+        train_source, featurizer.train, c.train.batch_size, c.seed, jax.process_index(), jax.process_count(),
+        examples_per_image=c.data.get("examples_per_image", 1), featurize_group=featurizer.train_group,
     )
     batches = pipeline.iterate(dataset, start_step, c.data.num_workers, c.data.prefetch)
     writer = metric_writers.MetricWriter(workdir, total_steps=c.train.num_steps, start_step=start_step, enabled=is_main)

@@ -17,6 +17,7 @@ from flax import nnx
 
 Array = jax.Array
 MODEL_INPUTS = ("images", "has_image", "tokens", "targets", "loss_mask", "valid")
+TEXT_INPUTS = ("tokens", "targets", "loss_mask", "valid")
 
 
 @jax.tree_util.register_dataclass
@@ -64,6 +65,8 @@ def train_step(
 
     def loss_fn(params, micro, key):
         model = nnx.merge(graphdef, params, frozen)
+        # Grouped batches (data.examples_per_image = G) carry text as [B_img, G, T]: rows of one image.
+        micro = {k: v.reshape(-1, v.shape[-1]) if k in TEXT_INPUTS else v for k, v in micro.items()}
         logits = model(
             micro["images"],
             micro["has_image"],
