@@ -17,6 +17,6 @@ import vqa  # noqa: E402
 
 def get_config(arg: str | None = None):
     c = vqa.get_config(arg)
-    c.data.update(name="sort_of_clevr_captions", prompt_format="raw", max_text_len=40)
+    c.data.update(name="sort_of_clevr_captions", prompt_format="raw", max_text_len=40, caption_mix=0.0)
     c.eval.update(max_new_tokens=32, num_examples=c.eval.num_examples or 500)
     return c

@@ -49,16 +49,18 @@ def compile_report(c, devices=None) -> dict:
     def place(tree, shardings):
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
-    b, t = c.train.batch_size, c.data.max_text_len
+    group = c.data.get("examples_per_image", 1)  # > 1: images [B/G], text [B/G, G, T] (data/pipeline.py)
+    b, t = c.train.batch_size // group, c.data.max_text_len
+    text = (b, group, t) if group > 1 else (b, t)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)  # noqa: E731
     batch = {
         "images": {n: sds((b, e.image_size, e.image_size, 3), "float32") for n, e in c.model.encoders.items()},
         "has_image": sds((b,), "int32"),
-        "tokens": sds((b, t), "int32"),
-        "targets": sds((b, t), "int32"),
-        "loss_mask": sds((b, t), "float32"),
-        "valid": sds((b, t), "bool"),
+        "tokens": sds(text, "int32"),
+        "targets": sds(text, "int32"),
+        "loss_mask": sds(text, "float32"),
+        "valid": sds(text, "bool"),
     }
     step = train.make_step_fn(
         graphdef, optimizer, schedule, 0, mesh, state_sharding, frozen_sharding,

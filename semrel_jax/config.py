@@ -106,6 +106,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.data.name in ("sort_of_clevr", "sort_of_clevr_captions"):
         for key in ("data.train_images", "data.eval_images", "data.questions_per_image"):
             _positive_int(c, key)
+    mix = c.data.get("caption_mix", 0.0)
+    _check(
+        isinstance(mix, (int, float)) and not isinstance(mix, bool) and 0.0 <= mix < 1.0,
+        "data.caption_mix",
+        f"expected a fraction 0 <= caption_mix < 1, got {mix!r}",
+    )
+    _check(
+        not (mix and c.data.name == "sort_of_clevr" and c.data.get("examples_per_image", 1) > 1),
+        "data.caption_mix",
+        "mixing in scene descriptions needs data.examples_per_image=1",
+    )
     _positive_int(c, "data.examples_per_image")
     group = c.data.examples_per_image
     if group > 1:
@@ -171,6 +182,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
             f"expected hidden_states indices in 0..depth={enc.depth}, got {taps}",
         )
         _check(len(set(taps)) == len(taps), f"model.encoders.{name}.taps", f"duplicate taps in {taps}")
+        pool, grid = enc.get("pool", 1), enc.image_size // enc.patch_size
+        _check(
+            isinstance(pool, int) and pool >= 1 and grid % pool == 0 and (pool == 1 or enc.get("drop_cls", True)),
+            f"model.encoders.{name}.pool",
+            f"expected a divisor of the {grid}x{grid} patch grid (and drop_cls=True when > 1), got {pool!r}",
+        )
     _one_of(c, "model.projector.fusion", ("sum", "mean"))
     _positive_int(c, "model.projector.hidden")
     _check(0.0 <= c.model.ica.delta < 1.0, "model.ica.delta", f"expected 0 <= delta < 1, got {c.model.ica.delta}")
@@ -228,8 +245,9 @@ def validate_eval(c: ml_collections.ConfigDict) -> None:
         f"(got {c.eval.temperature}) or eval.num_beams=1",
     )
     penalty = c.eval.get("length_penalty", 1.0)
-    ok = isinstance(penalty, (int, float)) and not isinstance(penalty, bool) and math.isfinite(penalty)
-    _check(ok, "eval.length_penalty", f"expected a finite number (score = logprob / length**penalty), got {penalty!r}")
+    ok = isinstance(penalty, (int, float)) and not isinstance(penalty, bool) and math.isfinite(penalty) and penalty >= 0
+    # Finished beams keep competing on their raw log-prob: the final pick is exact for penalties >= 0 only.
+    _check(ok, "eval.length_penalty", f"expected a finite number >= 0 (score = logprob / length**penalty), got {penalty!r}")
 
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:

@@ -119,7 +119,9 @@ def tokenizer_vocab_size(c: ml_collections.ConfigDict) -> int:
     """Length of the tokenizer training would use (``train.build_tokenizer``), without writing it anywhere."""
     from semrel_jax.data import prompts, sources, tokenizer as tokenizer_lib
 
-    words = sources.vocabulary(c, *sources.build_sources(c)) + prompts.template_words(c.data.prompt_format)
+    mix = sources.build_mix_source(c)
+    words = sources.vocabulary(c, *sources.build_sources(c), mix and mix[0])
+    words += prompts.template_words(c.data.prompt_format)
     if c.data.tokenizer and os.path.isdir(c.data.tokenizer):
         return len(tokenizer_lib.load_or_train(c.data.tokenizer, words))
     return len(tokenizer_lib.train_word_level(words))

@@ -19,7 +19,9 @@ def test_description_matches_the_scene_and_the_vqa_answers():
     for i in range(20):
         example = captions[i]
         np.testing.assert_array_equal(example["image"], sort_of_clevr.render(vqa.scene(i)))  # the same images
-        parts = example["answer"].split(" , ")
+        words = example["answer"].split()
+        parts = [" ".join(words[i : i + 4]) for i in range(0, len(words), 4)]
+        assert len(words) == 4 * len(sort_of_clevr.COLORS)
         assert [p.split()[0] for p in parts] == list(sort_of_clevr.COLORS)
         for q in vqa.questions(i):  # every non-relational VQA answer can be read off the caption
             color_part = parts[sort_of_clevr.COLORS.index(q.color)].split()
@@ -41,3 +43,11 @@ def test_caption_config_trains_and_reports_caption_metrics(tmp_path):
     for key in ("bleu_1", "bleu_4", "rouge_l", "cider"):
         assert 0.0 <= results[key] <= 10.0
     assert results["num_images"] == 8
+
+
+def test_result_table_shows_baselines_only_for_accuracies():
+    from semrel_jax.training.train import format_results
+
+    table = format_results({"cider": 1.234, "accuracy": 0.6, "majority_baseline": 0.4, "num_examples": 3.0})
+    assert "cider                            1.234         -" in table
+    assert "all                              0.600     0.400" in table

@@ -335,3 +335,17 @@ def test_checkpoint_frozen_makes_checkpoints_self_contained(tmp_path):
         assert a.dtype == b.dtype and np.array_equal(a.astype(np.float32), b.astype(np.float32)), (ka, kb)
     trainable = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
     assert trainable and not trainable & set(got)  # "state" still holds only the trainable parameters
+
+
+def test_runs_saved_before_new_config_keys_resume_and_data_changes_refuse(tiny_config):
+    saved = json.loads(tiny_config.to_json_best_effort())
+    for key in train.ADDED_DATA_KEYS:  # a config.json written before these keys existed
+        del saved["data"][key]
+    for encoder in saved["model"]["encoders"].values():
+        del encoder["pool"]
+    train._check_compatible(saved, tiny_config, "w")
+    tiny_config.data.num_workers = 2  # how data is read, not what: still resumes
+    train._check_compatible(saved, tiny_config, "w")
+    tiny_config.data.caption_mix = 0.5
+    with pytest.raises(ValueError, match="different config.data"):
+        train._check_compatible(saved, tiny_config, "w")

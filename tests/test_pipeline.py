@@ -107,6 +107,44 @@ def test_grouped_batches_hold_each_image_once_with_its_questions(tokenizer):
         source.image_groups(3)
 
 
+def test_caption_mixture_draws_its_weight_and_resumes_exactly(tmp_path):
+    import vqa  # configs/ is on sys.path (conftest)
+
+    from semrel_jax import config as config_lib
+    from semrel_jax.data import sources
+    from semrel_jax.training import train
+
+    c = vqa.get_config("tiny")
+    c.data.update(caption_mix=0.25, max_text_len=34)
+    config_lib.validate(c)
+    train_source, eval_source = train.build_sources(c)
+    captions, weight = sources.build_mix_source(c)
+    assert weight == 0.25 and len(captions) == c.data.train_images
+    tokenizer = train.build_tokenizer(c, str(tmp_path), train_source, eval_source)
+    featurizer = train.build_featurizer(c, tokenizer)
+    ds = pipeline.training_dataset(train_source, featurizer.train, 8, 0, mix=(captions, weight))
+    rows = [ds[step] for step in range(40)]
+    prompt = tokenizer("describe", add_special_tokens=False)["input_ids"][0]
+    is_caption = np.concatenate([(r["tokens"] == prompt).any(-1) for r in rows])
+    assert 0.18 < is_caption.mean() < 0.32  # 320 rows at weight 0.25
+    # caption rows carry the whole description (24 words + EOS) in the loss
+    row = next(r for r in rows if (r["tokens"] == prompt).any())
+    i = int(np.argmax((row["tokens"] == prompt).any(-1)))
+    assert row["loss_mask"][i].sum() == 25
+    resumed = pipeline.iterate(ds, start_step=7)
+    np.testing.assert_array_equal(next(resumed)["tokens"], rows[7]["tokens"])
+    # the tokenizer covers both; other datasets ignore the key
+    words = sources.vocabulary(c, train_source, eval_source, captions)
+    assert {"closest", "describe", "square"} <= set(words)
+    c.data.name = "sort_of_clevr_captions"
+    assert sources.build_mix_source(c) is None
+    c.data.name = "sort_of_clevr"
+    for bad in (1.0, -0.1):
+        c.data.caption_mix = bad
+        with pytest.raises(config_lib.ConfigError, match="data.caption_mix"):
+            config_lib.validate(c)
+
+
 def test_evaluation_batches_pad_the_last_batch(tokenizer):
     source = sort_of_clevr.SortOfClevr("test", 1, questions_per_image=10)
     batches = list(pipeline.evaluation_batches(source, _featurizer(tokenizer).prompt, batch_size=4))

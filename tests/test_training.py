@@ -95,8 +95,9 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_config, tmp_pat
 
 def test_main_runs_end_to_end(tmp_path):
     workdir = tmp_path / "run"
+    mix = ["--config.data.caption_mix=0.5", "--config.data.max_text_len=34"]  # the demo's scene descriptions mixed in
     cmd = [sys.executable, "-m", "semrel_jax.main", "--config=configs/vqa.py:tiny", f"--workdir={workdir}",
-           "--config.eval.num_examples=20", "--config.train.peak_tflops_per_device=0.1"]
+           "--config.eval.num_examples=20", "--config.train.peak_tflops_per_device=0.1", *mix]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
@@ -113,7 +114,7 @@ def test_main_runs_end_to_end(tmp_path):
     assert len(json.loads((workdir / "predictions.json").read_text())) == 20
     # evaluating the checkpoint afterwards reproduces the run's own evaluation
     cmd = [sys.executable, "-m", "semrel_jax.evaluate", f"--checkpoint={workdir}", f"--out={tmp_path / 'eval'}",
-           "--config=configs/vqa.py:tiny", "--config.eval.num_examples=20"]
+           "--config=configs/vqa.py:tiny", "--config.eval.num_examples=20", *mix]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((tmp_path / "eval" / "results.json").read_text())

@@ -160,12 +160,16 @@ def training_dataset(
     process_count: int = 1,
     examples_per_image: int = 1,
     featurize_group=None,
+    mix: tuple[Any, float] | None = None,
 ) -> grain.MapDataset:
     """Infinite stream of per-host batches, reshuffled every epoch; ``ds[step]`` is step's batch.
 
     ``examples_per_image = G > 1``: a batch holds ``batch_size / G`` images, each with G of its examples
     (``featurize_group``), so the vision tower runs once per image: images ``[B/G, ...]``, text ``[B/G, G, T]``.
     Groups, not examples, are shuffled and sharded over hosts.
+
+    ``mix = (other_source, weight)``: a ``weight`` fraction of the examples comes from ``other_source``
+    (each stream shuffled and repeated on its own, then interleaved by weight: still indexable by step).
     """
     if batch_size % (process_count * examples_per_image):
         raise ValueError(
@@ -173,12 +177,24 @@ def training_dataset(
             f"data.examples_per_image={examples_per_image}."
         )
     if examples_per_image > 1:
+        if mix is not None:
+            raise ValueError("data.examples_per_image > 1 cannot be combined with a data mixture.")
         source, featurize = image_groups(source, examples_per_image), featurize_group
-    ds = grain.MapDataset.source(source)[process_index::process_count]
     per_host = batch_size // process_count // examples_per_image
-    if len(ds) < per_host:
-        raise ValueError(f"Training split has {len(ds)} items per host, fewer than one batch ({per_host}).")
-    return ds.shuffle(seed=seed).repeat(None).map(featurize).batch(per_host, drop_remainder=True)
+
+    def stream(src, stream_seed):
+        ds = grain.MapDataset.source(src)[process_index::process_count]
+        if len(ds) < per_host:
+            raise ValueError(f"Training split has {len(ds)} items per host, fewer than one batch ({per_host}).")
+        return ds.shuffle(seed=stream_seed).repeat(None)
+
+    ds = stream(source, seed)
+    if mix is not None:
+        other, weight = mix
+        if not 0.0 < weight < 1.0:
+            raise ValueError(f"The mixture weight must be in (0, 1), got {weight}.")
+        ds = grain.MapDataset.mix([ds, stream(other, seed + 1)], [1.0 - weight, weight])
+    return ds.map(featurize).batch(per_host, drop_remainder=True)
 
 
 def iterate(dataset: grain.MapDataset, start_step: int, num_workers: int = 0, prefetch: int = 2) -> Iterator:

@@ -107,15 +107,33 @@ def build_sources(c: ml_collections.ConfigDict):
     raise ValueError(f"Unknown data.name {d.name!r}; expected one of {NAMES}.")
 
 
-def vocabulary(c: ml_collections.ConfigDict, train_source, eval_source) -> list[str]:
-    """Words a closed-vocabulary tokenizer trained for this data must cover."""
-    if c.data.name == "sort_of_clevr":
+def build_mix_source(c: ml_collections.ConfigDict):
+    """The training source mixed into ``data.name``'s, or None: ``(source, weight)``.
+
+    ``sort_of_clevr`` with ``data.caption_mix = w > 0``: a fraction w of the training examples are the scene
+    descriptions of the same training images (``sort_of_clevr_captions``), LLaVA's caption alignment run as
+    a mixture. Evaluation, the eval texts and the majority baselines stay with the questions.
+    """
+    d = c.data
+    weight = d.get("caption_mix", 0.0)
+    if d.name != "sort_of_clevr" or not weight:
+        return None
+    return sort_of_clevr_captions.SortOfClevrCaptions("train", d.train_images, c.seed, d.object_size), weight
+
+
+def vocabulary(c: ml_collections.ConfigDict, train_source, eval_source, mix_source=None) -> list[str]:
+    """Words a closed-vocabulary tokenizer trained for this data (and the mixed-in source) must cover."""
+    if c.data.name == "sort_of_clevr" and mix_source is None:
         return sort_of_clevr.vocabulary()
     from tokenizers import pre_tokenizers
 
     split = pre_tokenizers.Whitespace()  # the word-level tokenizer's own splitting (tokenizer.py)
     words = set()
-    for source in (train_source, eval_source):
+    for source in (train_source, eval_source, mix_source):
+        if isinstance(source, sort_of_clevr.SortOfClevr):  # generated: its whole vocabulary, without a scan
+            words.update(sort_of_clevr.vocabulary())
+        if source is None or isinstance(source, sort_of_clevr.SortOfClevr):
+            continue
         for text in source.texts():
             words.update(word for word, _ in split.pre_tokenize_str(text))
     return sorted(words)

@@ -41,10 +41,6 @@ def score(name: str, rows: Sequence[dict], train_source, eval_source) -> dict[st
     if name in ("coco_captions", "sort_of_clevr_captions"):
         key = "cocoid" if name == "coco_captions" else "image_id"
         return captioning.caption_scores({r[key]: r["prediction"] for r in rows}, {r[key]: r["references"] for r in rows})
-    if name == "coco_captions":
-        return captioning.caption_scores(
-            {r["cocoid"]: r["prediction"] for r in rows}, {r["cocoid"]: r["references"] for r in rows}
-        )
     if name == "llava_json":
         # Free-form answers have no official metric; exact match (case/space-insensitive) as a sanity number.
         hits = [r["prediction"].strip().lower() == str(r["answer"]).strip().lower() for r in rows]

@@ -54,7 +54,9 @@ def build_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=Non
     path = c.data.tokenizer or os.path.join(workdir, "tokenizer")
     if train_source is None:
         train_source, eval_source = build_sources(c)
-    words = sources_lib.vocabulary(c, train_source, eval_source) + prompts.template_words(c.data.prompt_format)
+    mix = sources_lib.build_mix_source(c)
+    words = sources_lib.vocabulary(c, train_source, eval_source, mix and mix[0])
+    words += prompts.template_words(c.data.prompt_format)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -103,8 +105,26 @@ def validate_checkpoint_keys(c: ml_collections.ConfigDict) -> None:
         raise config_lib.ConfigError(f"config.train.force_restart: expected True or False, got {force!r}")
 
 
+# Keys added after checkpoints already existed, with the value that reproduces the older behaviour: a
+# checkpoint whose saved config lacks one resumes under that value.
+ADDED_DATA_KEYS = {"prepared_dir": "", "examples_per_image": 1, "caption_mix": 0.0}
+ADDED_ENCODER_KEYS = {"pool": 1}
+# Keys that change how the data is read, never what is read (a prepared copy holds the raw records).
+READ_ONLY_DATA_KEYS = ("num_workers", "prefetch", "prepared_dir")
+
+
+def _comparable(config: dict) -> dict:
+    config = json.loads(json.dumps({k: config.get(k) for k in ("model", "data")}))
+    data = {**ADDED_DATA_KEYS, **(config["data"] or {})}
+    config["data"] = {k: v for k, v in data.items() if k not in READ_ONLY_DATA_KEYS}
+    for encoder in ((config["model"] or {}).get("encoders") or {}).values():
+        for key, value in ADDED_ENCODER_KEYS.items():
+            encoder.setdefault(key, value)
+    return config
+
+
 def _check_compatible(saved: dict, current: ml_collections.ConfigDict, workdir: str) -> None:
-    current_dict = json.loads(current.to_json_best_effort())
+    saved, current_dict = _comparable(saved), _comparable(json.loads(current.to_json_best_effort()))
     for section in ("model", "data"):
         if saved.get(section) != current_dict.get(section):
             raise ValueError(
@@ -276,8 +296,20 @@ def make_step_fn(
     )
 
 
+def _check_batch_fits_mesh(c, mesh) -> None:
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = c.train.batch_size // c.data.get("examples_per_image", 1)  # the leading (sharded) batch dimension
+    if rows % shards:
+        raise config_lib.ConfigError(
+            f"config.train.batch_size: {c.train.batch_size} examples are {rows} rows of the batch (images, with "
+            f"data.examples_per_image={c.data.get('examples_per_image', 1)}), not divisible by the "
+            f"{shards} data x fsdp shards of the mesh"
+        )
+
+
 def _run(c, workdir, mesh, is_main):
     t0 = time.time()
+    _check_batch_fits_mesh(c, mesh)
     replaced = force_restart(c, workdir, is_main) if c.train.get("force_restart", False) else None
     train_source, eval_source = build_sources(c)
     tokenizer = build_tokenizer(c, workdir, train_source, eval_source)
@@ -306,7 +338,9 @@ def _run(c, workdir, mesh, is_main):
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_json)
 
-    steps_per_epoch = len(train_source) / c.train.batch_size
+    mix = sources_lib.build_mix_source(c)
+    # an epoch of data.name: under a mixture only (1 - weight) of every batch comes from it
+    steps_per_epoch = len(train_source) / (c.train.batch_size * (1.0 - (mix[1] if mix else 0.0)))
     mask_start = config_lib.parse_start(c.model.ica.start, steps_per_epoch)
     step_fn = make_step_fn(
         graphdef, optimizer, schedule, mask_start, mesh, state_sharding, frozen_sharding,
@@ -315,6 +349,7 @@ def _run(c, workdir, mesh, is_main):
     dataset = pipeline.training_dataset(
         train_source, featurizer.train, c.train.batch_size, c.seed, jax.process_index(), jax.process_count(),
         examples_per_image=c.data.get("examples_per_image", 1), featurize_group=featurizer.train_group,
+        mix=mix,
     )
     batches = pipeline.iterate(dataset, start_step, c.data.num_workers, c.data.prefetch)
     writer = metric_writers.MetricWriter(workdir, total_steps=c.train.num_steps, start_step=start_step, enabled=is_main)
@@ -485,9 +520,10 @@ def format_results(results: dict) -> str:
     skip = ("num_", "majority_baseline", "wall_seconds", "train_seconds", "preempted")
     lines = ["", f"{'metric':<28}{'model':>10}{'majority':>10}"]
     for key in sorted(k for k, v in results.items() if not isinstance(v, str) and not k.startswith(skip)):
-        name = (key.replace("accuracy", "").lstrip("/") or "all") if key.startswith("accuracy") else key
-        base = results.get(key.replace("accuracy", "majority_baseline"), float("nan"))
-        lines.append(f"{name:<28}{results[key]:>10.3f}{base:>10.3f}")
+        is_accuracy = key.startswith("accuracy")
+        name = (key.replace("accuracy", "").lstrip("/") or "all") if is_accuracy else key
+        base = results.get(key.replace("accuracy", "majority_baseline")) if is_accuracy else None
+        lines.append(f"{name:<28}{results[key]:>10.3f}" + (f"{base:>10.3f}" if base is not None else f"{'-':>10}"))
     lines += [f"{k}: {v}" for k, v in results.items() if isinstance(v, str)]
     n = results.get("num_examples", results.get("num_images", 0))
     lines.append(f"examples: {int(n)}, wall: {results.get('wall_seconds', 0):.0f}s")
