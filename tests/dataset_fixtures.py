@@ -245,3 +245,14 @@ def write_llava(root: str) -> dict:
     write_image(os.path.join(root, "coco", "train2017", "b.png"), 202, fmt="PNG", mode="P")
     write_image(os.path.join(root, "coco", "train2017", "e.jpg"), 205, fmt="JPEG", truncate=True)
     return {"json": os.path.join(root, "llava.json"), "root": root}
+
+
+def write_all(root) -> dict:
+    """Every official format under ``root``: data.name -> what its writer returns."""
+    root = str(root)
+    return {
+        "scienceqa": write_scienceqa(os.path.join(root, "scienceqa")),
+        "vqa_v2": write_vqa_v2(os.path.join(root, "vqa_v2")),
+        "coco_captions": write_coco_karpathy(os.path.join(root, "coco")),
+        "llava_json": write_llava(os.path.join(root, "llava")),
+    }

@@ -25,13 +25,7 @@ NAMES = ("scienceqa", "vqa_v2", "coco_captions", "llava_json", "sort_of_clevr", 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("formats")
-    return {
-        "scienceqa": dataset_fixtures.write_scienceqa(str(root / "scienceqa")),
-        "vqa_v2": dataset_fixtures.write_vqa_v2(str(root / "vqa_v2")),
-        "coco_captions": dataset_fixtures.write_coco_karpathy(str(root / "coco")),
-        "llava_json": dataset_fixtures.write_llava(str(root / "llava")),
-    }
+    return dataset_fixtures.write_all(tmp_path_factory.mktemp("formats"))
 
 
 def _config(name, data, prepared_dir=""):
