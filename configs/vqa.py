@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         train_file="",  # coco_captions: Karpathy dataset_coco.json; llava_json: the instruction JSON
         eval_file="",  # llava_json: held-out JSON ('' = train_file)
         train_split="",  # '' = the dataset's usual one (train / train2014)
-        eval_split="",  # '' = test / val2014
+        eval_split="",  # '' = test / val2014; sort_of_clevr 'train': score the first eval_images training images
         scienceqa_format="QCM-A",  # LaVIN/MemVP formats: QCM-A, CQM-A, QCM-LEA, QCM-EA, ...
         captions="",  # scienceqa: optional captions.json for the context
         vqa_prompt="plain",  # vqa_v2: 'plain' | 'llava' (adds "Answer the question using a single word or phrase.")

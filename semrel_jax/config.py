@@ -98,6 +98,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     """Raises ConfigError on the first invalid value (after filling shapes from any ``hf_dir``)."""
     resolve_pretrained(c)
     from semrel_jax.data import scienceqa as scienceqa_data, sources, vqa_v2 as vqa_v2_data
+    from semrel_jax.data import sort_of_clevr as sort_of_clevr_data
 
     _one_of(c, "data.name", sources.NAMES)
     _positive_int(c, "data.max_text_len")
@@ -106,6 +107,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.data.name in ("sort_of_clevr", "sort_of_clevr_captions"):
         for key in ("data.train_images", "data.eval_images", "data.questions_per_image"):
             _positive_int(c, key)
+        for key in ("data.train_split", "data.eval_split"):
+            _one_of(c, key, ("",) + tuple(sort_of_clevr_data.SPLITS))
+    elif c.data.name == "llava_json":  # its splits are files (train_file / eval_file), not names
+        for key in ("data.train_split", "data.eval_split"):
+            _check(not _get(c, key), key, "llava_json reads data.train_file / data.eval_file; leave the split names ''")
     mix = c.data.get("caption_mix", 0.0)
     _check(
         isinstance(mix, (int, float)) and not isinstance(mix, bool) and 0.0 <= mix < 1.0,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -33,6 +34,7 @@ def evaluate_checkpoint(checkpoint: str, out_dir: str = "", config=None, step: i
     from semrel_jax import config as config_lib, export
     from semrel_jax.training import train
 
+    t0 = time.time()
     if config is not None:
         config_lib.validate_eval(config)  # before restoring the model
     if os.path.exists(os.path.join(checkpoint, "export.json")):
@@ -48,6 +50,7 @@ def evaluate_checkpoint(checkpoint: str, out_dir: str = "", config=None, step: i
     featurizer = train.build_featurizer(c, tokenizer)
     graphdef, state = nnx.split(model)
     results = train.evaluate(c, graphdef, (state,), featurizer, tokenizer, train_source, eval_source, out_dir)
+    results["wall_seconds"] = time.time() - t0  # restore + generation + scoring
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)

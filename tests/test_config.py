@@ -44,6 +44,7 @@ def test_command_line_rejects_unknown_keys_and_bad_types(tmp_path, override, mes
         ("mesh.fsdp", 0, "mesh.fsdp"),
         ("train.warmup_steps", 10, "smaller than train.num_steps"),
         ("model.encoders.vit.taps", (1, 9), "model.encoders.vit.taps"),
+        ("data.eval_split", "val", "data.eval_split: expected one of"),  # was silently ignored by sort_of_clevr
     ],
 )
 def test_invalid_values_name_the_key(tiny_config, key, value, message):
@@ -71,3 +72,20 @@ def test_mask_start_parsing():
     assert config_lib.parse_start("never", 10.0) == -1
     assert config_lib.parse_start("step:7", 10.0) == 7
     assert config_lib.parse_start("epoch:15", 12.5) == 188
+
+
+def test_sort_of_clevr_eval_split_train_reads_the_training_images(tiny_config):
+    from semrel_jax.data import sources
+
+    train, evaluation = sources.build_sources(tiny_config)
+    assert evaluation.split == "test"
+    tiny_config.data.eval_split = "train"
+    config_lib.validate(tiny_config)
+    _, on_train = sources.build_sources(tiny_config)
+    assert len(on_train) == tiny_config.data.eval_images * tiny_config.data.questions_per_image
+    for i in (0, len(on_train) - 1):
+        a, b = on_train[i], train[i]
+        assert (a["question"], a["answer"]) == (b["question"], b["answer"])
+        assert (a["image"] == b["image"]).all()
+    assert sources.record_settings(tiny_config)["eval_split"] == "train"
+

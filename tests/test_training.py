@@ -118,6 +118,7 @@ def test_main_runs_end_to_end(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert again["wall_seconds"] > 0
     assert {k: v for k, v in again.items() if k.startswith("accuracy")} == {
         k: v for k, v in results.items() if k.startswith("accuracy")
     }

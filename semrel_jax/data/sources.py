@@ -30,8 +30,13 @@ DEFAULT_SPLITS = {
 
 
 def split_names(d: ml_collections.ConfigDict) -> tuple[str, str]:
-    """The (train, eval) split names of a dataset with named splits (``DEFAULT_SPLITS``), defaults resolved."""
-    train, evaluation = DEFAULT_SPLITS[d.name]
+    """The (train, eval) split names of ``data.name``, defaults resolved.
+
+    The generated Sort-of-CLEVR sources train on "train" and evaluate on "test" by default;
+    ``data.eval_split='train'`` evaluates on the first ``eval_images`` training images (does the model fit
+    what it was trained on, or fail to generalise?).
+    """
+    train, evaluation = DEFAULT_SPLITS.get(d.name, ("train", EVAL_SPLIT))
     return d.train_split or train, d.eval_split or evaluation
 
 
@@ -45,6 +50,8 @@ def record_settings(c: ml_collections.ConfigDict) -> dict:
     settings: dict = {"name": d.name}
     if d.name in ("sort_of_clevr", "sort_of_clevr_captions"):
         settings.update(seed=c.seed, train_images=d.train_images, eval_images=d.eval_images, object_size=d.object_size)
+        if split_names(d) != ("train", EVAL_SPLIT):  # only when set: copies made before keep their settings
+            settings["train_split"], settings["eval_split"] = split_names(d)
         if d.name == "sort_of_clevr":
             settings["questions_per_image"] = d.questions_per_image
         return settings
@@ -69,14 +76,16 @@ def build_sources(c: ml_collections.ConfigDict):
         return prepared.open_sources(c)
     if d.name == "sort_of_clevr":
         kw = dict(seed=c.seed, questions_per_image=d.questions_per_image, object_size=d.object_size)
+        train, evaluation = split_names(d)
         return (
-            sort_of_clevr.SortOfClevr("train", d.train_images, **kw),
-            sort_of_clevr.SortOfClevr(EVAL_SPLIT, d.eval_images, **kw),
+            sort_of_clevr.SortOfClevr(train, d.train_images, **kw),
+            sort_of_clevr.SortOfClevr(evaluation, d.eval_images, **kw),
         )
     if d.name == "sort_of_clevr_captions":
+        train, evaluation = split_names(d)
         return (
-            sort_of_clevr_captions.SortOfClevrCaptions("train", d.train_images, c.seed, d.object_size),
-            sort_of_clevr_captions.SortOfClevrCaptions(EVAL_SPLIT, d.eval_images, c.seed, d.object_size),
+            sort_of_clevr_captions.SortOfClevrCaptions(train, d.train_images, c.seed, d.object_size),
+            sort_of_clevr_captions.SortOfClevrCaptions(evaluation, d.eval_images, c.seed, d.object_size),
         )
     policy = dict(on_bad_data=d.on_bad_data)
     # A corrupt eval image must never be replaced by its neighbour (that example would be scored twice).
@@ -118,7 +127,8 @@ def build_mix_source(c: ml_collections.ConfigDict):
     weight = d.get("caption_mix", 0.0)
     if d.name != "sort_of_clevr" or not weight:
         return None
-    return sort_of_clevr_captions.SortOfClevrCaptions("train", d.train_images, c.seed, d.object_size), weight
+    train = split_names(d)[0]
+    return sort_of_clevr_captions.SortOfClevrCaptions(train, d.train_images, c.seed, d.object_size), weight
 
 
 def vocabulary(c: ml_collections.ConfigDict, train_source, eval_source, mix_source=None) -> list[str]:
