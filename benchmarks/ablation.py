@@ -51,6 +51,9 @@ def main(argv):
                 c.train.checkpoint_every = _STEPS.value
                 c.eval.num_examples = _EVAL.value
                 results = train.train_and_evaluate(c, workdir)
+                if "preempted_at_step" in results:  # SIGTERM: the run saved a checkpoint and returned early
+                    sys.exit(f"{workdir} was preempted at step {int(results['preempted_at_step'])}; rerun this "
+                             "command to resume it (its ms / step then covers only the resumed part).")
             runs.append(results)
         rel = np.array([r["accuracy/relational"] for r in runs])
         non = np.array([r["accuracy/non_relational"] for r in runs])
