@@ -4,7 +4,8 @@
 
 Each (preset, seed) trains from random init with configs/vqa.py:<preset> (the demo, caption mixture included,
 with one method knob changed per step: semrel_jax/presets.py) and is evaluated on the test split; prints a
-markdown table of mean ± std over seeds of relational / non-relational / shape accuracy and milliseconds per training step.
+markdown table of mean ± std over seeds of relational / non-relational / shape accuracy and milliseconds per
+training step.
 """
 
 from __future__ import annotations
