@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # sort_of_clevr: this fraction of the training examples are scene descriptions of the same images
         # ("red square top left green circle ..."): they teach every object's attributes densely (RESULTS.md)
         caption_mix=0.6,
+        caption_kinds=("objects",),  # and/or 'relations': every object's closest/furthest/count answers in one row
         examples_per_image=1,  # > 1: training batches hold that many questions per image; the ViT runs once per image
         object_size=5,
         max_text_len=34,  # the scene descriptions (qa format: 33 tokens); the questions need 20

@@ -98,7 +98,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     """Raises ConfigError on the first invalid value (after filling shapes from any ``hf_dir``)."""
     resolve_pretrained(c)
     from semrel_jax.data import scienceqa as scienceqa_data, sources, vqa_v2 as vqa_v2_data
-    from semrel_jax.data import sort_of_clevr as sort_of_clevr_data
+    from semrel_jax.data import sort_of_clevr as sort_of_clevr_data, sort_of_clevr_captions
 
     _one_of(c, "data.name", sources.NAMES)
     _positive_int(c, "data.max_text_len")
@@ -122,6 +122,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
         not (mix and c.data.name == "sort_of_clevr" and c.data.get("examples_per_image", 1) > 1),
         "data.caption_mix",
         "mixing in scene descriptions needs data.examples_per_image=1",
+    )
+    kinds = c.data.get("caption_kinds", ("objects",))
+    _check(
+        isinstance(kinds, (tuple, list)) and len(kinds) > 0 and len(set(kinds)) == len(kinds)
+        and all(k in sort_of_clevr_captions.KINDS for k in kinds),
+        "data.caption_kinds",
+        f"expected distinct names from {sort_of_clevr_captions.KINDS}, got {kinds!r}",
     )
     _positive_int(c, "data.examples_per_image")
     group = c.data.examples_per_image

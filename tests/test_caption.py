@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from semrel_jax.data import sort_of_clevr
-from semrel_jax.data.sort_of_clevr_captions import SortOfClevrCaptions, describe
+from semrel_jax.data.sort_of_clevr_captions import SortOfClevrCaptions, describe, describe_relations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,6 +33,35 @@ def test_description_matches_the_scene_and_the_vqa_answers():
             elif q.kind == "vertical":
                 assert color_part[2] == q.answer
     assert describe(vqa.scene(0)) == captions[0]["answer"]
+
+
+def test_relations_description_holds_every_relational_answer():
+    captions = SortOfClevrCaptions("train", 30, kinds=("objects", "relations"))
+    vqa = sort_of_clevr.SortOfClevr("train", 30)
+    assert len(captions) == 60
+    checked = 0
+    for image in range(30):
+        objects, relations = captions[2 * image], captions[2 * image + 1]
+        assert objects["answer"] == describe(vqa.scene(image)) and objects["question"] == "describe the image ."
+        assert relations["question"] == "describe the relations ." and relations["kind"] == "caption_relations"
+        assert relations["image_id"] == objects["image_id"] == image
+        np.testing.assert_array_equal(relations["image"], sort_of_clevr.render(vqa.scene(image)))
+        words = relations["answer"].split()
+        assert len(words) == 4 * len(sort_of_clevr.COLORS)
+        rows = {words[k]: words[k + 1 : k + 4] for k in range(0, len(words), 4)}
+        assert list(rows) == list(sort_of_clevr.COLORS)
+        for q in vqa.questions(image):
+            if q.family == "relational":
+                assert rows[q.color][sort_of_clevr.RELATIONAL_KINDS.index(q.kind)] == q.answer
+                checked += 1
+    assert checked == 300
+    # a hand-made scene: red at the origin, green near it, blue far away, the rest in between
+    centers = np.array([[10, 10], [22, 10], [64, 64], [10, 40], [40, 10], [40, 40]])
+    scene = sort_of_clevr.Scene(centers, ("square", "circle", "circle", "square", "square", "circle"), 75, 5)
+    assert describe_relations(scene).split()[:4] == ["red", "circle", "circle", "2"]
+    for bad in ((), ("objects", "objects"), ("positions",)):
+        with pytest.raises(ValueError, match="kinds"):
+            SortOfClevrCaptions("train", 2, kinds=bad)
 
 
 def test_caption_config_trains_and_reports_caption_metrics(tmp_path):

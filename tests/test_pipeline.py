@@ -143,6 +143,19 @@ def test_caption_mixture_draws_its_weight_and_resumes_exactly(tmp_path):
         c.data.caption_mix = bad
         with pytest.raises(config_lib.ConfigError, match="data.caption_mix"):
             config_lib.validate(c)
+    c.data.caption_mix = 0.25
+    c.data.caption_kinds = ("objects", "relations")
+    config_lib.validate(c)
+    captions, _ = sources.build_mix_source(c)
+    assert len(captions) == 2 * c.data.train_images and captions[1]["question"] == "describe the relations ."
+    assert "caption_kinds" not in sources.record_settings(c)  # the mixed-in source is never a prepared copy
+    c.data.name = "sort_of_clevr_captions"
+    assert sources.record_settings(c)["caption_kinds"] == ["objects", "relations"]
+    c.data.name = "sort_of_clevr"
+    for bad in ((), ("objects", "shapes")):
+        c.data.caption_kinds = bad
+        with pytest.raises(config_lib.ConfigError, match="data.caption_kinds"):
+            config_lib.validate(c)
 
 
 def test_evaluation_batches_pad_the_last_batch(tokenizer):

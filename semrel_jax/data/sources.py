@@ -54,6 +54,8 @@ def record_settings(c: ml_collections.ConfigDict) -> dict:
             settings["train_split"], settings["eval_split"] = split_names(d)
         if d.name == "sort_of_clevr":
             settings["questions_per_image"] = d.questions_per_image
+        elif caption_kinds(d) != ("objects",):  # only when set, as above
+            settings["caption_kinds"] = list(caption_kinds(d))
         return settings
     settings["on_bad_data"] = d.on_bad_data
     if d.name in DEFAULT_SPLITS:
@@ -84,8 +86,8 @@ def build_sources(c: ml_collections.ConfigDict):
     if d.name == "sort_of_clevr_captions":
         train, evaluation = split_names(d)
         return (
-            sort_of_clevr_captions.SortOfClevrCaptions(train, d.train_images, c.seed, d.object_size),
-            sort_of_clevr_captions.SortOfClevrCaptions(evaluation, d.eval_images, c.seed, d.object_size),
+            sort_of_clevr_captions.SortOfClevrCaptions(train, d.train_images, c.seed, d.object_size, caption_kinds(d)),
+            sort_of_clevr_captions.SortOfClevrCaptions(evaluation, d.eval_images, c.seed, d.object_size, caption_kinds(d)),
         )
     policy = dict(on_bad_data=d.on_bad_data)
     # A corrupt eval image must never be replaced by its neighbour (that example would be scored twice).
@@ -120,15 +122,21 @@ def build_mix_source(c: ml_collections.ConfigDict):
     """The training source mixed into ``data.name``'s, or None: ``(source, weight)``.
 
     ``sort_of_clevr`` with ``data.caption_mix = w > 0``: a fraction w of the training examples are the scene
-    descriptions of the same training images (``sort_of_clevr_captions``), LLaVA's caption alignment run as
-    a mixture. Evaluation, the eval texts and the majority baselines stay with the questions.
+    descriptions of the same training images (``sort_of_clevr_captions``, of the ``data.caption_kinds``
+    kinds, equally often), LLaVA's caption alignment run as a mixture. Evaluation, the eval texts and the majority baselines stay with the questions.
     """
     d = c.data
     weight = d.get("caption_mix", 0.0)
     if d.name != "sort_of_clevr" or not weight:
         return None
     train = split_names(d)[0]
-    return sort_of_clevr_captions.SortOfClevrCaptions(train, d.train_images, c.seed, d.object_size), weight
+    captions = sort_of_clevr_captions.SortOfClevrCaptions(train, d.train_images, c.seed, d.object_size, caption_kinds(d))
+    return captions, weight
+
+
+def caption_kinds(d) -> tuple[str, ...]:
+    """``data.caption_kinds`` (configs saved before it existed: objects only)."""
+    return tuple(d.get("caption_kinds", ("objects",)))
 
 
 def vocabulary(c: ml_collections.ConfigDict, train_source, eval_source, mix_source=None) -> list[str]:
