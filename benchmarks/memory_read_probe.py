@@ -9,8 +9,12 @@ exact features ([x, y] / image size, one-hot colour, one-hot shape; Sort-of-CLEV
 question (named colour + kind) reads it ``--reads`` times, each read followed by a residual MLP, as the LLM's
 blocks do; a linear head answers the shape. The only difference between the two arms is the read's weights:
 
-  silu     α = SiLU(q Kᵀ), no normalisation (ICA, the LSRM spec)
+  silu     α = SiLU(q Kᵀ), no normalisation (ICA without its mask)
+  ica      the same read through ``semrel_jax.method.ica.inheritable_cross_attention`` with the inheritance
+           mask on (``--delta``, ``--lam``; carried from read to read as in the LLM's blocks)
   softmax  α = softmax(q Kᵀ / sqrt(d))      (ordinary attention)
+
+    python benchmarks/memory_read_probe.py --arms=ica --delta=0.67 --lam=0     # mask keeps each row's top 2 of 6
 
 Reports held-out accuracy per kind for each arm, and the accuracy of the "most common other shape" cue.
 """
@@ -25,12 +29,17 @@ import numpy as np
 import optax
 from absl import app, flags
 
+from semrel_jax.method import ica
+
 _STEPS = flags.DEFINE_integer("steps", 20000, "Training steps per arm.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Batch size.")
 _SCENES = flags.DEFINE_integer("scenes", 100000, "Training scenes (held-out: a quarter of that, other seeds).")
 _DIM = flags.DEFINE_integer("dim", 64, "Width.")
 _READS = flags.DEFINE_integer("reads", 2, "Memory reads (blocks).")
 _LR = flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate.")
+_ARMS = flags.DEFINE_list("arms", ["silu", "softmax"], "Reads to compare: silu | ica | softmax.")
+_DELTA = flags.DEFINE_float("delta", 0.3, "ica arm: fraction of each row's slots treated as low-correlation.")
+_LAM = flags.DEFINE_float("lam", 0.85, "ica arm: decay multiplied into the mask for those slots.")
 
 KINDS = ("closest", "furthest")
 
@@ -74,11 +83,18 @@ def init(key, dim: int, reads: int):
 def forward(params, objects, queries, read: str):
     keys, values = objects @ params["k"], objects @ params["v"]  # [B, 6, d]
     h = params["color"][queries[:, 0]] + params["kind"][queries[:, 1]]  # [B, d]
+    memory = ica.Memory(keys, values, jnp.asarray(True))
+    config = ica.ICAConfig(scale=1.0, delta=_DELTA.value, lam=_LAM.value, dropout=0.0)
+    mask = jnp.ones(keys.shape[:2])[:, None, :]  # [B, T=1, 6]
     for block in params["blocks"]:
         q = _norm(h) @ block["q"]
-        scores = jnp.einsum("bd,bnd->bn", q, keys)
-        alpha = jax.nn.silu(scores) if read == "silu" else jax.nn.softmax(scores / np.sqrt(q.shape[-1]), -1)
-        h = h + jnp.einsum("bn,bnd->bd", alpha, values) @ block["o"]
+        if read == "ica":
+            read_out, mask = ica.inheritable_cross_attention(q[:, None], memory, mask, config)
+            h = h + read_out[:, 0] @ block["o"]
+        else:
+            scores = jnp.einsum("bd,bnd->bn", q, keys)
+            alpha = jax.nn.silu(scores) if read == "silu" else jax.nn.softmax(scores / np.sqrt(q.shape[-1]), -1)
+            h = h + jnp.einsum("bn,bnd->bd", alpha, values) @ block["o"]
         h = h + jax.nn.gelu(_norm(h) @ block["up"]) @ block["down"]
     return _norm(h) @ params["head"]
 
@@ -121,11 +137,12 @@ def main(argv):
     _, que, ans, cue = held_out
     print("| read | held-out closest | held-out furthest | agrees with the cue | final train loss | seconds |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for read in ("silu", "softmax"):
+    for read in _ARMS.value:
         t0 = time.time()
         loss, acc, pred = train_arm(read, data, held_out, _STEPS.value, _BATCH.value, _DIM.value, _READS.value,
                                     _LR.value)
-        print(f"| {read} | {acc['closest']:.3f} | {acc['furthest']:.3f} | {(pred == cue).mean():.3f} "
+        name = f"ica (delta {_DELTA.value}, lam {_LAM.value})" if read == "ica" else read
+        print(f"| {name} | {acc['closest']:.3f} | {acc['furthest']:.3f} | {(pred == cue).mean():.3f} "
               f"| {loss:.4f} | {time.time() - t0:.0f} |")
     print(f"| cue: most common other shape | {(cue == ans)[que[:, 1] == 0].mean():.3f} "
           f"| {(cue == ans)[que[:, 1] == 1].mean():.3f} | 1.000 | | |")
