@@ -201,6 +201,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
             f"model.encoders.{name}.pool",
             f"expected a divisor of the {grid}x{grid} patch grid (and drop_cls=True when > 1), got {pool!r}",
         )
+        relative = enc.get("relative_position_bias", False)
+        _check(
+            isinstance(relative, bool) and not (relative and enc.get("hf_dir")),
+            f"model.encoders.{name}.relative_position_bias",
+            f"expected True or False, and False for a converted tower (hf_dir: its architecture has none); got {relative!r}",
+        )
     _one_of(c, "model.projector.fusion", ("sum", "mean"))
     _positive_int(c, "model.projector.hidden")
     _check(0.0 <= c.model.ica.delta < 1.0, "model.ica.delta", f"expected 0 <= delta < 1, got {c.model.ica.delta}")
@@ -336,6 +342,7 @@ def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
             mlp_dim=e.mlp_dim,
             act=e.act,
             posemb=e.posemb,
+            relative_position_bias=e.get("relative_position_bias", False),
             adapter_dim=e.adapter_dim,
             adapter_scale=e.adapter_scale,
             remat=m.remat,

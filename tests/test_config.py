@@ -45,6 +45,7 @@ def test_command_line_rejects_unknown_keys_and_bad_types(tmp_path, override, mes
         ("train.warmup_steps", 10, "smaller than train.num_steps"),
         ("model.encoders.vit.taps", (1, 9), "model.encoders.vit.taps"),
         ("data.eval_split", "val", "data.eval_split: expected one of"),  # was silently ignored by sort_of_clevr
+        ("data.caption_kinds", ("objects", "shapes"), "data.caption_kinds"),
     ],
 )
 def test_invalid_values_name_the_key(tiny_config, key, value, message):
@@ -65,6 +66,22 @@ def test_model_config_inconsistencies_are_config_errors(tiny_config):
     tiny_config.model.num_memory_slots = 3
     with pytest.raises(config_lib.ConfigError, match="num_memory_slots=3"):
         config_lib.model_config(tiny_config, vocab_size=50)
+
+
+def test_relative_position_bias_reaches_the_tower_and_not_a_converted_one(tiny_config, tmp_path):
+    import transformers
+    assert not config_lib.model_config(tiny_config, vocab_size=50).vision.encoders[0].vit.relative_position_bias
+    tiny_config.model.encoders.vit.relative_position_bias = True
+    assert config_lib.model_config(tiny_config, vocab_size=50).vision.encoders[0].vit.relative_position_bias
+    config_lib.validate(tiny_config)
+    # a converted CLIP tower (only its config.json is read here) has no such bias
+    transformers.CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=48, intermediate_size=96,
+                                  num_hidden_layers=3, num_attention_heads=4).save_pretrained(tmp_path)
+    tiny_config.model.encoders.vit.hf_dir = str(tmp_path)
+    with pytest.raises(config_lib.ConfigError, match="relative_position_bias"):
+        config_lib.validate(tiny_config)
+    tiny_config.model.encoders.vit.relative_position_bias = False
+    config_lib.validate(tiny_config)
 
 
 def test_mask_start_parsing():

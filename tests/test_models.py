@@ -1,5 +1,6 @@
 """Shapes and numerics of the networks: ViT taps, Llama + KV cache, SRProj, ICA against a NumPy reference."""
 
+import dataclasses
 import math
 
 import jax
@@ -13,6 +14,7 @@ from semrel_jax.method.ensemble import EncoderEnsemble, EncoderSpec, EnsembleCon
 from semrel_jax.method.srproj import SRProj
 from semrel_jax.method.vlm import VisionLanguageModel, VLMConfig
 from semrel_jax.models.llama import Llama, LlamaConfig
+from semrel_jax.models.layers import activation
 from semrel_jax.models.vit import ViT, ViTConfig
 
 LLM = LlamaConfig(vocab_size=40, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, mlp_dim=48)
@@ -59,6 +61,36 @@ def test_vit_adapter_starts_as_identity():
         adapter.fc2.kernel[...] = jnp.full_like(adapter.fc2.kernel[...], 0.1)
         layer.adapter = adapter
     assert np.abs(vit(images, (3,))[0] - with_adapter).max() > 1e-3
+
+
+def test_relative_position_bias_adds_the_offset_table_to_attention_logits():
+    config = dataclasses.replace(VIT, relative_position_bias=True, adapter_dim=0)
+    vit = ViT(config, rngs=nnx.Rngs(0))
+    images = jnp.asarray(np.random.default_rng(2).normal(size=(2, 20, 20, 3)), jnp.float32)
+    plain = vit(images, (3,))[0]
+    # zero-initialised: the same function as the tower without the bias
+    without = ViT(dataclasses.replace(config, relative_position_bias=False), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(plain, without(images, (3,))[0], atol=1e-6)
+    layer = vit.layers[0]
+    table = np.random.default_rng(3).normal(size=layer.relative_bias[...].shape).astype(np.float32)
+    layer.relative_bias[...] = jnp.asarray(table)
+    # reference: the bias of patches i=(yi, xi), j=(yj, xj) is table[(yi-yj+3)*7 + (xi-xj+3)], class token none
+    grid, n = 4, 17
+    expected = np.zeros((config.heads, n, n), np.float32)
+    for i in range(grid * grid):
+        for j in range(grid * grid):
+            (yi, xi), (yj, xj) = divmod(i, grid), divmod(j, grid)
+            expected[:, 1 + i, 1 + j] = table[(yi - yj + grid - 1) * (2 * grid - 1) + (xi - xj + grid - 1)]
+    np.testing.assert_array_equal(layer._bias(n, jnp.float32)[0], expected)
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, n, 24)), jnp.float32)
+    y = layer.layer_norm1(x)
+    q, k, v = (proj(y).reshape(2, n, 3, 8) for proj in (layer.q_proj, layer.k_proj, layer.v_proj))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8) + expected[None]
+    attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), v).reshape(2, n, 24)
+    x1 = x + layer.out_proj(attn)
+    reference = x1 + layer.fc2(activation(config.act)(layer.fc1(layer.layer_norm2(x1))))
+    np.testing.assert_allclose(layer(x), reference, atol=2e-5)
+    assert np.abs(vit(images, (3,))[0] - plain).max() > 1e-3
 
 
 def test_patchify_matches_conv_layout():

@@ -17,6 +17,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from semrel_jax.models import layers
@@ -40,6 +41,9 @@ class ViTConfig:
     patch_bias: bool = False  # SigLIP / DINOv2 patch embeddings have a bias, CLIP's has not
     layer_scale: bool = False  # DINOv2: per-channel scales on both residual branches
     posemb: str = "learned"  # 'learned' (CLIP, converted towers) | 'sincos2d' (fixed; big_vision's from-scratch default)
+    # Learned per-head attention bias indexed by the 2-D offset between two patches (Swin / BEiT style),
+    # zero-initialised; the class token gets none. Off for converted towers (CLIP/SigLIP/DINOv2 have none).
+    relative_position_bias: bool = False
     adapter_dim: int = 0  # 0: no adapters
     adapter_scale: float = 0.1
     remat: str = "none"  # rematerialisation policy per block (layers.REMAT_POLICIES)
@@ -95,10 +99,22 @@ class Adapter(nnx.Module):
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
+def relative_offset_index(grid: int) -> np.ndarray:
+    """``[grid², grid²]`` index of the offset (dy, dx) between patches i and j into a ``(2·grid - 1)²`` table."""
+    y, x = np.divmod(np.arange(grid * grid), grid)
+    dy = y[:, None] - y[None, :] + grid - 1
+    dx = x[:, None] - x[None, :] + grid - 1
+    return dy * (2 * grid - 1) + dx
+
+
 class EncoderLayer(nnx.Module):
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
         self.config = config
         w = config.width
+        if config.relative_position_bias:
+            grid = config.image_size // config.patch_size
+            pd = jnp.dtype(config.param_dtype)
+            self.relative_bias = nnx.Param(jnp.zeros(((2 * grid - 1) ** 2, config.heads), pd))
         self.layer_norm1 = _layer_norm(config, rngs)
         self.q_proj = _linear(w, w, config, rngs)
         self.k_proj = _linear(w, w, config, rngs)
@@ -119,7 +135,7 @@ class EncoderLayer(nnx.Module):
         hd = w // c.heads
         y = self.layer_norm1(x)
         q, k, v = (proj(y).reshape(b, n, c.heads, hd) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        attn = self.out_proj(jax.nn.dot_product_attention(q, k, v).reshape(b, n, w))
+        attn = self.out_proj(jax.nn.dot_product_attention(q, k, v, bias=self._bias(n, q.dtype)).reshape(b, n, w))
         if c.layer_scale:
             attn = attn * self.layer_scale1[...].astype(attn.dtype)
         x = x + attn
@@ -131,6 +147,17 @@ class EncoderLayer(nnx.Module):
         if self.adapter is not None:
             out = out + c.adapter_scale * self.adapter(y)
         return out
+
+    def _bias(self, n: int, dtype) -> Array | None:
+        """``[1, heads, n, n]`` relative position bias (zero rows/columns for a class token), or None."""
+        if not self.config.relative_position_bias:
+            return None
+        grid = self.config.image_size // self.config.patch_size
+        bias = self.relative_bias[...][relative_offset_index(grid)]  # [P, P, heads]
+        bias = jnp.moveaxis(bias, -1, 0)
+        extra = n - grid * grid  # the class token
+        bias = jnp.pad(bias, ((0, 0), (extra, 0), (extra, 0)))
+        return bias[None].astype(dtype)
 
 
 def sincos2d_position_embedding(grid: int, width: int) -> Array:

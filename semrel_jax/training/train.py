@@ -108,7 +108,7 @@ def validate_checkpoint_keys(c: ml_collections.ConfigDict) -> None:
 # Keys added after checkpoints already existed, with the value that reproduces the older behaviour: a
 # checkpoint whose saved config lacks one resumes under that value.
 ADDED_DATA_KEYS = {"prepared_dir": "", "examples_per_image": 1, "caption_mix": 0.0, "caption_kinds": ["objects"]}
-ADDED_ENCODER_KEYS = {"pool": 1}
+ADDED_ENCODER_KEYS = {"pool": 1, "relative_position_bias": False}
 # Keys that change how the data is read, never what is read (a prepared copy holds the raw records).
 READ_ONLY_DATA_KEYS = ("num_workers", "prefetch", "prepared_dir")
 
