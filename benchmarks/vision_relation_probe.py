@@ -2,6 +2,7 @@
 
     python benchmarks/vision_relation_probe.py                              # the demo ViT (depth 2, width 64)
     python benchmarks/vision_relation_probe.py --depth=3 --steps=12000
+    python benchmarks/vision_relation_probe.py --memory_from=/tmp/relational     # a trained VLM's memory, frozen
 
 The LLM side is taken out: our ViT (``semrel_jax.models.vit``, the demo's patch 15 on 75 px, unit
 normalisation) encodes a Sort-of-CLEVR image; one learned query per colour pools its output tokens with
@@ -11,6 +12,10 @@ furthest other object. 18 supervised answers per image, batch 32, Adam with cosi
 images as the VQA task. Prints held-out accuracy per target over training, and the "most common other shape"
 cue's accuracy for comparison. If "closest" stays near the cue here too, the limit is the vision tower's
 features (patch-15 fragments of objects, 64 wide), not the memory read of the LLM.
+
+``--memory_from=<workdir>``: instead of training a tower, take a trained VLM's visual memory (its encoder
+ensemble's output X_v, ``[B, N_mem, d_llm]``, what ICA reads), frozen, and train only the readout on it: does
+the memory the LLM reads hold the answer, for a softmax read?
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ _PATCH = flags.DEFINE_integer("patch_size", 15, "ViT patch size (75 px images)."
 _RELATIVE = flags.DEFINE_bool("relative_position_bias", False, "ViT: learned relative position bias per head.")
 _POSEMB = flags.DEFINE_enum("posemb", "learned", ["learned", "sincos2d"], "ViT position embedding.")
 _LR = flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
+_MEMORY_FROM = flags.DEFINE_string("memory_from", "", "Training workdir: probe its frozen visual memory instead.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 2000, "Steps between held-out evaluations.")
 
 TARGETS = ("shape", "closest", "furthest")
@@ -78,10 +84,44 @@ class Probe(nnx.Module):
 
     def __call__(self, images):
         tokens = self.vit(images.astype(jnp.float32) / 255.0, (self.depth,))[0]  # [B, N_patches, d]
+        return self.read(tokens)
+
+    def read(self, tokens):
         scores = jnp.einsum("cd,bnd->bcn", self.queries[...], self.key(tokens)) / np.sqrt(tokens.shape[-1])
         pooled = jnp.einsum("bcn,bnd->bcd", jax.nn.softmax(scores, -1), self.value(tokens))  # [B, 6, d]
         h = pooled + self.down(jax.nn.gelu(self.up(self.norm(pooled))))
         return self.head(h).reshape(*h.shape[:2], len(TARGETS), 2)  # [B, 6, 3, 2]
+
+
+class Readout(Probe):
+    """The probe's readout alone, over precomputed tokens ``[B, N, d]``."""
+
+    def __init__(self, width: int, *, rngs: nnx.Rngs):
+        self.queries = nnx.Param(jax.random.normal(rngs.params(), (6, width)) * 0.02)
+        self.key = nnx.Linear(width, width, rngs=rngs)
+        self.value = nnx.Linear(width, width, rngs=rngs)
+        self.norm = nnx.LayerNorm(width, rngs=rngs)
+        self.up = nnx.Linear(width, 4 * width, rngs=rngs)
+        self.down = nnx.Linear(4 * width, width, rngs=rngs)
+        self.head = nnx.Linear(width, 2 * len(TARGETS), rngs=rngs)
+
+    def __call__(self, tokens):
+        return self.read(tokens)
+
+
+def frozen_memory(workdir: str, train_x, test_x):
+    """A trained VLM's visual memory X_v of both image sets ``[N, N_mem, d_llm]`` float32, and d_llm."""
+    from semrel_jax import export
+
+    model, c, _, step = export.restore_model(workdir)
+    (name, encoder), = c.model.encoders.items()
+    if encoder.normalization != "unit" or encoder.image_size != 75:
+        raise ValueError(f"{workdir}: expected the demo's 75 px 'unit'-normalised images")
+    vision = model.vision
+    encode = jax.jit(lambda images: vision({name: images.astype(jnp.float32) / 255.0}))
+    memory = [np.concatenate([np.asarray(encode(x[i : i + 500])) for i in range(0, len(x), 500)]) for x in (train_x, test_x)]
+    print(f"memory of {workdir} step {step}: {memory[0].shape[1:]} per image, frozen")
+    return memory[0], memory[1], memory[0].shape[-1]
 
 
 def main(argv):
@@ -91,7 +131,11 @@ def main(argv):
     test_x, test_y, test_cue = make_data("test", _TEST.value)
     print(f"data: {time.time() - t0:.0f}s; ViT depth {_DEPTH.value}, width {_WIDTH.value}, patch {_PATCH.value}, "
           f"{_POSEMB.value} position embedding, relative bias {_RELATIVE.value}; {_STEPS.value} steps × {_BATCH.value}")
-    model = Probe(_DEPTH.value, _WIDTH.value, _HEADS.value, _PATCH.value, _POSEMB.value, rngs=nnx.Rngs(0))
+    if _MEMORY_FROM.value:
+        train_x, test_x, width = frozen_memory(_MEMORY_FROM.value, train_x, test_x)
+        model = Readout(width, rngs=nnx.Rngs(0))
+    else:
+        model = Probe(_DEPTH.value, _WIDTH.value, _HEADS.value, _PATCH.value, _POSEMB.value, rngs=nnx.Rngs(0))
     schedule = optax.warmup_cosine_decay_schedule(0.0, _LR.value, min(100, _STEPS.value // 10), _STEPS.value)
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, b2=0.95, weight_decay=0.02))
     graphdef, params = nnx.split(model)
