@@ -65,36 +65,8 @@ def make_data(split: str, num_images: int):
     return np.stack(images), np.asarray(answers, np.int32), np.asarray(cues, np.int32)
 
 
-class Probe(nnx.Module):
-    def __init__(self, depth: int, width: int, heads: int, patch_size: int, posemb: str, *, rngs: nnx.Rngs):
-        from semrel_jax.models import vit
-
-        config = vit.ViTConfig(image_size=75, patch_size=patch_size, width=width, depth=depth, heads=heads,
-                               mlp_dim=3 * width, act="gelu", class_token=False, posemb=posemb,
-                               relative_position_bias=_RELATIVE.value)
-        self.vit = vit.ViT(config, rngs=rngs)
-        self.depth = depth
-        self.queries = nnx.Param(jax.random.normal(rngs.params(), (6, width)) * 0.02)
-        self.key = nnx.Linear(width, width, rngs=rngs)
-        self.value = nnx.Linear(width, width, rngs=rngs)
-        self.norm = nnx.LayerNorm(width, rngs=rngs)
-        self.up = nnx.Linear(width, 4 * width, rngs=rngs)
-        self.down = nnx.Linear(4 * width, width, rngs=rngs)
-        self.head = nnx.Linear(width, 2 * len(TARGETS), rngs=rngs)
-
-    def __call__(self, images):
-        tokens = self.vit(images.astype(jnp.float32) / 255.0, (self.depth,))[0]  # [B, N_patches, d]
-        return self.read(tokens)
-
-    def read(self, tokens):
-        scores = jnp.einsum("cd,bnd->bcn", self.queries[...], self.key(tokens)) / np.sqrt(tokens.shape[-1])
-        pooled = jnp.einsum("bcn,bnd->bcd", jax.nn.softmax(scores, -1), self.value(tokens))  # [B, 6, d]
-        h = pooled + self.down(jax.nn.gelu(self.up(self.norm(pooled))))
-        return self.head(h).reshape(*h.shape[:2], len(TARGETS), 2)  # [B, 6, 3, 2]
-
-
-class Readout(Probe):
-    """The probe's readout alone, over precomputed tokens ``[B, N, d]``."""
+class Readout(nnx.Module):
+    """One learned softmax query per colour over tokens ``[B, N, d]``, a residual MLP, a linear head."""
 
     def __init__(self, width: int, *, rngs: nnx.Rngs):
         self.queries = nnx.Param(jax.random.normal(rngs.params(), (6, width)) * 0.02)
@@ -106,7 +78,28 @@ class Readout(Probe):
         self.head = nnx.Linear(width, 2 * len(TARGETS), rngs=rngs)
 
     def __call__(self, tokens):
-        return self.read(tokens)
+        scores = jnp.einsum("cd,bnd->bcn", self.queries[...], self.key(tokens)) / np.sqrt(tokens.shape[-1])
+        pooled = jnp.einsum("bcn,bnd->bcd", jax.nn.softmax(scores, -1), self.value(tokens))  # [B, 6, d]
+        h = pooled + self.down(jax.nn.gelu(self.up(self.norm(pooled))))
+        return self.head(h).reshape(*h.shape[:2], len(TARGETS), 2)  # [B, 6, 3, 2]
+
+
+class Probe(nnx.Module):
+    """Our ViT, trained from scratch, under the readout."""
+
+    def __init__(self, depth: int, width: int, heads: int, patch_size: int, posemb: str, *, rngs: nnx.Rngs):
+        from semrel_jax.models import vit
+
+        config = vit.ViTConfig(image_size=75, patch_size=patch_size, width=width, depth=depth, heads=heads,
+                               mlp_dim=3 * width, act="gelu", class_token=False, posemb=posemb,
+                               relative_position_bias=_RELATIVE.value)
+        self.vit = vit.ViT(config, rngs=rngs)
+        self.depth = depth
+        self.readout = Readout(width, rngs=rngs)
+
+    def __call__(self, images):
+        tokens = self.vit(images.astype(jnp.float32) / 255.0, (self.depth,))[0]  # [B, N_patches, d]
+        return self.readout(tokens)
 
 
 def frozen_memory(workdir: str, train_x, test_x):
