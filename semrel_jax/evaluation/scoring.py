@@ -39,7 +39,9 @@ def score(name: str, rows: Sequence[dict], train_source, eval_source) -> dict[st
             return {"num_examples": float(len(rows)), "note": "no annotations (test split): predictions only"}
         return vqa_v2.accuracy_report({r["question_id"]: r["prediction"] for r in rows}, rows)
     if name in ("coco_captions", "sort_of_clevr_captions"):
-        key = "cocoid" if name == "coco_captions" else "image_id"
+        # Sort-of-CLEVR captions: one item per (image, description kind), so the item index is the key
+        # (keying by image would let one kind's prediction overwrite the other's).
+        key = "cocoid" if name == "coco_captions" else "index"
         return captioning.caption_scores({r[key]: r["prediction"] for r in rows}, {r[key]: r["references"] for r in rows})
     if name == "llava_json":
         # Free-form answers have no official metric; exact match (case/space-insensitive) as a sanity number.
