@@ -1,6 +1,6 @@
 """LSRM ablation on Sort-of-CLEVR: memvp -> +multilevel -> +SRProj -> +ICA mask (LSRM), and LLaVA; several seeds.
 
-    python benchmarks/ablation.py --seeds=0,1,2 --num_steps=4000 --eval_examples=2000 --workdir=/tmp/ablation
+    python experiments/ablation.py --seeds=0,1,2 --num_steps=4000 --eval_examples=2000 --workdir=/tmp/ablation
 
 Each (preset, seed) trains from random init with configs/vqa.py:<preset> (the demo, caption mixture included,
 with one method knob changed per step: semrel_jax/presets.py) and is evaluated on the test split; prints a

@@ -1,9 +1,9 @@
 """Can a SiLU memory read (ICA's α = SiLU(q·K)) pick the nearest object, given perfect object features?
 
-    python benchmarks/memory_read_probe.py                                # 2 reads, width 64 (the demo LLM's)
-    python benchmarks/memory_read_probe.py --reads=3 --dim=128            # more reads, wider
+    python experiments/memory_read_probe.py                               # 2 reads, width 64 (the demo LLM's)
+    python experiments/memory_read_probe.py --reads=3 --dim=128           # more reads, wider
 
-A probe of the hypothesis in RESULTS ("Distance comparison"), free of vision: the memory is the six objects'
+A probe of the hypothesis in experiments/LOG.md ("Distance comparison"), free of vision: the memory is the six objects'
 exact features ([x, y] / image size, one-hot colour, one-hot shape; Sort-of-CLEVR scenes from
 ``semrel_jax.data.sort_of_clevr.generate_scene``), linearly embedded to keys and values. A query built from the
 question (named colour + kind) reads it ``--reads`` times, each read followed by a residual MLP, as the LLM's
@@ -14,7 +14,7 @@ blocks do; a linear head answers the shape. The only difference between the two 
            mask on (``--delta``, ``--lam``; carried from read to read as in the LLM's blocks)
   softmax  α = softmax(q Kᵀ / sqrt(d))      (ordinary attention)
 
-    python benchmarks/memory_read_probe.py --arms=ica --delta=0.67 --lam=0     # mask keeps each row's top 2 of 6
+    python experiments/memory_read_probe.py --arms=ica --delta=0.67 --lam=0    # mask keeps each row's top 2 of 6
 
 Reports held-out accuracy per kind for each arm, and the accuracy of the "most common other shape" cue.
 """

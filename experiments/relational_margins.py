@@ -1,7 +1,7 @@
 """Sort-of-CLEVR "closest" / "furthest" accuracy by distance margin: is the model limited by resolution?
 
-    python benchmarks/relational_margins.py --workdir=/tmp/long                  # a training run's predictions
-    python benchmarks/relational_margins.py --workdir=/tmp/long --predictions=/tmp/long/eval/predictions.json
+    python experiments/relational_margins.py --workdir=/tmp/long                 # a training run's predictions
+    python experiments/relational_margins.py --workdir=/tmp/long --predictions=/tmp/long/eval/predictions.json
 
 The margin of a question is how much closer the answer object is than the runner-up (for "furthest": how much
 further), in pixels, from the scene's object centres. A model that compares distances but lacks positional

@@ -1,7 +1,7 @@
 """How well does a checkpoint fit the Sort-of-CLEVR relations description, answer slot by answer slot?
 
-    python benchmarks/relations_fit.py --workdir=/tmp/run                 # latest checkpoint, 400 images per split
-    python benchmarks/relations_fit.py --workdir=/tmp/run --step=5000 --images=1000
+    python experiments/relations_fit.py --workdir=/tmp/run                # latest checkpoint, 400 images per split
+    python experiments/relations_fit.py --workdir=/tmp/run --step=5000 --images=1000
 
 For runs trained with ``data.caption_kinds`` containing ``relations``: each row states, per object in colour
 order, the shape of its closest and furthest other object and how many others share its shape

@@ -1,8 +1,8 @@
 """Can the demo's vision tower learn "closest" / "furthest" at all, when told every object's answer directly?
 
-    python benchmarks/vision_relation_probe.py                              # the demo ViT (depth 2, width 64)
-    python benchmarks/vision_relation_probe.py --depth=3 --steps=12000
-    python benchmarks/vision_relation_probe.py --memory_from=/tmp/relational     # a trained VLM's memory, frozen
+    python experiments/vision_relation_probe.py                             # the demo ViT (depth 2, width 64)
+    python experiments/vision_relation_probe.py --depth=3 --steps=12000
+    python experiments/vision_relation_probe.py --memory_from=/tmp/relational    # a trained VLM's memory, frozen
 
 The LLM side is taken out: our ViT (``semrel_jax.models.vit``, the demo's patch 15 on 75 px, unit
 normalisation) encodes a Sort-of-CLEVR image; one learned query per colour pools its output tokens with
