@@ -12,7 +12,7 @@ All in one process, the phases alternating round by round:
                (worker start-up, buffers filling) are not timed, then ``--batches`` batches are; examples/s.
   step         the demo train step alone on batches already on the device (``benchmarks/step_throughput.py``:
                the same build as ``semrel_jax.main``), median step -> examples/s it consumes.
-  train_loop[W]  the two together as ``train._train_loop`` runs them: next batch from the pipeline with W
+  train_loop[W]  the two together as the training loop (``training/train.py``) runs them: next batch from the pipeline with W
                workers, ``make_array_from_process_local_data``, step, without blocking per step (async
                dispatch overlaps the step with the next batch's preparation), timed over ``--batches`` steps.
 
@@ -60,7 +60,7 @@ def pipeline_rate(dataset, workers: int, prefetch: int, batch_size: int, skip: i
 
 
 def loop_rate(bench, dataset, workers: int, prefetch: int, skip: int, n: int, start: int) -> float:
-    """Examples/s of pipeline + step together, as ``train._train_loop`` runs them."""
+    """Examples/s of pipeline + step together, as the training loop (``training/train.py``) runs them."""
     import jax
 
     from semrel_jax.data import pipeline
@@ -92,7 +92,7 @@ def main(argv):
 
     import step_throughput
     from semrel_jax.data import pipeline
-    from semrel_jax.training import train
+    from semrel_jax import recipe
 
     c = step_throughput.get_config(_PRESET.value)
     workers = [int(w) for w in _WORKERS.value]
@@ -100,10 +100,11 @@ def main(argv):
           f"{step_throughput.machine_load()}")
     bench = step_throughput.build(_PRESET.value, c)
     bench.run(3, record=False)
+    data = recipe.build_data(c)
+    train_source = data.train
     with tempfile.TemporaryDirectory() as tmp:
-        train_source, eval_source = train.build_sources(c)
-        tokenizer = train.build_tokenizer(c, tmp, train_source, eval_source)
-    featurizer = train.build_featurizer(c, tokenizer)
+        tokenizer = recipe.build_tokenizer(c, tmp, data)
+    featurizer = recipe.build_featurizer(c, tokenizer)
     dataset = pipeline.training_dataset(train_source, featurizer.train, c.train.batch_size, c.seed)
     if _WARM.value:
         t0 = time.perf_counter()

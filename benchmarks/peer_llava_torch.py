@@ -9,7 +9,7 @@ What is compared (per size, both models built in this one process, then stepped 
         prefix), with the release LLaVA recipe (``presets._llava_7b``): ``train.trainable = PROJECTOR_ONLY``
         (vision tower and LLM frozen), no modality embedding, memory_scale 1, projector hidden = LLM width
         (LLaVA-1.5's ``mlp2x``), no Λ; plus ``post_ln=False`` so the tap is HF's raw ``hidden_states[-1]``.
-        The real train step (``train.make_step_fn``: loss, gradients, global-norm clipping, AdamW, non-finite
+        The real train step (``recipe.build_step``: loss, gradients, global-norm clipping, AdamW, non-finite
         guard, metrics), compiled once.
   peer  ``LlavaForConditionalGeneration(LlavaConfig(vision_config=CLIPVisionConfig(...), text_config=
         LlamaConfig(...)))`` with the same sizes: CLIP width/depth/heads/MLP/patch/image size and exact GELU,
@@ -190,7 +190,6 @@ def main(argv):
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
     import step_throughput
-    from semrel_jax.training import flops
 
     print(f"jax {jax.__version__}, torch {torch.__version__}; CPUs {sorted(os.sched_getaffinity(0))}, "
           f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; "
@@ -201,9 +200,9 @@ def main(argv):
         ours = step_throughput.build(f"ours[{size}]", c)
         with tempfile.TemporaryDirectory() as tmp:
             host_batches, vocab = step_throughput.real_batches(c, tmp, 4)
-            from semrel_jax.training import train
+            from semrel_jax import recipe
 
-            tokenizer = train.build_tokenizer(c, tmp)
+            tokenizer = recipe.build_tokenizer(c, tmp)
         peer = Peer(c, host_batches, vocab, tokenizer.unk_token_id, _TORCH_COMPILE.value)
         ours_total = sum(ours.params)
         print(f"[{size}] batch {c.train.batch_size}, sequence {peer.n_vis} visual + {c.data.max_text_len} text; "
@@ -217,7 +216,7 @@ def main(argv):
             for side in ((ours, peer) if r % 2 == 0 else (peer, ours)):
                 side.run(_STEPS.value)
         t_ours, t_peer = statistics.median(ours.times), statistics.median(peer.times)
-        gflop = flops.count_for_run(c, vocab).training / 1e9
+        gflop = ours.count.training / 1e9
         results.append((size, c.train.batch_size, t_ours, t_peer, gflop, ours.last_loss, peer.last_loss))
         print(f"[{size}] step ms median ours {1e3 * t_ours:.2f} (min {1e3 * min(ours.times):.2f}) "
               f"peer {1e3 * t_peer:.2f}; ours/peer throughput {t_peer / t_ours:.2f}x")

@@ -5,7 +5,7 @@
     python benchmarks/step_throughput.py --presets=demo --config_overrides=train.batch_size=64
 
 Each preset is ``configs/vqa.py:<preset>`` built exactly as ``semrel_jax.main`` builds it
-(``train.build_split_model`` -> ``train.shard_state`` -> ``train.make_step_fn`` on a 1-device mesh, state donated),
+(``recipe.build_model`` -> ``recipe.build_train_state`` -> ``recipe.build_step`` on a 1-device mesh, state donated),
 compiled ahead of time (``.lower(...).compile()``, timed), then stepped on real Sort-of-CLEVR batches that are
 already on the device (a few distinct batches, cycled): the step is measured, not the input pipeline
 (``benchmarks/input_pipeline.py`` measures that).
@@ -152,36 +152,37 @@ class Bench:
 
 def real_batches(c, tokenizer_dir: str, n: int):
     """``n`` consecutive training batches of the config's data, as the train loop reads them."""
+    from semrel_jax import recipe
     from semrel_jax.data import pipeline
-    from semrel_jax.training import train, train_step as train_step_lib
+    from semrel_jax.training import train_step as train_step_lib
 
     c = c.copy_and_resolve_references()
     c.data.train_images = max(1, min(c.data.train_images, (n * c.train.batch_size) // c.data.questions_per_image + 1))
-    train_source, eval_source = train.build_sources(c)
-    tokenizer = train.build_tokenizer(c, tokenizer_dir, train_source, eval_source)
-    featurizer = train.build_featurizer(c, tokenizer)
-    dataset = pipeline.training_dataset(train_source, featurizer.train, c.train.batch_size, c.seed)
+    recipe.prepare_config(c)
+    data = recipe.build_data(c)
+    tokenizer = recipe.build_tokenizer(c, tokenizer_dir, data)
+    featurizer = recipe.build_featurizer(c, tokenizer)
+    dataset = pipeline.training_dataset(data.train, featurizer.train, c.train.batch_size, c.seed)
     return [train_step_lib.device_batch(dataset[i]) for i in range(n)], len(tokenizer)
 
 
 def build(name: str, c, num_batches: int = 4) -> Bench:
-    """Model, sharded state and the compiled step of one config, exactly as ``train._run`` builds them."""
+    """Model, sharded state and the compiled step of one config, built by ``semrel_jax.recipe`` as training does."""
     import jax
-    from semrel_jax import config as config_lib
-    from semrel_jax.training import flops, mesh as mesh_lib, optimizer as optimizer_lib, partition, train
+    from semrel_jax import config as config_lib, recipe
+    from semrel_jax.training import flops, mesh as mesh_lib, partition
 
-    config_lib.validate(c)
+    recipe.prepare_config(c)
     with tempfile.TemporaryDirectory() as tmp:
         host_batches, vocab = real_batches(c, tmp, num_batches)
-    mesh = mesh_lib.create_mesh(1, 1, 1)
+    mesh = recipe.single_device_mesh()
     with jax.set_mesh(mesh):
-        graphdef, params, frozen = train.build_split_model(c, vocab)
-        optimizer = optimizer_lib.make_optimizer(c.train)
-        schedule = optimizer_lib.learning_rate_schedule(c.train.learning_rate, c.train.warmup_steps, c.train.num_steps)
-        n_params = (partition.count_params(params), partition.count_params(frozen))
-        state, frozen, state_sharding, frozen_sharding, _ = train.shard_state(c, mesh, params, frozen, optimizer)
+        model = recipe.build_model(c, vocab, mesh)
+        setup = recipe.build_train_state(c, model, mesh)
+        state, frozen = setup.state, setup.frozen
+        n_params = (partition.count_params(model.params), partition.count_params(frozen))
         mask_start = config_lib.parse_start(c.model.ica.start, 1000.0)
-        step_fn = train.make_step_fn(graphdef, optimizer, schedule, mask_start, mesh, state_sharding, frozen_sharding)
+        step_fn = recipe.build_step(c, model, setup, mesh, mask_start)
         batch_sharding = mesh_lib.batch_sharding(mesh)
         batches = [jax.device_put(b, batch_sharding) for b in host_batches]
         t0 = time.perf_counter()
@@ -193,7 +194,7 @@ def build(name: str, c, num_batches: int = 4) -> Bench:
     memory = {k: int(getattr(mem, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
                                                  "alias_size_in_bytes", "temp_size_in_bytes",
                                                  "generated_code_size_in_bytes") if mem is not None and hasattr(mem, k)}
-    count = flops.count_for_run(c, vocab)
+    count = flops.count_for_run(c, model.config)
     return Bench(name=name, config=c, step=compiled, state=state, frozen=frozen, batches=batches,
                  lower_s=t1 - t0, compile_s=t2 - t1,
                  xla_flops_per_example=flops.compiled_flops(compiled) / c.train.batch_size,

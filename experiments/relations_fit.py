@@ -34,12 +34,12 @@ def main(argv):
     from semrel_jax import export
     from semrel_jax.data import sort_of_clevr
     from semrel_jax.data.sort_of_clevr_captions import SortOfClevrCaptions
-    from semrel_jax.training import train
+    from semrel_jax import recipe
 
     if _IMAGES.value % _BATCH.value:
         raise ValueError("--images must be a multiple of --batch_size")
     model, c, tokenizer, step = export.restore_model(_WORKDIR.value, None if _STEP.value < 0 else _STEP.value)
-    featurizer = train.build_featurizer(c, tokenizer)
+    featurizer = recipe.build_featurizer(c, tokenizer)
     graphdef, state = nnx.split(model)
 
     @jax.jit

@@ -33,45 +33,21 @@ def compile_report(c, devices=None) -> dict:
     """Lowers and compiles ``c``'s train step for its mesh; returns memory figures (bytes per device)."""
     import jax
 
-    from semrel_jax import config as config_lib, inspect as inspect_lib
-    from semrel_jax.training import mesh as mesh_lib, optimizer as optimizer_lib, train
+    from semrel_jax import recipe
+    from semrel_jax.training import mesh as mesh_lib
 
-    config_lib.validate(c)
-    vocab = c.model.llm.vocab_size or inspect_lib.tokenizer_vocab_size(c)
-    devices = devices or jax.devices()
-    shape = mesh_lib.mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, len(devices))
-    mesh = jax.make_mesh(shape, mesh_lib.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
-    graphdef, params, frozen = train.build_split_model(c, vocab, abstract=True)
-    optimizer = optimizer_lib.make_optimizer(c.train)
-    schedule = optimizer_lib.learning_rate_schedule(c.train.learning_rate, c.train.warmup_steps, c.train.num_steps)
-    abstract_state, state_sharding, frozen_sharding, _ = train.state_shardings(c, mesh, params, frozen, optimizer)
-
-    def place(tree, shardings):
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-    group = c.data.get("examples_per_image", 1)  # > 1: images [B/G], text [B/G, G, T] (data/pipeline.py)
-    b, t = c.train.batch_size // group, c.data.max_text_len
-    text = (b, group, t) if group > 1 else (b, t)
-    batch_sharding = mesh_lib.batch_sharding(mesh)
-    sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)  # noqa: E731
-    batch = {
-        "images": {n: sds((b, e.image_size, e.image_size, 3), "float32") for n, e in c.model.encoders.items()},
-        "has_image": sds((b,), "int32"),
-        "tokens": sds(text, "int32"),
-        "targets": sds(text, "int32"),
-        "loss_mask": sds(text, "float32"),
-        "valid": sds(text, "bool"),
-    }
-    step = train.make_step_fn(
-        graphdef, optimizer, schedule, 0, mesh, state_sharding, frozen_sharding,
-        accumulation_steps=c.train.grad_accum_steps,
-    )
+    recipe.prepare_config(c)
+    vocab = c.model.llm.vocab_size or recipe.tokenizer_vocab_size(c)
+    mesh = recipe.create_mesh(c, devices)
+    model = recipe.build_model(c, vocab, mesh, abstract=True)
+    setup = recipe.build_train_state(c, model, mesh, abstract=True)
+    step = recipe.build_step(c, model, setup, mesh, mask_start=0)
     start = time.time()
     with jax.set_mesh(mesh):
-        compiled = step.lower(place(abstract_state, state_sharding), place(frozen, frozen_sharding), batch).compile()
+        compiled = step.lower(setup.state, setup.frozen, recipe.abstract_batch(c, mesh)).compile()
     memory = compiled.memory_analysis()
     report = {
-        "mesh": dict(zip(mesh_lib.AXES, shape)),
+        "mesh": dict(zip(mesh_lib.AXES, mesh.devices.shape)),
         "compile_seconds": time.time() - start,
         "argument_bytes": int(memory.argument_size_in_bytes),
         "output_bytes": int(memory.output_size_in_bytes),

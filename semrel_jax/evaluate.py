@@ -31,8 +31,8 @@ def evaluate_checkpoint(checkpoint: str, out_dir: str = "", config=None, step: i
     import jax
     from flax import nnx
 
-    from semrel_jax import config as config_lib, export
-    from semrel_jax.training import train
+    from semrel_jax import config as config_lib, export, recipe
+    from semrel_jax.evaluation import loop as eval_loop
 
     t0 = time.time()
     if config is not None:
@@ -44,12 +44,13 @@ def evaluate_checkpoint(checkpoint: str, out_dir: str = "", config=None, step: i
         model, c, tokenizer, _ = export.restore_model(checkpoint, step)
     if config is not None:
         c.data, c.eval = config.data, config.eval
+        config_lib.validate(c)
     out_dir = out_dir or os.path.join(checkpoint, "eval")
     os.makedirs(out_dir, exist_ok=True)
-    train_source, eval_source = train.build_sources(c)
-    featurizer = train.build_featurizer(c, tokenizer)
+    data = recipe.build_data(c)
+    featurizer = recipe.build_featurizer(c, tokenizer)
     graphdef, state = nnx.split(model)
-    results = train.evaluate(c, graphdef, (state,), featurizer, tokenizer, train_source, eval_source, out_dir)
+    results = eval_loop.evaluate(c, graphdef, (state,), featurizer, tokenizer, data, out_dir)
     results["wall_seconds"] = time.time() - t0  # restore + generation + scoring
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -59,12 +60,12 @@ def evaluate_checkpoint(checkpoint: str, out_dir: str = "", config=None, step: i
 
 def main(argv):
     del argv
-    from semrel_jax.training import train
+    from semrel_jax.evaluation import loop as eval_loop
 
     results = evaluate_checkpoint(
         _CHECKPOINT.value, _OUT.value, flags.FLAGS.config, _STEP.value if _STEP.value >= 0 else None
     )
-    print(train.format_results(results))
+    print(eval_loop.format_results(results))
 
 
 if __name__ == "__main__":

@@ -36,9 +36,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from semrel_jax import config as config_lib, recipe
 from semrel_jax.data import tokenizer as tokenizer_lib
 from semrel_jax.training import checkpoint as checkpoint_lib
-from semrel_jax.training import optimizer as optimizer_lib, train, train_step as train_step_lib
 
 
 def _abstract(tree, sharding):
@@ -54,16 +54,15 @@ def restore_model(workdir: str, step: int | None = None, sharding: jax.sharding.
         step = checkpointer.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"No checkpoint in {checkpointer.directory!r}.")
-        c = ml_collections.ConfigDict(checkpointer.saved_config(step))
-        tokenizer = train.build_tokenizer(c, workdir)
-        graphdef, params, frozen = train.build_split_model(c, len(tokenizer))
-        optimizer = optimizer_lib.make_optimizer(c.train)
-        abstract_state = jax.eval_shape(lambda p: train_step_lib.init_train_state(p, optimizer, c.seed), params)
+        c = config_lib.from_saved(checkpointer.saved_config(step), f"{checkpointer.directory}/{step}")
+        tokenizer = recipe.load_tokenizer(c, workdir)
+        model = recipe.build_model(c, len(tokenizer))
+        abstract_state = recipe.build_train_state(c, model, recipe.single_device_mesh(), abstract=True).state
         state = checkpointer.restore(step, _abstract(abstract_state, sharding))
     finally:
         checkpointer.close()
-    frozen = jax.device_put(frozen, sharding)
-    return nnx.merge(graphdef, state.params, frozen), c, tokenizer, step
+    frozen = jax.device_put(model.frozen, sharding)
+    return nnx.merge(model.graphdef, state.params, frozen), c, tokenizer, step
 
 
 def export_params(workdir: str, out_dir: str, step: int | None = None) -> str:
@@ -112,7 +111,7 @@ def export_adapters(workdir: str, out_dir: str, step: int | None = None) -> str:
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, "adapters.safetensors"), {"format": "semrel_jax", "step": str(step)})
     llm_changed = any(name.startswith("llm/") for name in tensors)
-    if c.model.llm.get("hf_dir") and llm_changed:
+    if c.model.llm.hf_dir and llm_changed:
         hf.export_llm(model.llm, os.path.join(out_dir, "llm_merged"), like=c.model.llm.hf_dir)
     tokenizer.save_pretrained(os.path.join(out_dir, "tokenizer"))
     with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
@@ -156,13 +155,13 @@ def load_exported(out_dir: str, sharding: jax.sharding.Sharding | None = None) -
     out_dir = os.path.abspath(out_dir)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with open(os.path.join(out_dir, "config.json")) as f:
-        c = ml_collections.ConfigDict(json.load(f))
+        c = config_lib.from_saved(json.load(f), os.path.join(out_dir, "config.json"))
     with open(os.path.join(out_dir, "export.json")) as f:
         step = json.load(f)["step"]
     tokenizer = tokenizer_lib.load(os.path.join(out_dir, "tokenizer"))
     # The structure and dtypes exactly as training built them (frozen params in train.frozen_dtype).
-    graphdef, params, frozen = train.build_split_model(c, len(tokenizer), abstract=True)
-    graphdef, abstract_state = nnx.split(nnx.merge(graphdef, params, frozen))
+    model = recipe.build_model(c, len(tokenizer), abstract=True)
+    graphdef, abstract_state = nnx.split(nnx.merge(model.graphdef, model.params, model.frozen))
     with ocp.StandardCheckpointer() as checkpointer:
         state = checkpointer.restore(os.path.join(out_dir, "params"), _abstract(abstract_state, sharding))
     return Exported(nnx.merge(graphdef, state), c, tokenizer, step)

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semrel_jax import config as config_lib
+from semrel_jax import config as config_lib, recipe
 from semrel_jax.data import pipeline
 from semrel_jax.training import checkpoint as checkpoint_lib
-from semrel_jax.training import optimizer as optimizer_lib, train, train_step as train_step_lib
+from semrel_jax.training import train, train_step as train_step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FROZEN = (r"vit/layers/\d+/(fc1|fc2|q_proj)/",)  # some frozen params, stored in bfloat16
@@ -87,9 +87,9 @@ def test_keep_every_steps_are_saved_even_off_the_save_interval(tmp_path):
 def test_checkpoint_keys_are_validated(tiny_config):
     tiny_config.train.keep_every = -1
     with pytest.raises(config_lib.ConfigError, match="config.train.keep_every"):
-        train.validate_checkpoint_keys(tiny_config)
+        config_lib.validate(tiny_config)
     tiny_config.train.keep_every = 0
-    train.validate_checkpoint_keys(tiny_config)
+    config_lib.validate(tiny_config)
 
 
 # --- 2. SIGKILL and resume -----------------------------------------------------------------------
@@ -191,7 +191,7 @@ def test_no_restorable_checkpoint_fails_instead_of_starting_over(base_run, tmp_p
     workdir = _copy(base_run, tmp_path)
     for step in (4, 5, 6):
         _truncate_arrays(os.path.join(workdir, "checkpoints", str(step)))
-    with pytest.raises(train.CheckpointRestoreError, match=r"step 6: .*step 5: .*step 4: .*force_restart"):
+    with pytest.raises(checkpoint_lib.CheckpointRestoreError, match=r"step 6: .*step 5: .*step 4: .*force_restart"):
         train.train_and_evaluate(_base_config(), workdir)
     assert _steps_on_disk(workdir) == [4, 5, 6]  # nothing moved or deleted
     assert not os.path.exists(os.path.join(workdir, "checkpoints.unreadable"))
@@ -243,18 +243,14 @@ def test_export_loads_a_model_with_the_training_paths_logits(base_run, tmp_path)
     exported = export.load_exported(str(out))
 
     # The training path: rebuild the split model, restore the train state, merge (as _run/evaluate do).
-    c = _base_config()
-    tokenizer = train.build_tokenizer(c, base_run)
-    graphdef, params, frozen = train.build_split_model(c, len(tokenizer))
-    state = train_step_lib.init_train_state(params, optimizer_lib.make_optimizer(c.train), c.seed)
+    run = recipe.build(_base_config(), base_run, recipe.single_device_mesh())
     ckpt = _checkpointer(base_run)
-    state = ckpt.restore(6, state)
+    state = ckpt.restore(6, run.train.state)
     ckpt.close()
-    trained = nnx.merge(graphdef, state.params, frozen)
+    trained = nnx.merge(run.model.graphdef, state.params, run.train.frozen)
 
-    source, _ = train.build_sources(c)
-    featurizer = train.build_featurizer(c, exported.tokenizer)
-    batch = train_step_lib.device_batch(pipeline.training_dataset(source, featurizer.train, 8, 0)[0])
+    featurizer = recipe.build_featurizer(run.config, exported.tokenizer)
+    batch = train_step_lib.device_batch(pipeline.training_dataset(run.data.train, featurizer.train, 8, 0)[0])
     inputs = (batch["images"], batch["has_image"], batch["tokens"], batch["valid"])
     expected = np.asarray(trained(*inputs))
     got = np.asarray(exported.model(*inputs))
@@ -304,8 +300,9 @@ def test_batches_after_resume_are_the_uninterrupted_runs_batches(tiny_config, to
     (End to end, the bitwise-resume tests above and in test_training.py cover this too.)
     """
     tiny_config.data.train_images = 2  # 40 examples: 5 batches per epoch
-    source, _ = train.build_sources(tiny_config)
-    featurizer = train.build_featurizer(tiny_config, tokenizer)
+    recipe.prepare_config(tiny_config)
+    source = recipe.build_data(tiny_config).train
+    featurizer = recipe.build_featurizer(tiny_config, tokenizer)
     dataset = pipeline.training_dataset(source, featurizer.train, 8, 0)
     fresh = pipeline.iterate(dataset, 0)
     uninterrupted = [next(fresh) for _ in range(len(source) // 8 + 3)]  # crosses an epoch boundary
@@ -326,8 +323,8 @@ def test_checkpoint_frozen_makes_checkpoints_self_contained(tmp_path):
         params = ckpt.restore_raw(3)["params"]
     finally:
         ckpt.close()
-    tokenizer = train.build_tokenizer(c, workdir)
-    _, _, frozen = train.build_split_model(c, len(tokenizer))
+    recipe.prepare_config(c)
+    frozen = recipe.build_model(c, len(recipe.load_tokenizer(c, workdir))).frozen
     expected = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(frozen)[0]}
     got = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
     assert len(got) == len(expected) > 0
@@ -337,15 +334,15 @@ def test_checkpoint_frozen_makes_checkpoints_self_contained(tmp_path):
     assert trainable and not trainable & set(got)  # "state" still holds only the trainable parameters
 
 
-def test_runs_saved_before_new_config_keys_resume_and_data_changes_refuse(tiny_config):
+def test_runs_saved_by_another_version_are_refused_and_changed_keys_named(tiny_config):
+    recipe.prepare_config(tiny_config)
     saved = json.loads(tiny_config.to_json_best_effort())
-    for key in train.ADDED_DATA_KEYS:  # a config.json written before these keys existed
-        del saved["data"][key]
-    for encoder in saved["model"]["encoders"].values():
-        del encoder["pool"]
-    train._check_compatible(saved, tiny_config, "w")
+    checkpoint_lib.check_compatible(saved, tiny_config, "w")
     tiny_config.data.num_workers = 2  # how data is read, not what: still resumes
-    train._check_compatible(saved, tiny_config, "w")
+    checkpoint_lib.check_compatible(saved, tiny_config, "w")
     tiny_config.data.caption_mix = 0.5
-    with pytest.raises(ValueError, match="different config.data"):
-        train._check_compatible(saved, tiny_config, "w")
+    with pytest.raises(ValueError, match=r"different config.data \(data.caption_mix: 0.0 -> 0.5\)"):
+        checkpoint_lib.check_compatible(saved, tiny_config, "w")
+    del saved["data"]["examples_per_image"]  # a config.json written before this key existed
+    with pytest.raises(config_lib.ConfigError, match=r"missing keys \['data.examples_per_image'\]"):
+        config_lib.from_saved(saved, "w/config.json")

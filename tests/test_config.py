@@ -92,17 +92,64 @@ def test_mask_start_parsing():
 
 
 def test_sort_of_clevr_eval_split_train_reads_the_training_images(tiny_config):
-    from semrel_jax.data import sources
+    from semrel_jax.data import registry
 
-    train, evaluation = sources.build_sources(tiny_config)
+    train, evaluation = registry.build_sources(tiny_config)
     assert evaluation.split == "test"
     tiny_config.data.eval_split = "train"
     config_lib.validate(tiny_config)
-    _, on_train = sources.build_sources(tiny_config)
+    _, on_train = registry.build_sources(tiny_config)
     assert len(on_train) == tiny_config.data.eval_images * tiny_config.data.questions_per_image
     for i in (0, len(on_train) - 1):
         a, b = on_train[i], train[i]
         assert (a["question"], a["answer"]) == (b["question"], b["answer"])
         assert (a["image"] == b["image"]).all()
-    assert sources.record_settings(tiny_config)["eval_split"] == "train"
+    assert registry.record_settings(tiny_config)["eval_split"] == "train"
 
+
+
+def test_validation_is_pure_and_resolve_is_the_explicit_step(tiny_config, tmp_path):
+    import json
+
+    import transformers
+
+    tiny_config.model.encoders.vit.hf_dir = str(tmp_path / "missing")
+    before = tiny_config.to_json_best_effort()
+    config_lib.validate(tiny_config)  # reads no file, changes nothing
+    assert tiny_config.to_json_best_effort() == before
+    with pytest.raises(config_lib.ConfigError, match=r"config.model.encoders.vit.hf_dir=.*missing"):
+        config_lib.resolve(tiny_config)
+
+    transformers.CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=48, intermediate_size=96,
+                                  num_hidden_layers=3, num_attention_heads=4).save_pretrained(tmp_path / "clip")
+    tiny_config.model.encoders.vit.hf_dir = str(tmp_path / "clip")
+    tiny_config.model.encoders.vit.normalization = "imagenet"  # set by the user: kept
+    filled = config_lib.prepare(tiny_config)
+    vit = tiny_config.model.encoders.vit
+    assert (vit.image_size, vit.width, vit.depth, vit.normalization, vit.crop) == (32, 48, 3, "imagenet", True)
+    assert any(line.startswith("config.model.encoders.vit.width = 48 from") and "(was 32)" in line for line in filled)
+    assert any(line.startswith("config.model.encoders.vit.crop = True from clip's processor") for line in filled)
+    assert not any(".normalization" in line for line in filled)
+    assert config_lib.resolve(tiny_config) == []  # resolving a resolved config fills nothing
+    assert json.loads(tiny_config.to_json_best_effort())["model"]["encoders"]["vit"]["normalization"] == "imagenet"
+
+
+def test_from_scratch_towers_resolve_to_the_documented_preprocessing(tiny_config):
+    filled = config_lib.prepare(tiny_config)
+    vit = tiny_config.model.encoders.vit
+    assert (vit.normalization, vit.resample, vit.crop, vit.resize) == ("unit", "bicubic", True, 0)
+    assert len(filled) == 4
+
+
+def test_every_preset_uses_only_schema_keys_and_defaults_agree_with_the_typed_configs():
+    from semrel_jax.config import defaults
+    from semrel_jax.method.ica import ICAConfig
+
+    schema = defaults.schema_keys(config_lib.base_config())
+    for preset in vqa.PRESETS:
+        keys = {k for k in defaults.schema_keys(vqa.get_config(preset)) if not k.startswith("model.encoders.")}
+        assert keys <= schema, (preset, keys - schema)
+    base = config_lib.base_config()
+    typed = ICAConfig(scale=base.model.ica.scale, delta=base.model.ica.delta, lam=base.model.ica.lam,
+                      dropout=base.model.ica.dropout)
+    assert typed == ICAConfig()  # the dataclass defaults are the config's

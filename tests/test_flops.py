@@ -155,5 +155,5 @@ def test_demo_config_forward_agrees_with_xla():
     model_config = config_lib.model_config(c, VOCAB)
     ratio = _xla_ratio(model_config, (".*",), text_len=c.data.max_text_len, grad=False)
     assert 1.0 <= ratio <= XLA_TOLERANCE, ratio
-    count = flops.count_for_run(c, VOCAB)
+    count = flops.count_for_run(c, model_config)
     assert count.text_len == c.data.max_text_len and count.training > 2.5 * count.forward

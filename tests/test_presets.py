@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from semrel_jax import config as config_lib
-from semrel_jax import inspect as inspect_lib
+from semrel_jax import summary as summary_lib
 from semrel_jax import presets
 from semrel_jax.models.llama import LlamaConfig
 from semrel_jax.training import partition
@@ -33,7 +33,7 @@ def preset_model(name):
 
 def abstract(c, vocab_size=TOKENIZER_VOCAB):
     config_lib.validate(c)
-    return inspect_lib.abstract_model(config_lib.model_config(c, vocab_size))
+    return summary_lib.abstract_model(config_lib.model_config(c, vocab_size))
 
 
 def flat(node, prefix=""):
@@ -61,7 +61,7 @@ def test_release_presets_reproduce_the_papers_trainable_counts(name, trainable, 
     c = preset_config(name)
     model = preset_model(name)
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx_state(model)))
-    total, n_train = inspect_lib.param_counts(model, c.train.trainable, c.train.frozen)
+    total, n_train = summary_lib.param_counts(model, c.train.trainable, c.train.frozen)
     assert n_train == trainable
     assert partition.count_params(nnx_state(model.llm)) == llm_params
     # The training code's own split agrees on the abstract model.
@@ -79,7 +79,7 @@ def test_lsrm_on_every_llm_follows_the_recipe(llm):
     d = presets.LLM_SHAPES[llm]["dim"]
     srproj = 1024 * 64 + 64 + 64 + 64 * d + d  # fc1 (+bias), diagonal, fc2 (+bias)
     expected_trainable = 589_824 + 2 * srproj + 2 * d + 2 * 320 * d
-    total, n_train = inspect_lib.param_counts(model, c.train.trainable, c.train.frozen)
+    total, n_train = summary_lib.param_counts(model, c.train.trainable, c.train.frozen)
     assert n_train == expected_trainable
     llm_params = partition.count_params(nnx_state(model.llm))
     vision_frozen = total - n_train - llm_params
@@ -94,7 +94,7 @@ def nnx_state(module):
 
 def test_lsrm_7b_trainable_parameters_are_exactly_the_recipes():
     c = preset_config("lsrm_7b")
-    train_state, _ = inspect_lib.split_params(preset_model("lsrm_7b"), c.train.trainable, c.train.frozen)
+    train_state, _ = summary_lib.split_params(preset_model("lsrm_7b"), c.train.trainable, c.train.frozen)
     leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(train_state))[0]
     sizes = {partition.path_string(p): x.size for p, x in leaves}
     adapters = {k: v for k, v in sizes.items() if "/adapter/" in k}
@@ -123,8 +123,8 @@ def test_lsrm_7b_trainable_parameters_are_exactly_the_recipes():
     ],
 )
 def test_llm_shapes_have_the_published_parameter_counts(name, params):
-    llm = inspect_lib.abstract_llm(LlamaConfig(**presets.llm_shape(name)))
-    assert inspect_lib.param_counts(llm) == (params, params)
+    llm = summary_lib.abstract_llm(LlamaConfig(**presets.llm_shape(name)))
+    assert summary_lib.param_counts(llm) == (params, params)
 
 
 @pytest.mark.parametrize("name", presets.MODEL_PRESETS)
@@ -187,7 +187,7 @@ def test_ablation_presets_differ_in_exactly_one_knob_each():
     assert diff(m["ablation_memvp"], m["ablation_llava"]) == {"injection": "prefix"}
     assert m["ablation_lsrm"] == demo  # the demo is full LSRM
     # The ablation ingredients show up in the parameter counts: +1 projector, +Λ per level, nothing for the mask.
-    counts = {n: inspect_lib.param_counts(preset_model(n))[0] for n in presets.ABLATION_PRESETS}
+    counts = {n: summary_lib.param_counts(preset_model(n))[0] for n in presets.ABLATION_PRESETS}
     projector = width * hidden + hidden + hidden * d + d
     assert counts["ablation_multilevel"] - counts["ablation_memvp"] == projector
     assert counts["ablation_srproj"] - counts["ablation_multilevel"] == 2 * hidden
@@ -208,7 +208,7 @@ def test_unknown_preset_and_stale_schema_fail_loudly():
 
 
 def test_cli_prints_counts_for_tiny(tokenizer):
-    cmd = [sys.executable, "-m", "semrel_jax.inspect", "--config=configs/vqa.py:tiny", "--max_lines=5"]
+    cmd = [sys.executable, "-m", "semrel_jax.summary", "--config=configs/vqa.py:tiny", "--max_lines=5"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
@@ -216,14 +216,14 @@ def test_cli_prints_counts_for_tiny(tokenizer):
     trainable = re.fullmatch(r"trainable_params: (\d+)", lines[-1])
     assert total and trainable, lines[-5:]
     c = vqa.get_config("tiny")
-    expected = inspect_lib.param_counts(abstract(c, len(tokenizer)))[0]
+    expected = summary_lib.param_counts(abstract(c, len(tokenizer)))[0]
     assert int(total.group(1)) == int(trainable.group(1)) == expected  # everything trains in tiny
     assert "vision/projectors/vit_layer2" in proc.stdout
 
 
 def test_cli_overrides_and_frozen_split(tmp_path):
     cmd = [
-        sys.executable, "-m", "semrel_jax.inspect", "--config=configs/vqa.py:tiny", "--vocab_size=50",
+        sys.executable, "-m", "semrel_jax.summary", "--config=configs/vqa.py:tiny", "--vocab_size=50",
         "--config.train.trainable=('^vision/projectors/',)", "--max_lines=3",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)

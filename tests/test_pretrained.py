@@ -13,7 +13,7 @@ import hf_fixtures  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import vqa  # noqa: E402 (configs/ is on sys.path, see conftest)
 
-from semrel_jax import config as config_lib  # noqa: E402
+from semrel_jax import config as config_lib, recipe  # noqa: E402
 from semrel_jax.data import prompts, sort_of_clevr  # noqa: E402
 from semrel_jax.convert import hf  # noqa: E402
 from semrel_jax.training import train  # noqa: E402
@@ -42,7 +42,7 @@ def _config(dirs, llm_key="llm"):
 
 def test_config_takes_the_checkpoint_architecture(pretrained_dirs):
     c = _config(pretrained_dirs)
-    config_lib.validate(c)
+    config_lib.prepare(c)
     assert (c.model.llm.dim, c.model.llm.n_layers, c.model.llm.vocab_size, c.model.llm.tie_embeddings) == (64, 2, 300, True)
     e = c.model.encoders.vit
     assert (e.image_size, e.patch_size, e.width, e.depth) == (32, 8, 48, 3)
@@ -54,14 +54,14 @@ def test_taps_beyond_the_checkpoint_depth_are_named(pretrained_dirs):
     c = _config(pretrained_dirs)
     c.model.encoders.vit.taps = (1, 7)
     with pytest.raises(config_lib.ConfigError, match=r"model.encoders.vit.taps"):
-        config_lib.validate(c)
+        config_lib.prepare(c)
 
 
 @pytest.mark.parametrize("llm_key", ["llm", "llm_converted"])
 def test_built_model_holds_the_pretrained_weights(pretrained_dirs, llm_key):
     c = _config(pretrained_dirs, llm_key)
-    config_lib.validate(c)
-    model = train.build_model(c, vocab_size=50)
+    config_lib.prepare(c)
+    model = recipe.build_module(c, vocab_size=50)
     # LLM: same logits as transformers
     ref = transformers.AutoModelForCausalLM.from_pretrained(pretrained_dirs["llm"], dtype=torch.float32).eval()
     tokens = np.random.default_rng(0).integers(0, 300, (2, 10))
@@ -100,10 +100,10 @@ def test_main_trains_lora_and_projectors_on_pretrained_weights(pretrained_dirs, 
     assert np.abs(np.asarray(lora_b)).max() > 0  # trained away from its zero init
     assert "kernel" not in saved["llm"]["layers"]["0"]["self_attn"]["q_proj"]  # the base weight stays frozen
     assert "encoders" not in saved["vision"]
-    tokenizer = train.build_tokenizer(c, workdir)
+    tokenizer = recipe.load_tokenizer(c, workdir)
     assert tokenizer.bos_token == "<|begin_of_text|>" and tokenizer.pad_token_id == tokenizer.eos_token_id
-    featurizer = train.build_featurizer(c, tokenizer)
-    source = train.build_sources(c)[0]
+    featurizer = recipe.build_featurizer(c, tokenizer)
+    source = recipe.build_data(c).train
     example = featurizer.train(source[0])
     assert example["tokens"][0] == tokenizer.bos_token_id
     n = int(example["valid"].sum())
@@ -118,7 +118,7 @@ def test_main_trains_lora_and_projectors_on_pretrained_weights(pretrained_dirs, 
         names = json.load(f)["tensors"]
     assert names and all(("lora_" in n) or n.startswith(("vision/projectors/", "memory_")) for n in names)
     trained, *_ = export.restore_model(workdir)
-    fresh = export.apply_adapters(train.build_model(c, len(tokenizer)), out)
+    fresh = export.apply_adapters(recipe.build_module(c, len(tokenizer)), out)
     batch = featurizer.train(source[5])
     args = (
         {"vit": jnp.asarray(batch["images"]["vit"])[None]},
@@ -142,16 +142,16 @@ def test_main_trains_lora_and_projectors_on_pretrained_weights(pretrained_dirs, 
 
 
 def test_lora_starts_as_the_base_model_and_merges_into_the_export(pretrained_dirs, tmp_path):
-    from semrel_jax import inspect as inspect_lib
+    from semrel_jax import summary
 
     c = _config(pretrained_dirs)
     c.model.llm.update(lora_rank=4, lora_alpha=8.0, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
     c.train.trainable = (r"/lora_[ab]$",)
-    config_lib.validate(c)
-    model = train.build_model(c, vocab_size=50)
+    config_lib.prepare(c)
+    model = recipe.build_module(c, vocab_size=50)
     # trainable = r·(in + out) for each of the 7 projections in each of the 2 layers (dims 64/112, 4/2 heads of 16)
     per_layer = 4 * ((64 + 64) + (64 + 32) * 2 + (64 + 64) + (64 + 112) * 2 + (112 + 64))
-    assert inspect_lib.param_counts(model, c.train.trainable)[1] == 2 * per_layer
+    assert summary.param_counts(model, c.train.trainable)[1] == 2 * per_layer
 
     ref = transformers.AutoModelForCausalLM.from_pretrained(pretrained_dirs["llm"], dtype=torch.float32).eval()
     tokens = np.random.default_rng(0).integers(0, 300, (2, 10))
@@ -188,10 +188,11 @@ def test_chat_prompt_format_uses_the_tokenizers_template(pretrained_dirs, tmp_pa
     tokenizer.save_pretrained(str(tmp_path / "tok"))
     c = _config(pretrained_dirs)
     c.data.update(tokenizer=str(tmp_path / "tok"), prompt_format="chat", max_text_len=96)
-    config_lib.validate(c)
-    tok = train.build_tokenizer(c, str(tmp_path))
-    featurizer = train.build_featurizer(c, tok)
-    example = train.build_sources(c)[0][3]
+    config_lib.prepare(c)
+    data = recipe.build_data(c)
+    tok = recipe.build_tokenizer(c, str(tmp_path), data)
+    featurizer = recipe.build_featurizer(c, tok)
+    example = data.train[3]
     features = featurizer.train(example)
     n = int(features["valid"].sum())
     text = tok.decode(features["tokens"][:n])
@@ -208,4 +209,4 @@ def test_chat_format_without_a_tokenizer_is_a_config_error(pretrained_dirs):
     c = _config(pretrained_dirs)
     c.data.prompt_format = "chat"
     with pytest.raises(config_lib.ConfigError, match="data.prompt_format"):
-        config_lib.validate(c)
+        config_lib.prepare(c)

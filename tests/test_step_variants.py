@@ -6,26 +6,24 @@ import optax
 import pytest
 import vqa  # configs/ is on sys.path (conftest)
 
+from semrel_jax import recipe
 from semrel_jax.data import pipeline
-from semrel_jax.training import mesh as mesh_lib, optimizer as optimizer_lib, train, train_step as ts
+from semrel_jax.training import train_step as ts
+
+
+def _build(c, tmp_path):
+    # plain SGD: parameters move linearly in the gradient, so they compare gradients (Adam's normalisation
+    # would turn round-off in near-zero gradients into full-size updates)
+    return recipe.build(c, str(tmp_path), recipe.single_device_mesh(), optimizer=optax.sgd(0.5))
 
 
 def _run_steps(c, tmp_path, steps=2):
-    tokenizer = train.build_tokenizer(c, str(tmp_path))
-    featurizer = train.build_featurizer(c, tokenizer)
-    source = train.build_sources(c)[0]
-    batch = ts.device_batch(pipeline._stack([featurizer.train(source[i * 3]) for i in range(8)]))
-    graphdef, params, frozen = train.build_split_model(c, len(tokenizer))
-    # plain SGD: parameters move linearly in the gradient, so they compare gradients (Adam's normalisation
-    # would turn round-off in near-zero gradients into full-size updates)
-    optimizer = optax.sgd(0.5)
-    schedule = optimizer_lib.learning_rate_schedule(c.train.learning_rate, c.train.warmup_steps, c.train.num_steps)
-    mesh = jax.make_mesh((1, 1, 1), mesh_lib.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=jax.devices()[:1])
-    with jax.set_mesh(mesh):
-        state, fz, ssh, fsh, _ = train.shard_state(c, mesh, params, frozen, optimizer)
-        step = train.make_step_fn(
-            graphdef, optimizer, schedule, 0, mesh, ssh, fsh, donate=False, accumulation_steps=c.train.grad_accum_steps
-        )
+    run = _build(c, tmp_path)
+    source = run.data.train
+    batch = ts.device_batch(pipeline.stack([run.featurizer.train(source[i * 3]) for i in range(8)]))
+    with jax.set_mesh(run.mesh):
+        state, fz = run.train.state, run.train.frozen
+        step = run.step_fn(0, donate=False)
         losses = []
         for _ in range(steps):
             state, metrics = step(state, fz, batch)
@@ -85,21 +83,16 @@ def _vision_leaves(params):
 def _grouped_vs_repeated(c, tmp_path, group):
     """One step on G questions per image (vision run once per image) and on the same rows with every image
     repeated per row: the same loss and the same parameter update."""
-    tokenizer = train.build_tokenizer(c, str(tmp_path))
-    featurizer = train.build_featurizer(c, tokenizer)
-    source = train.build_sources(c)[0]
+    run = _build(c, tmp_path)
+    source, featurizer = run.data.train, run.featurizer
     groups = source.image_groups(group)[[0, 3]]  # two images, G questions each
-    grouped = ts.device_batch(pipeline._stack([featurizer.train_group([source[int(i)] for i in g]) for g in groups]))
-    flat = ts.device_batch(pipeline._stack([featurizer.train(source[int(i)]) for i in groups.reshape(-1)]))
-    graphdef, params, frozen = train.build_split_model(c, len(tokenizer))
-    optimizer = optax.sgd(0.5)
-    schedule = optimizer_lib.learning_rate_schedule(c.train.learning_rate, c.train.warmup_steps, c.train.num_steps)
-    mesh = jax.make_mesh((1, 1, 1), mesh_lib.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=jax.devices()[:1])
+    grouped = ts.device_batch(pipeline.stack([featurizer.train_group([source[int(i)] for i in g]) for g in groups]))
+    flat = ts.device_batch(pipeline.stack([featurizer.train(source[int(i)]) for i in groups.reshape(-1)]))
     results = []
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(run.mesh):
+        step = run.step_fn(0, donate=False)
         for batch in (grouped, flat):
-            state, fz, ssh, fsh, _ = train.shard_state(c, mesh, params, frozen, optimizer)
-            step = train.make_step_fn(graphdef, optimizer, schedule, 0, mesh, ssh, fsh, donate=False)
+            state, fz = run.train.state, run.train.frozen
             before = _vision_leaves(state.params)
             state, metrics = step(state, fz, batch)
             # the shared image's gradient reaches the vision tower (summed over its rows)

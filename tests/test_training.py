@@ -1,6 +1,5 @@
 """The train step learns, NaNs are never applied, checkpoints resume exactly, main runs end to end."""
 
-import functools
 import json
 import os
 import subprocess
@@ -11,26 +10,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from semrel_jax import recipe
 from semrel_jax.data import pipeline
 from semrel_jax.training import checkpoint as checkpoint_lib
-from semrel_jax.training import optimizer as optimizer_lib, partition, train, train_step as train_step_lib
+from semrel_jax.training import train, train_step as train_step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _step_setup(config, tokenizer):
-    source, _ = train.build_sources(config)
-    featurizer = train.build_featurizer(config, tokenizer)
-    model = train.build_model(config, len(tokenizer))
-    graphdef, params, frozen = partition.split_trainable(model, config.train.trainable)
-    optimizer = optimizer_lib.make_optimizer(config.train)
-    schedule = optimizer_lib.learning_rate_schedule(config.train.learning_rate, config.train.warmup_steps, config.train.num_steps)
-    step = jax.jit(functools.partial(
-        train_step_lib.train_step, graphdef=graphdef, optimizer=optimizer, schedule=schedule,
-        mask_start_step=0, skip_nonfinite=True))
-    state = train_step_lib.init_train_state(params, optimizer, 0)
-    batch = train_step_lib.device_batch(pipeline.training_dataset(source, featurizer.train, 8, 0)[0])
-    return step, state, frozen, batch
+    recipe.prepare_config(config)
+    data = recipe.build_data(config)
+    featurizer = recipe.build_featurizer(config, tokenizer)
+    model = recipe.build_model(config, len(tokenizer))
+    setup = recipe.build_train_state(config, model, recipe.single_device_mesh())
+    step = recipe.build_step(config, model, setup, recipe.single_device_mesh(), 0, donate=False)
+    batch = train_step_lib.device_batch(pipeline.training_dataset(data.train, featurizer.train, 8, 0)[0])
+    return step, setup.state, setup.frozen, batch
 
 
 def test_loss_decreases_and_nonfinite_updates_are_skipped(tiny_config, tokenizer):

@@ -15,7 +15,8 @@ uninterrupted run sees (tested bitwise in ``tests/test_training.py`` and ``tests
 Retention: the newest ``keep`` checkpoints, plus every checkpoint whose step is a multiple of
 ``keep_every`` (0: none), are kept; Orbax deletes the others after each save.
 
-Fault tolerance on resume (``train.restore_latest``): an unreadable newest checkpoint (truncated or
+The resume policy lives here too (``restore_latest``, ``force_restart``, the saved-config check).
+Fault tolerance on resume (``restore_latest``): an unreadable newest checkpoint (truncated or
 missing files) is skipped with a warning and the next older one is tried; the unreadable ones are moved
 to ``<checkpoints>.unreadable/`` (never deleted) so the run can save those steps again.
 """
@@ -28,8 +29,20 @@ import shutil
 import time
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers as ocm
+
+from semrel_jax.errors import UserError
+
+
+class CheckpointRestoreError(UserError):
+    """Checkpoints exist but none of them restores (the run refuses to silently start from scratch)."""
+
+
+class IncompatibleCheckpointError(UserError):
+    """The workdir's checkpoints were written with another model/data config."""
 
 
 class Checkpointer:
@@ -118,3 +131,140 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+# ---------------------------------------------------------------------------------------- resume policy
+
+# Keys that change how the data is read, never what is read (a prepared copy holds the raw records).
+READ_ONLY_DATA_KEYS = ("num_workers", "prefetch", "prepared_dir")
+RUN_OUTPUTS = ("checkpoints", "checkpoints.unreadable", "metrics.jsonl", "tensorboard", "config.json",
+               "results.json", "predictions.json")
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in (tree or {}).items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_keys(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
+    """``'key: old -> new'`` for each ``model`` / ``data`` value that differs (data read options excepted)."""
+    current_dict = json.loads(current.to_json_best_effort())
+    changes = []
+    for section in ("model", "data"):
+        old, new = _flatten(saved.get(section), f"{section}."), _flatten(current_dict.get(section), f"{section}.")
+        for key in sorted(set(old) | set(new)):
+            if section == "data" and key.split(".", 1)[1] in READ_ONLY_DATA_KEYS:
+                continue
+            if old.get(key, "<absent>") != new.get(key, "<absent>"):
+                changes.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    return changes
+
+
+def check_compatible(saved: dict, current: ml_collections.ConfigDict, workdir: str) -> None:
+    """Raises ``IncompatibleCheckpointError`` (naming every changed key) unless the model and data sections agree."""
+    changes = changed_keys(saved, current)
+    if changes:
+        raise IncompatibleCheckpointError(
+            f"Checkpoints in {workdir!r} were written with a different config.{changes[0].split('.', 1)[0]} "
+            f"({'; '.join(changes)}); refusing to "
+            "resume from them. Use a new --workdir (or restore the original config)."
+        )
+
+
+def _newest_readable_config(checkpoint_dir: str) -> dict | None:
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    checkpointer = Checkpointer(checkpoint_dir, read_only=True)
+    try:
+        for step in reversed(checkpointer.all_steps()):
+            try:
+                return checkpointer.saved_config(step)
+            except Exception:  # unreadable: the next older one decides
+                continue
+        return None
+    finally:
+        checkpointer.close()
+
+
+def force_restart(c: ml_collections.ConfigDict, workdir: str, is_main: bool) -> str | None:
+    """``train.force_restart``: moves the previous run's outputs to ``<workdir>/replaced-<time>/`` (never deletes).
+
+    Checkpoints written by this very config (``force_restart=True`` included) are kept and resumed, so
+    that rerunning a preempted forced run continues it instead of starting over each time. Returns the
+    folder the old outputs went to, or None.
+    """
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    if not (os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir)):
+        return None
+    if _newest_readable_config(checkpoint_dir) == json.loads(c.to_json_best_effort()):
+        return None
+    names = list(RUN_OUTPUTS) + ([] if c.data.tokenizer else ["tokenizer"])  # the workdir's cached tokenizer
+    target = os.path.join(workdir, "replaced-" + time.strftime("%Y%m%d-%H%M%S"))
+    if is_main:
+        while os.path.exists(target):
+            target += "+"
+        os.makedirs(target)
+        for name in names:
+            if os.path.exists(os.path.join(workdir, name)):
+                os.rename(os.path.join(workdir, name), os.path.join(target, name))
+    _sync("semrel_jax_force_restart")
+    logging.warning("train.force_restart: moved the previous run's checkpoints and logs to %s", target)
+    return target
+
+
+def restore_latest(checkpointer: Checkpointer, state, c, workdir: str, is_main: bool = True):
+    """Restores the newest checkpoint that can be read; returns ``(state, step, skipped)``.
+
+    ``skipped`` lists ``(step, error)`` for newer checkpoints that could not be read (truncated or
+    missing files); they are moved to ``checkpoints.unreadable/`` so their steps can be saved again.
+    With no checkpoints, returns the given state at step 0. Checkpoints from another model/data config
+    raise IncompatibleCheckpointError; checkpoints none of which restores raise CheckpointRestoreError.
+    """
+    skipped = []
+    for step in reversed(checkpointer.all_steps()):
+        try:
+            saved = checkpointer.saved_config(step)
+        except Exception as e:  # noqa: BLE001 - any read failure means: try the next older step
+            skipped.append((step, e))
+            logging.warning("Checkpoint step %d: its config cannot be read (%s: %s); trying an older one.",
+                            step, type(e).__name__, _short(e))
+            continue
+        check_compatible(saved, c, workdir)
+        try:
+            restored = checkpointer.restore(step, state)
+        except Exception as e:  # noqa: BLE001
+            skipped.append((step, e))
+            logging.warning("Checkpoint step %d cannot be restored (%s: %s); trying an older one.",
+                            step, type(e).__name__, _short(e))
+            continue
+        if skipped:
+            if is_main:
+                checkpointer.set_aside([s for s, _ in skipped])
+            _sync("semrel_jax_set_aside")
+            checkpointer.reload()
+        return restored, step, skipped
+    if skipped:
+        details = "; ".join(f"step {s}: {type(e).__name__}: {_short(e)}" for s, e in skipped)
+        raise CheckpointRestoreError(
+            f"None of the checkpoints in {checkpointer.directory!r} can be restored ({details}). Refusing to "
+            "start from scratch over them: fix or move them, use a new --workdir, or set "
+            "train.force_restart=True (moves them aside)."
+        )
+    return state, 0, []

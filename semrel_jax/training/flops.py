@@ -267,15 +267,12 @@ def training_flops(config: VLMConfig, text_len: int, trainable: Iterable[str] | 
     return count(config, text_len, trainable).training
 
 
-def count_for_run(c, vocab_size: int, text_len: int | None = None) -> FlopsCount:
-    """``count`` for a run config (``configs/vqa.py``): its model, ``train.trainable/frozen``, ``data.max_text_len``
+def count_for_run(c, model_config: VLMConfig, text_len: int | None = None) -> FlopsCount:
+    """``count`` for a run config and its typed model config: ``train.trainable/frozen``, ``data.max_text_len``
     and ``data.examples_per_image`` (vision FLOPs shared by that many examples)."""
-    from semrel_jax import config as config_lib
-
-    model_config = config_lib.model_config(c, vocab_size)
     paths = trainable_paths(model_config, tuple(c.train.trainable), tuple(c.train.frozen))
     flops = count(model_config, text_len or c.data.max_text_len, paths)
-    shared = c.data.get("examples_per_image", 1)  # the vision tower and projectors run once per G examples
+    shared = c.data.examples_per_image  # the vision tower and projectors run once per G examples
     if shared > 1:
         flops.ops = [
             dataclasses.replace(op, forward=op.forward / shared) if op.part in ("vision", "projector") else op

@@ -1,8 +1,8 @@
-"""Inspect a config's model without allocating it: parameter table, totals, trainable count.
+"""Summarise a config's model without allocating it: parameter table, totals, trainable count.
 
-    python -m semrel_jax.inspect --config=configs/vqa.py:tiny
-    python -m semrel_jax.inspect --config=configs/vqa.py:lsrm_13b --max_lines=40
-    python -m semrel_jax.inspect --config=configs/vqa.py --config.model.projector.hidden=128
+    python -m semrel_jax.summary --config=configs/vqa.py:tiny
+    python -m semrel_jax.summary --config=configs/vqa.py:lsrm_13b --max_lines=40
+    python -m semrel_jax.summary --config=configs/vqa.py --config.model.projector.hidden=128
 
 The model is built with ``nnx.eval_shape`` (shapes and dtypes only), so a 13B model is inspected in
 seconds on any machine. The trainable/frozen split is the training one (``train.trainable`` /
@@ -13,7 +13,6 @@ lines ``total_params: N`` and ``trainable_params: N``.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import jax
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from semrel_jax import config as config_lib
+from semrel_jax import config as config_lib, recipe
 from semrel_jax.method.vlm import VisionLanguageModel, VLMConfig
 from semrel_jax.models.llama import Llama, LlamaConfig
 from semrel_jax.training import partition
@@ -64,14 +63,9 @@ def _nbytes(tree) -> int:
 def _table(tree, max_lines: int | None) -> str:
     if not jax.tree.leaves(tree):
         return "(none)"
-    try:
-        from clu import parameter_overview
+    from clu import parameter_overview
 
-        return parameter_overview.get_parameter_overview(tree, include_stats=False, max_lines=max_lines)
-    except ImportError:  # clu is optional here: a plain table
-        rows = [(partition.path_string(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
-        rows = rows[:max_lines] if max_lines else rows
-        return "\n".join(f"{name:<64} {str(tuple(x.shape)):<18} {str(x.dtype):<9} {x.size:>14,}" for name, x in rows)
+    return parameter_overview.get_parameter_overview(tree, include_stats=False, max_lines=max_lines)
 
 
 def _bytes(n: int) -> str:
@@ -83,7 +77,7 @@ def _bytes(n: int) -> str:
 
 def report(c: ml_collections.ConfigDict, vocab_size: int, max_lines: int | None = None) -> str:
     """The text the command prints for config ``c``."""
-    config_lib.validate(c)
+    recipe.prepare_config(c)
     model = abstract_model(config_lib.model_config(c, vocab_size), seed=c.seed)
     train_state, frozen_state = split_params(model, c.train.trainable, c.train.frozen)
     train_tree = nnx.to_pure_dict(train_state)
@@ -97,7 +91,7 @@ def report(c: ml_collections.ConfigDict, vocab_size: int, max_lines: int | None 
             entry[0] += int(x.size)
             entry[1] += int(x.size) if trains else 0
     lines = [
-        f"preset: {c.get('preset', '?')}",
+        f"preset: {c.preset}",
         f"Trainable parameters (train.trainable={tuple(c.train.trainable)}, train.frozen={tuple(c.train.frozen)}):",
         _table(train_tree, max_lines),
         f"Frozen parameters (stored as {c.train.frozen_dtype}):",
@@ -113,18 +107,6 @@ def report(c: ml_collections.ConfigDict, vocab_size: int, max_lines: int | None 
         f"trainable_params: {n_train}",
     ]
     return "\n".join(lines)
-
-
-def tokenizer_vocab_size(c: ml_collections.ConfigDict) -> int:
-    """Length of the tokenizer training would use (``train.build_tokenizer``), without writing it anywhere."""
-    from semrel_jax.data import prompts, sources, tokenizer as tokenizer_lib
-
-    mix = sources.build_mix_source(c)
-    words = sources.vocabulary(c, *sources.build_sources(c), mix and mix[0])
-    words += prompts.template_words(c.data.prompt_format)
-    if c.data.tokenizer and os.path.isdir(c.data.tokenizer):
-        return len(tokenizer_lib.load_or_train(c.data.tokenizer, words))
-    return len(tokenizer_lib.train_word_level(words))
 
 
 def _main_cli():
@@ -150,7 +132,7 @@ def _main_cli():
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         c = FLAGS.config
-        vocab = FLAGS.vocab_size or (0 if c.model.llm.vocab_size > 0 else tokenizer_vocab_size(c))
+        vocab = FLAGS.vocab_size or (0 if c.model.llm.vocab_size > 0 else recipe.tokenizer_vocab_size(c))
         print(report(c, vocab, FLAGS.max_lines))
 
     app.run(main, flags_parser=parse_flags)

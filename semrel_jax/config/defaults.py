@@ -1,0 +1,196 @@
+"""Every config key and its one default: the schema of a run.
+
+``configs/*.py`` start from ``base_config()`` and change what their presets need; nothing else in the
+package supplies a default (code reads ``c.train.keep_every``, never ``c.train.get("keep_every", 0)``).
+The defaults are the built-in demo (``configs/vqa.py``, LSRM from random init on Sort-of-CLEVR).
+Dataset-specific ``data`` keys and their defaults belong to their dataset module
+(``semrel_jax.data.registry.all_defaults``).
+
+A value of ``None`` (a typed ``placeholder``) means "not set": ``semrel_jax.config.resolve`` fills it
+(from an ``hf_dir``'s checkpoint, or the from-scratch default) and says what it filled.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+# data keys every dataset shares; dataset-specific ones come from the registry
+_DATA = dict(
+    name="sort_of_clevr",  # semrel_jax/data/registry.py lists the names
+    max_text_len=34,  # text tokens per row (the demo's scene descriptions need 33 in the qa format)
+    prompt_format="qa",  # 'qa' (built-in data) | 'raw' (datasets that format their own prompts) | 'chat'
+    tokenizer="",  # a HF tokenizer directory; '' -> train one over the data, cached in <workdir>/tokenizer
+    root="",  # the dataset's release directory (scienceqa, vqa_v2)
+    image_root="",  # image folder (coco_captions, llava_json; vqa_v2 default: root/<split>)
+    train_file="",  # coco_captions: Karpathy dataset_coco.json; llava_json: the instruction JSON
+    eval_file="",  # llava_json: held-out JSON ('' = train_file)
+    train_split="",  # '' = the dataset's usual training split
+    eval_split="",  # '' = the dataset's usual evaluation split
+    on_bad_data="error",  # 'error' names the bad record | 'skip' drops/replaces it and counts it (logged)
+    prepared_dir="",  # read the TFDS array_record copy made by `python -m semrel_jax.data.prepare --out=<dir>`
+    examples_per_image=1,  # > 1: training batches hold that many questions per image; the ViT runs once per image
+    num_workers=0,  # grain worker processes (0: in the main process)
+    prefetch=2,
+)
+
+
+def _dataset_defaults() -> dict:
+    # MERGE: replaced by semrel_jax.data.registry.all_defaults() when the data registry lands
+    return dict(train_images=10_000, eval_images=500, questions_per_image=20, caption_mix=0.6,
+                caption_kinds=("objects",), object_size=5, scienceqa_format="QCM-A", captions="", vqa_prompt="plain")
+
+
+def encoder_defaults() -> dict:
+    """One vision tower (``model.encoders.<name>``): the demo's from-scratch ViT."""
+    return dict(
+        hf_dir="",  # a HF CLIP/SigLIP/DINOv2 directory: its architecture and weights (adapters stay ours)
+        image_size=75,
+        patch_size=15,
+        width=64,
+        depth=2,
+        heads=4,
+        mlp_dim=192,
+        act="gelu",
+        posemb="learned",
+        relative_position_bias=False,  # learned per-head bias by patch offset (from-scratch towers only)
+        taps=(1, 2),  # HF hidden_states indices: an intermediate and the final block
+        post_ln=True,
+        drop_cls=True,
+        pool=1,  # k x k average pooling of the patch grid into the memory (fine patches, fewer slots)
+        adapter_dim=0,
+        adapter_scale=0.1,
+        # Image preprocessing; None: the checkpoint family's HF processor with hf_dir, else the from-scratch
+        # defaults of semrel_jax.config.resolve (x/255, bicubic, centre crop).
+        normalization=placeholder(str),  # 'unit' | 'clip' | 'siglip' | 'imagenet'
+        resample=placeholder(str),  # 'bicubic' | 'bilinear' | ...
+        crop=placeholder(bool),  # True: resize the shortest side to `resize` (0: image_size), centre-crop; False: squash
+        resize=placeholder(int),
+    )
+
+
+def llm_defaults() -> dict:
+    return dict(
+        hf_dir="",  # a Hugging Face LLM directory (or `convert --out` dir): its architecture and weights
+        vocab_size=0,  # 0 = size of the tokenizer
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        mlp_dim=192,
+        rope_theta=10_000.0,
+        rope_scaling="none",  # 'none' | 'linear' | 'llama3' (Llama 3.1/3.2), with the four fields below
+        rope_scaling_factor=1.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_position=8192,
+        norm_eps=1e-6,
+        tie_embeddings=False,
+        lora_rank=0,  # > 0: LoRA on lora_targets (train them with train.trainable=(..., "/lora_[ab]$"))
+        lora_alpha=16.0,
+        lora_targets=("q_proj", "v_proj"),
+        dtype="float32",
+        param_dtype="float32",
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.preset = "demo"
+    c.seed = 0
+    c.data = dict(_DATA, **_dataset_defaults())
+    c.model = dict(
+        injection="ica",  # 'ica' (LSRM/MemVP memory in every block) | 'prefix' (LLaVA)
+        remat="none",  # activation rematerialisation per block: none | full | dots | dots_no_batch
+        num_memory_slots=0,  # N_mem; 0 = exactly the number of fused visual tokens
+        modality_embedding=True,
+        slot_key_init_std=0.02,  # P_k ~ N(0, 0.02²) as in the release
+        slot_value_init_std=0.0,  # P_v = 0 as in the release
+        llm=llm_defaults(),
+        encoders=dict(vit=encoder_defaults()),
+        projector=dict(hidden=64, learnable_diagonal=True, zero_init_output=False, fusion="sum", memory_scale=0.1),
+        # The release has scale=0.1 and memory_scale=0.01, tuned for a pretrained, frozen LLM whose residual
+        # stream is large (its presets set them); from random init those scales only slow learning down.
+        ica=dict(scale=1.0, delta=0.3, lam=0.85, dropout=0.1, start="always"),
+    )
+    c.train = dict(
+        batch_size=32,  # global batch
+        grad_accum_steps=1,  # > 1: the batch runs as that many micro-batches, one optimizer update
+        num_steps=4_000,
+        learning_rate=2e-3,
+        warmup_steps=100,
+        weight_decay=0.02,
+        b1=0.9,
+        b2=0.95,
+        grad_clip=1.0,
+        trainable=(".*",),  # regexes over parameter paths like 'llm/layers/0/mlp/up_proj/kernel'
+        frozen=(),  # regexes removed from the trainable set
+        frozen_dtype="float32",
+        nonfinite="stop",  # 'stop' | 'skip' the update when loss or gradients are NaN/Inf
+        log_every=100,
+        peak_tflops_per_device=0.0,  # > 0: log MFU against it (e.g. 989 for an H100's dense bf16)
+        checkpoint_every=1_000,
+        keep_checkpoints=2,  # the newest N checkpoints ...
+        keep_every=0,  # ... plus every one whose step is a multiple of this (0: none); those are always saved
+        checkpoint_frozen=False,  # True: also save the frozen parameters (self-contained checkpoints)
+        force_restart=False,  # True: move an existing run's checkpoints/logs to <workdir>/replaced-<time>/, start over
+    )
+    c.mesh = dict(
+        data=-1,  # -1: all remaining devices
+        fsdp=1,
+        tensor=1,
+        # logical axis -> mesh axis ('' = replicated), for parameters and activations (training/sharding.py)
+        rules=dict(embed="fsdp", heads="tensor", mlp="tensor", vocab="tensor"),
+    )
+    c.eval = dict(
+        batch_size=250,
+        num_examples=0,  # 0: the whole eval split
+        max_new_tokens=3,
+        temperature=0.0,  # 0: greedy; > 0: sampling (with top_p)
+        top_p=1.0,
+        num_beams=1,  # > 1: beam search (needs temperature=0)
+        length_penalty=1.0,  # beam score = sum logprob / length**length_penalty (0: raw sum; > 0 favours longer)
+        stop_strings=(),  # generated text is cut at the first of these (and at EOS)
+    )
+    return c
+
+
+def schema_keys(tree, prefix: str = "") -> set[str]:
+    """Dotted leaf keys of a config (a dict or ConfigDict); encoders are checked per encoder."""
+    keys = set()
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, (dict, ml_collections.ConfigDict)) and name != "mesh.rules":
+            keys |= schema_keys(value, name + ".")
+        else:
+            keys.add(name)
+    return keys
+
+
+def from_saved(saved: dict, where: str) -> ml_collections.ConfigDict:
+    """A run's saved config (``config.json`` / a checkpoint's), checked against today's schema.
+
+    Runs saved by an older semrel_jax lack keys added since; they are refused with the keys named (no
+    silent guesses of what the old run meant).
+    """
+    from semrel_jax.errors import ConfigError
+
+    expected = _encoderless(schema_keys(base_config()))
+    present = _encoderless(schema_keys(saved))
+    missing, unknown = sorted(expected - present), sorted(present - expected)
+    for name, encoder in (saved.get("model", {}).get("encoders") or {}).items():
+        missing += sorted(f"model.encoders.{name}.{k}" for k in set(encoder_defaults()) - set(encoder))
+    if missing or unknown:
+        raise ConfigError(
+            f"{where}: the saved config does not match this version of semrel_jax (missing keys {missing}, "
+            f"unknown keys {unknown}); it was written by another version. Evaluate or resume it with that "
+            "version, or retrain."
+        )
+    return ml_collections.ConfigDict(saved)
+
+
+def _encoderless(keys: set[str]) -> set[str]:
+    return {k for k in keys if not k.startswith("model.encoders.")}

@@ -1,0 +1,109 @@
+"""The typed model config (``VLMConfig``) built from a resolved, validated config."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from semrel_jax.config import resolve as resolve_lib
+from semrel_jax.errors import ConfigError
+from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
+from semrel_jax.method.ica import ICAConfig
+from semrel_jax.method.vlm import VLMConfig
+from semrel_jax.models.llama import LlamaConfig
+from semrel_jax.models.vit import ViTConfig
+
+
+def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
+    """The typed model config; ``vocab_size`` comes from the tokenizer unless the config fixes it."""
+    try:
+        return _model_config(c, vocab_size)
+    except ConfigError:
+        raise
+    except ValueError as e:  # the typed configs' own consistency checks
+        raise ConfigError(f"config.model: {e}") from None
+
+
+def _llm_config(m: ml_collections.ConfigDict, vocab_size: int) -> LlamaConfig:
+    ours = dict(
+        lora_rank=m.llm.lora_rank, lora_alpha=m.llm.lora_alpha, lora_targets=tuple(m.llm.lora_targets), remat=m.remat
+    )
+    if m.llm.hf_dir:  # the checkpoint's architecture (incl. what the config has no key for: biases, qk-norm, ...)
+        return dataclasses.replace(resolve_lib.llm_family(m.llm.hf_dir, m.llm.dtype, m.llm.param_dtype), **ours)
+    return LlamaConfig(
+        vocab_size=m.llm.vocab_size or vocab_size,
+        dim=m.llm.dim,
+        n_layers=m.llm.n_layers,
+        n_heads=m.llm.n_heads,
+        n_kv_heads=m.llm.n_kv_heads,
+        mlp_dim=m.llm.mlp_dim,
+        rope_theta=m.llm.rope_theta,
+        rope_scaling=m.llm.rope_scaling,
+        rope_scaling_factor=m.llm.rope_scaling_factor,
+        rope_low_freq_factor=m.llm.rope_low_freq_factor,
+        rope_high_freq_factor=m.llm.rope_high_freq_factor,
+        rope_original_max_position=m.llm.rope_original_max_position,
+        norm_eps=m.llm.norm_eps,
+        tie_embeddings=m.llm.tie_embeddings,
+        dtype=m.llm.dtype,
+        param_dtype=m.llm.param_dtype,
+        **ours,
+    )
+
+
+def _vit_config(name: str, e: ml_collections.ConfigDict, m: ml_collections.ConfigDict) -> ViTConfig:
+    ours = dict(adapter_dim=e.adapter_dim, adapter_scale=e.adapter_scale, remat=m.remat)
+    if e.hf_dir:  # the architecture is the checkpoint's; the adapters are ours
+        family = resolve_lib.vision_family(name, e.hf_dir, m.llm.dtype, m.llm.param_dtype)
+        bad = [t for t in e.taps if t > family.config.depth]
+        if bad:
+            raise ConfigError(f"config.model.encoders.{name}.taps: {bad} beyond the {family.config.depth} blocks of {e.hf_dir}")
+        return dataclasses.replace(family.config, **ours)
+    return ViTConfig(
+        image_size=e.image_size,
+        patch_size=e.patch_size,
+        width=e.width,
+        depth=e.depth,
+        heads=e.heads,
+        mlp_dim=e.mlp_dim,
+        act=e.act,
+        posemb=e.posemb,
+        relative_position_bias=e.relative_position_bias,
+        dtype=m.llm.dtype,
+        param_dtype=m.llm.param_dtype,
+        **ours,
+    )
+
+
+def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
+    m = c.model
+    llm = _llm_config(m, vocab_size)
+    if llm.vocab_size < vocab_size:
+        raise ConfigError(f"config.model.llm.vocab_size={llm.vocab_size} is smaller than the tokenizer's {vocab_size}.")
+    encoders = tuple(
+        EncoderSpec(name=name, vit=_vit_config(name, e, m), taps=tuple(e.taps), post_ln=e.post_ln, drop_cls=e.drop_cls,
+                    pool=e.pool)
+        for name, e in m.encoders.items()
+    )
+    vision = EnsembleConfig(
+        encoders=encoders,
+        out_dim=llm.dim,
+        projector_hidden=m.projector.hidden,
+        learnable_diagonal=m.projector.learnable_diagonal,
+        zero_init_output=m.projector.zero_init_output,
+        fusion=m.projector.fusion,
+        memory_scale=m.projector.memory_scale,
+        dtype=m.llm.dtype,
+        param_dtype=m.llm.param_dtype,
+    )
+    return VLMConfig(
+        llm=llm,
+        vision=vision,
+        injection=m.injection,
+        num_memory_slots=m.num_memory_slots,
+        ica=ICAConfig(scale=m.ica.scale, delta=m.ica.delta, lam=m.ica.lam, dropout=m.ica.dropout),
+        modality_embedding=m.modality_embedding,
+        slot_key_init_std=m.slot_key_init_std,
+        slot_value_init_std=m.slot_value_init_std,
+    )

@@ -1,0 +1,229 @@
+"""Config validation: pure (no file reads, no rewriting), before anything is allocated or compiled.
+
+``validate(c)`` checks a resolved config (``semrel_jax.config.resolve`` first) and raises ``ConfigError``
+naming the first offending key. Dataset-specific keys are checked by their dataset
+(``semrel_jax.data.registry.validate``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import ml_collections
+
+from semrel_jax.config.defaults import DTYPES
+from semrel_jax.errors import ConfigError, check, get, is_int, one_of, positive_int
+
+MESH_AXES = ("", "data", "fsdp", "tensor")
+
+
+def parse_start(spec: str, steps_per_epoch: float) -> int:
+    """ICA mask start: 'always' -> 0, 'never' -> -1, 'step:N' -> N, 'epoch:N' -> first step of epoch N."""
+    if spec == "always":
+        return 0
+    if spec == "never":
+        return -1
+    match = re.fullmatch(r"(step|epoch):(\d+)", spec)
+    if not match:
+        raise ConfigError(f"config.model.ica.start: expected 'always', 'never', 'step:N' or 'epoch:N', got {spec!r}")
+    n = int(match.group(2))
+    return n if match.group(1) == "step" else int(round(n * steps_per_epoch))
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    _validate_data(c)
+    _validate_model(c)
+    _validate_train(c)
+    _validate_mesh(c)
+    validate_eval(c)
+
+
+def _validate_data(c) -> None:
+    positive_int(c, "data.max_text_len")
+    positive_int(c, "data.num_workers", allow_zero=True)
+    positive_int(c, "data.prefetch")
+    positive_int(c, "data.examples_per_image")
+    one_of(c, "data.on_bad_data", ("error", "skip"))
+    check(
+        c.data.prompt_format != "chat" or bool(c.data.tokenizer),
+        "data.prompt_format",
+        "'chat' uses the chat template of a model's own tokenizer: set data.tokenizer to its directory",
+    )
+    group = c.data.examples_per_image
+    check(
+        group == 1 or c.train.batch_size % (group * c.train.grad_accum_steps) == 0,
+        "data.examples_per_image",
+        f"train.batch_size={c.train.batch_size} must be a multiple of examples_per_image x grad_accum_steps "
+        f"({group} x {c.train.grad_accum_steps})",
+    )
+    _legacy_dataset_checks(c)
+
+
+def _legacy_dataset_checks(c) -> None:  # MERGE: replaced by registry.validate(c)
+    from semrel_jax.data import scienceqa as scienceqa_data, sources, vqa_v2 as vqa_v2_data
+    from semrel_jax.data import sort_of_clevr as sort_of_clevr_data, sort_of_clevr_captions
+
+    one_of(c, "data.name", sources.NAMES)
+    one_of(c, "data.prompt_format", ("qa", "raw", "chat"))
+    if c.data.name in ("sort_of_clevr", "sort_of_clevr_captions"):
+        for key in ("data.train_images", "data.eval_images", "data.questions_per_image"):
+            positive_int(c, key)
+        for key in ("data.train_split", "data.eval_split"):
+            one_of(c, key, ("",) + tuple(sort_of_clevr_data.SPLITS))
+    elif c.data.name == "llava_json":
+        for key in ("data.train_split", "data.eval_split"):
+            check(not get(c, key), key, "llava_json reads data.train_file / data.eval_file; leave the split names ''")
+    mix = c.data.caption_mix
+    check(isinstance(mix, (int, float)) and not isinstance(mix, bool) and 0.0 <= mix < 1.0, "data.caption_mix",
+          f"expected a fraction 0 <= caption_mix < 1, got {mix!r}")
+    check(not (mix and c.data.name == "sort_of_clevr" and c.data.examples_per_image > 1), "data.caption_mix",
+          "mixing in scene descriptions needs data.examples_per_image=1")
+    kinds = c.data.caption_kinds
+    check(isinstance(kinds, (tuple, list)) and len(kinds) > 0 and len(set(kinds)) == len(kinds)
+          and all(k in sort_of_clevr_captions.KINDS for k in kinds), "data.caption_kinds",
+          f"expected distinct names from {sort_of_clevr_captions.KINDS}, got {kinds!r}")
+    group = c.data.examples_per_image
+    if group > 1:
+        check(c.data.name == "sort_of_clevr" and not c.data.prepared_dir, "data.examples_per_image",
+              f"grouping examples by image is implemented for the generated sort_of_clevr source, not {c.data.name!r}")
+        check(c.data.questions_per_image % group == 0, "data.examples_per_image",
+              f"must divide data.questions_per_image={c.data.questions_per_image}, got {group}")
+    if c.data.name == "sort_of_clevr_captions":
+        check(c.data.prompt_format != "qa", "data.prompt_format", "captions use 'raw' (or 'chat')")
+    elif c.data.name != "sort_of_clevr":
+        check(c.data.prompt_format != "qa", "data.prompt_format", f"{c.data.name} formats its own prompts: use 'raw' (or 'chat')")
+        needs = {"scienceqa": ("root",), "vqa_v2": ("root",), "coco_captions": ("train_file", "image_root"),
+                 "llava_json": ("train_file", "image_root")}[c.data.name]
+        for key in needs if not c.data.prepared_dir else ():
+            check(bool(c.data[key]), f"data.{key}", f"required for data.name={c.data.name!r}")
+        if c.data.name == "scienceqa":
+            one_of(c, "data.scienceqa_format", scienceqa_data.PROMPT_FORMATS)
+        if c.data.name == "vqa_v2":
+            one_of(c, "data.vqa_prompt", vqa_v2_data.PROMPT_FORMATS)
+
+
+def _validate_model(c) -> None:
+    one_of(c, "model.injection", ("ica", "prefix"))
+    one_of(c, "model.remat", ("none", "full", "dots", "dots_no_batch"))
+    positive_int(c, "model.num_memory_slots", allow_zero=True)
+    for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):
+        positive_int(c, f"model.llm.{key}")
+    positive_int(c, "model.llm.vocab_size", allow_zero=True)
+    one_of(c, "model.llm.rope_scaling", ("none", "linear", "llama3"))
+    positive_int(c, "model.llm.lora_rank", allow_zero=True)
+    for key in ("dtype", "param_dtype"):
+        one_of(c, f"model.llm.{key}", DTYPES)
+    check(len(c.model.encoders) > 0, "model.encoders", "at least one vision encoder is needed")
+    for name, enc in c.model.encoders.items():
+        _validate_encoder(c, name, enc)
+    one_of(c, "model.projector.fusion", ("sum", "mean"))
+    positive_int(c, "model.projector.hidden")
+    ica = c.model.ica
+    check(0.0 <= ica.delta < 1.0, "model.ica.delta", f"expected 0 <= delta < 1, got {ica.delta}")
+    check(0.0 < ica.lam <= 1.0, "model.ica.lam", f"expected 0 < lam <= 1, got {ica.lam}")
+    check(0.0 <= ica.dropout < 1.0, "model.ica.dropout", f"expected 0 <= dropout < 1, got {ica.dropout}")
+    parse_start(ica.start, 1.0)
+
+
+def _validate_encoder(c, name: str, enc) -> None:
+    from semrel_jax.data.preprocess import NORMALIZATION, RESAMPLE
+
+    where = f"model.encoders.{name}"
+    for key in ("image_size", "patch_size", "width", "depth", "heads", "mlp_dim"):
+        positive_int(c, f"{where}.{key}")
+    taps = tuple(enc.taps)
+    check(
+        len(taps) > 0 and all(is_int(t) and 0 <= t <= enc.depth for t in taps),
+        f"{where}.taps",
+        f"expected hidden_states indices in 0..depth={enc.depth}, got {taps}",
+    )
+    check(len(set(taps)) == len(taps), f"{where}.taps", f"duplicate taps in {taps}")
+    grid = enc.image_size // enc.patch_size
+    check(
+        is_int(enc.pool) and enc.pool >= 1 and grid % enc.pool == 0 and (enc.pool == 1 or enc.drop_cls),
+        f"{where}.pool",
+        f"expected a divisor of the {grid}x{grid} patch grid (and drop_cls=True when > 1), got {enc.pool!r}",
+    )
+    check(
+        isinstance(enc.relative_position_bias, bool) and not (enc.relative_position_bias and enc.hf_dir),
+        f"{where}.relative_position_bias",
+        "expected True or False, and False for a converted tower (hf_dir: its architecture has none); "
+        f"got {enc.relative_position_bias!r}",
+    )
+    # None: unset, filled by semrel_jax.config.resolve
+    for key, choices in (("normalization", tuple(NORMALIZATION)), ("resample", tuple(RESAMPLE)), ("crop", (True, False))):
+        check(enc[key] is None or enc[key] in choices, f"{where}.{key}", f"expected one of {choices}, got {enc[key]!r}")
+    check(enc.resize is None or (is_int(enc.resize) and enc.resize >= 0), f"{where}.resize",
+          f"expected an integer >= 0, got {enc.resize!r}")
+
+
+def _validate_train(c) -> None:
+    t = c.train
+    for key in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        positive_int(c, f"train.{key}")
+    positive_int(c, "train.warmup_steps", allow_zero=True)
+    positive_int(c, "train.keep_every", allow_zero=True)
+    positive_int(c, "train.grad_accum_steps")
+    for key in ("force_restart", "checkpoint_frozen"):
+        check(isinstance(t[key], bool), f"train.{key}", f"expected True or False, got {t[key]!r}")
+    check(
+        t.batch_size % t.grad_accum_steps == 0,
+        "train.grad_accum_steps",
+        f"must divide train.batch_size={t.batch_size}, got {t.grad_accum_steps}",
+    )
+    check(t.learning_rate > 0, "train.learning_rate", f"must be > 0, got {t.learning_rate}")
+    check(t.warmup_steps < t.num_steps, "train.warmup_steps", "must be smaller than train.num_steps")
+    one_of(c, "train.nonfinite", ("stop", "skip"))
+    one_of(c, "train.frozen_dtype", DTYPES)
+    for key in ("trainable", "frozen"):
+        for pattern in get(c, f"train.{key}"):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"config.train.{key}: bad regex {pattern!r}: {e}") from None
+
+
+def _validate_mesh(c) -> None:
+    from semrel_jax.training import sharding
+
+    for axis in ("data", "fsdp", "tensor"):
+        value = c.mesh[axis]
+        check(is_int(value) and (value == -1 or value > 0), f"mesh.{axis}", f"expected -1 or > 0, got {value!r}")
+    check([c.mesh.data, c.mesh.fsdp, c.mesh.tensor].count(-1) <= 1, "mesh", "at most one axis may be -1 (fill)")
+    for name, axis in c.mesh.rules.items():
+        check(name in sharding.DEFAULT_RULES, f"mesh.rules.{name}", f"unknown logical axis; known: {tuple(sharding.DEFAULT_RULES)}")
+        check(axis in MESH_AXES, f"mesh.rules.{name}", f"expected one of {MESH_AXES}, got {axis!r}")
+
+
+def check_batch_fits_mesh(c, mesh_shape: dict[str, int]) -> None:
+    """The batch's leading (sharded) dimension must split evenly over the data x fsdp shards."""
+    shards = mesh_shape["data"] * mesh_shape["fsdp"]
+    rows = c.train.batch_size // c.data.examples_per_image
+    check(
+        rows % shards == 0,
+        "train.batch_size",
+        f"{c.train.batch_size} examples are {rows} rows of the batch (images, with data.examples_per_image="
+        f"{c.data.examples_per_image}), not divisible by the {shards} data x fsdp shards of the mesh",
+    )
+
+
+def validate_eval(c: ml_collections.ConfigDict) -> None:
+    """The ``eval`` section alone (``validate`` runs it; evaluating a checkpoint with another eval section too)."""
+    positive_int(c, "eval.batch_size")
+    positive_int(c, "eval.num_examples", allow_zero=True)
+    positive_int(c, "eval.max_new_tokens")
+    check(float(c.eval.temperature) >= 0.0, "eval.temperature", f"must be >= 0, got {c.eval.temperature}")
+    check(0.0 < float(c.eval.top_p) <= 1.0, "eval.top_p", f"expected 0 < top_p <= 1, got {c.eval.top_p}")
+    num_beams = c.eval.num_beams
+    check(is_int(num_beams) and num_beams > 0, "eval.num_beams", f"expected a positive integer (1: greedy / sampling), got {num_beams!r}")
+    check(
+        num_beams == 1 or float(c.eval.temperature) == 0.0,
+        "eval.num_beams",
+        f"beam search ({num_beams} beams) is deterministic and cannot sample: set eval.temperature=0 "
+        f"(got {c.eval.temperature}) or eval.num_beams=1",
+    )
+    penalty = c.eval.length_penalty
+    ok = isinstance(penalty, (int, float)) and not isinstance(penalty, bool) and math.isfinite(penalty) and penalty >= 0
+    # Finished beams keep competing on their raw log-prob: the final pick is exact for penalties >= 0 only.
+    check(ok, "eval.length_penalty", f"expected a finite number >= 0 (score = logprob / length**penalty), got {penalty!r}")

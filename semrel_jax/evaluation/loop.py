@@ -1,0 +1,87 @@
+"""The evaluation loop: generate every answer of the eval split and score it with the dataset's metric.
+
+Runs on one device or across the batch axes of every device of every host: each batch is split over
+them (the batch rounded up to a multiple of the shards; padding rows dropped) and the generated ids are
+gathered back on every host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from semrel_jax import config as config_lib
+from semrel_jax.data import pipeline, registry
+from semrel_jax.evaluation import generate
+from semrel_jax.training import mesh as mesh_lib
+
+
+def _global_batch(inputs: dict, mesh) -> dict:
+    """Every host holds the same evaluation batch: each contributes its slice to one global array."""
+    count, index = jax.process_count(), jax.process_index()
+    local = jax.tree.map(lambda x: x[index * len(x) // count : (index + 1) * len(x) // count], inputs)
+    sharding = mesh_lib.batch_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def _fetch(ids) -> np.ndarray:
+    if jax.process_count() == 1:
+        return np.asarray(ids)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(ids, tiled=True))
+
+
+def evaluate(c, graphdef, states, featurizer, tokenizer, data, out_dir: str, mesh=None) -> dict:
+    """Generates the answers of ``data.eval`` (``eval.num_examples`` of them; 0: all) and scores them.
+
+    ``states``: the model's state pieces for ``nnx.merge(graphdef, *states)``. Writes ``predictions.json``
+    (each example's metadata and prediction) to ``out_dir``; returns the metrics.
+    """
+    config_lib.validate_eval(c)
+    temperature, top_p = float(c.eval.temperature), float(c.eval.top_p)
+    num_beams, length_penalty = int(c.eval.num_beams), float(c.eval.length_penalty)
+    predictions = []
+    n = c.eval.num_examples or len(data.eval)
+    batch_size = c.eval.batch_size
+    if mesh is not None:
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        batch_size = -(-batch_size // shards) * shards
+    for batch in pipeline.evaluation_batches(data.eval, featurizer.prompt, batch_size, n):
+        inputs = {k: batch[k] for k in ("images", "has_image", "prompt", "prompt_valid")}
+        if mesh is not None:
+            inputs = _global_batch(inputs, mesh)
+        if num_beams > 1:
+            ids = generate.beam_search(
+                graphdef, states, inputs, c.eval.max_new_tokens, num_beams, length_penalty, eos_id=tokenizer.eos_token_id
+            )
+        else:
+            key = jax.random.fold_in(jax.random.PRNGKey(c.seed), len(predictions)) if temperature > 0 else None
+            ids = generate.generate(graphdef, states, inputs, c.eval.max_new_tokens, key, temperature, top_p)
+        texts = generate.decode_texts(tokenizer, _fetch(ids), tuple(c.eval.stop_strings))
+        for index, keep, text in zip(batch["index"], batch["example_valid"], texts):
+            if keep:
+                predictions.append({"index": int(index), **registry.describe(data.eval, int(index)), "prediction": text})
+    results = registry.score(c, predictions, data.train, data.eval)
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, "predictions.json"), "w") as f:
+            json.dump(predictions, f, indent=1, default=str)
+    return results
+
+
+def format_results(results: dict) -> str:
+    """The console table: every metric, beside the majority baseline where the dataset has one."""
+    skip = ("num_", "majority_baseline", "wall_seconds", "train_seconds", "preempted")
+    lines = ["", f"{'metric':<28}{'model':>10}{'majority':>10}"]
+    for key in sorted(k for k, v in results.items() if not isinstance(v, str) and not k.startswith(skip)):
+        is_accuracy = key.startswith("accuracy")
+        name = (key.replace("accuracy", "").lstrip("/") or "all") if is_accuracy else key
+        base = results.get(key.replace("accuracy", "majority_baseline")) if is_accuracy else None
+        lines.append(f"{name:<28}{results[key]:>10.3f}" + (f"{base:>10.3f}" if base is not None else f"{'-':>10}"))
+    lines += [f"{k}: {v}" for k, v in results.items() if isinstance(v, str)]
+    n = results.get("num_examples", results.get("num_images", 0))
+    lines.append(f"examples: {int(n)}, wall: {results.get('wall_seconds', 0):.0f}s")
+    return "\n".join(lines)
