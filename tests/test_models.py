@@ -1,7 +1,9 @@
 """Shapes and numerics of the networks: ViT taps, Llama + KV cache, SRProj, ICA against a NumPy reference."""
 
+import ast
 import dataclasses
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -245,6 +247,48 @@ def test_llama_gqa_logits_are_finite_and_causal():
     changed, _ = model(tokens.at[:, 4].set(7), valid=valid)
     np.testing.assert_allclose(logits[:, :4], changed[:, :4], atol=1e-6)  # the future does not leak back
     assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_llama_side_branch_runs_beside_the_ffn_and_carries_its_state_block_to_block():
+    model = Llama(LLM, rngs=nnx.Rngs(0))
+    _, _, tokens, valid = _inputs(t=6)
+    plain, _ = model(tokens, valid=valid)
+    seen = []
+
+    def side(scale):
+        def branch(u, state, key):
+            seen.append((u.shape, int(state), key))
+            return scale * jnp.ones_like(u), state + 1
+        return branch
+
+    key = jax.random.key(7)
+    silent, _ = model(tokens, valid=valid, side=side(0.0), side_state=jnp.asarray(0), dropout_key=key)
+    np.testing.assert_array_equal(silent, plain)  # a zero branch leaves the decoder unchanged
+    assert [shape for shape, _, _ in seen] == [(2, 6, LLM.dim)] * LLM.n_layers
+    assert [state for _, state, _ in seen] == list(range(LLM.n_layers))  # block i gets block i-1's state
+    for i, (_, _, block_key) in enumerate(seen):
+        np.testing.assert_array_equal(jax.random.key_data(block_key), jax.random.key_data(jax.random.fold_in(key, i)))
+    shifted, _ = model(tokens, valid=valid, side=side(0.5), side_state=jnp.asarray(0))
+    assert np.abs(shifted - plain).max() > 1e-3
+
+
+def test_models_package_imports_nothing_from_the_method():
+    # models/ are generic networks; the method plugs into them (e.g. ICA as the decoder's side branch).
+    models_dir = pathlib.Path(__file__).resolve().parents[1] / "semrel_jax" / "models"
+    files = sorted(models_dir.glob("*.py"))
+    assert files
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                package = ["semrel_jax", "models"][: 3 - node.level] if node.level else []  # resolve relative imports
+                base = ".".join(package + ([node.module] if node.module else []))
+                names = [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                assert not (name + ".").startswith("semrel_jax.method."), f"{path.name} imports {name}"
 
 
 def test_pooled_patch_grid_is_the_mean_of_each_window():

@@ -12,6 +12,9 @@ ones at the first block of every forward pass. Because every quantity above is c
 token's own row, a token decoded with a KV cache gets exactly the mask it would get in a full
 forward pass: generation needs no mask state beyond the current tokens.
 
+In the decoder ICA is a side branch (``semrel_jax.models.llama.SideBranch``): ``InheritableCrossAttention``
+computes ``s·ICA(u)`` next to each block's FFN, and ``M`` is the state the decoder carries from block to block.
+
 The release's setup code never forwards delta/lam (a no-op mask); here they are always applied
 when masking is enabled. Enabling is a traced boolean so that switching it on mid-training (the
 "shift epoch") does not recompile the step.
@@ -20,6 +23,7 @@ when masking is enabled. Enabling is a traced boolean so that switching it on mi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -94,3 +98,23 @@ def inheritable_cross_attention(
     weights = layers.dropout(mask * alpha, config.dropout, dropout_key).astype(query.dtype)
     out = jnp.einsum("btn,bnd->btd", weights, values)
     return config.scale * out, mask
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["memory"], meta_fields=["config"])
+@dataclasses.dataclass(frozen=True)
+class InheritableCrossAttention:
+    """ICA as the decoder's side branch: ``(u, M, key) -> (s·ICA(u, memory, M), M')``.
+
+    A pytree (the config static) so that it crosses the decoder's remat as an argument.
+    """
+
+    memory: Memory
+    config: ICAConfig
+
+    def initial_mask(self, length: int) -> Array:
+        """The mask ``M`` entering block 0: ones ``[B, T, N_mem]`` for ``T = length`` text tokens."""
+        batch, slots = self.memory.keys.shape[:2]
+        return jnp.ones((batch, length, slots), jnp.float32)
+
+    def __call__(self, query: Array, inherited_mask: Array, dropout_key: Array | None) -> tuple[Array, Array]:
+        return inheritable_cross_attention(query, self.memory, inherited_mask, self.config, dropout_key)

@@ -119,6 +119,16 @@ class VisionLanguageModel(nnx.Module):
         valid = jnp.concatenate([jnp.ones(prefix.shape[:2], bool), valid], axis=1)
         return embeddings, valid
 
+    def _read_memory(
+        self, memory: ica.Memory, tokens: Array, valid: Array, **llm_kwargs
+    ) -> tuple[Array, KVCache | None]:
+        """Runs the LLM on text tokens ``[B, T]`` with ICA over ``memory`` as every block's side branch.
+
+        The inheritance mask starts from ones ``[B, T, N_mem]`` and is carried block to block by the LLM.
+        """
+        side = ica.InheritableCrossAttention(memory, self.config.ica)
+        return self.llm(tokens, valid=valid, side=side, side_state=side.initial_mask(tokens.shape[1]), **llm_kwargs)
+
     def __call__(
         self,
         images: dict[str, Array],
@@ -135,9 +145,7 @@ class VisionLanguageModel(nnx.Module):
             logits, _ = self.llm(valid=full_valid, embeddings=embeddings)
             return logits[:, self.config.num_prefix_tokens :]
         memory = share_memory(self.memory(images, has_image, mask_enabled), tokens.shape[0])
-        logits, _ = self.llm(
-            tokens, valid=valid, memory=memory, ica_config=self.config.ica, dropout_key=dropout_key
-        )
+        logits, _ = self._read_memory(memory, tokens, valid, dropout_key=dropout_key)
         return logits
 
     def prefill(
@@ -155,16 +163,14 @@ class VisionLanguageModel(nnx.Module):
             logits, cache = self.llm(valid=full_valid, embeddings=embeddings, cache=cache)
             return logits[:, -1], cache, None
         memory = share_memory(self.memory(images, has_image, True), batch)
-        logits, cache = self.llm(tokens, valid=valid, memory=memory, ica_config=self.config.ica, cache=cache)
+        logits, cache = self._read_memory(memory, tokens, valid, cache=cache)
         return logits[:, -1], cache, memory
 
     def decode_step(self, token: Array, cache: KVCache, memory: ica.Memory | None) -> tuple[Array, KVCache]:
         """One new token per row ``[B]`` -> next logits ``[B, vocab]``."""
-        logits, cache = self.llm(
-            token[:, None],
-            valid=jnp.ones((token.shape[0], 1), bool),
-            memory=memory,
-            ica_config=self.config.ica,
-            cache=cache,
-        )
+        tokens, valid = token[:, None], jnp.ones((token.shape[0], 1), bool)
+        if memory is None:  # prefix injection: the image already sits in the KV cache
+            logits, cache = self.llm(tokens, valid=valid, cache=cache)
+        else:
+            logits, cache = self._read_memory(memory, tokens, valid, cache=cache)
         return logits[:, -1], cache

@@ -3,26 +3,27 @@
 Parameter names follow Hugging Face's ``LlamaForCausalLM`` (``embed_tokens``, ``layers.N.self_attn.q_proj``,
 ``mlp.gate_proj``, ``input_layernorm``, ...) so that converted checkpoints map one to one.
 
-Each block can run an optional visual-memory branch in parallel with its FFN (LSRM's inheritable
-cross-attention, ``semrel_jax.method.ica``):
+Each block can run an optional side branch in parallel with its FFN, carrying a state from block to block:
 
-    h   = x + Attn(input_layernorm(x))
-    u   = post_attention_layernorm(h)
-    out = h + FFN(u) + s · ICA(u, memory, M)
+    h          = x + Attn(input_layernorm(x))
+    u          = post_attention_layernorm(h)
+    delta, s'  = side(u, s, key)
+    out        = h + FFN(u) + delta
 
-Without memory the block is the plain Llama block. Decoding uses an explicit ``KVCache`` pytree that
-is passed in and returned, so generation loops stay pure functions.
+The decoder knows nothing of what the branch computes or what its state holds (the method layer,
+``semrel_jax.method``, plugs in through it); without one the block is the plain Llama block. Decoding uses an
+explicit ``KVCache`` pytree that is passed in and returned, so generation loops stay pure functions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from semrel_jax.method import ica
 from semrel_jax.models import layers
 
 Array = jax.Array
@@ -209,6 +210,20 @@ class MLP(nnx.Module):
         return self.down_proj(hidden)
 
 
+class SideBranch(Protocol):
+    """A computation added beside every block's FFN: ``out = h + FFN(u) + delta``.
+
+    Called as ``side(u, state, key) -> (delta, new_state)`` with ``u = post_attention_layernorm(h)``
+    ``[B, T, d]``, the state returned by the previous block (the caller's initial state at block 0) and the
+    block's dropout key (None: deterministic). ``delta`` is ``[B, T, d]``; the state is any pytree.
+
+    Under remat it is an argument of the rematerialised block, so it must be a pytree whose arrays are leaves
+    (e.g. a ``jax.tree_util.register_dataclass`` with static settings as meta fields).
+    """
+
+    def __call__(self, u: Array, state: Any, key: Array | None) -> tuple[Array, Any]: ...
+
+
 class DecoderLayer(nnx.Module):
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         pd = jnp.dtype(config.param_dtype)
@@ -217,15 +232,28 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = layers.RMSNorm(config.dim, eps=config.norm_eps, param_dtype=pd)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, positions, mask, kv=None, memory=None, memory_mask=None, ica_config=None, dropout_key=None):
+    def __call__(
+        self,
+        x: Array,
+        positions: Array,
+        mask: Array,
+        kv: tuple[Array, Array, Array] | None = None,
+        side: SideBranch | None = None,
+        side_state: Any = None,
+        dropout_key: Array | None = None,
+    ) -> tuple[Array, tuple[Array, Array], Any]:
+        """x ``[B, T, d]`` -> ``(out [B, T, d], keys/values, side_state after this block)``.
+
+        The block itself has no dropout: ``dropout_key`` is the side branch's.
+        """
         attn_out, new_kv = self.self_attn(self.input_layernorm(x), positions, mask, kv)
         h = x + attn_out
         u = self.post_attention_layernorm(h)
         out = h + self.mlp(u)
-        if memory is not None:
-            ica_out, memory_mask = ica.inheritable_cross_attention(u, memory, memory_mask, ica_config, dropout_key)
-            out = out + ica_out.astype(out.dtype)
-        return out, new_kv, memory_mask
+        if side is not None:
+            delta, side_state = side(u, side_state, dropout_key)
+            out = out + delta.astype(out.dtype)
+        return out, new_kv, side_state
 
 
 class Llama(nnx.Module):
@@ -255,8 +283,8 @@ class Llama(nnx.Module):
         *,
         valid: Array,
         embeddings: Array | None = None,
-        memory: ica.Memory | None = None,
-        ica_config: ica.ICAConfig | None = None,
+        side: SideBranch | None = None,
+        side_state: Any = None,
         dropout_key: Array | None = None,
         cache: KVCache | None = None,
     ) -> tuple[Array, KVCache | None]:
@@ -265,7 +293,9 @@ class Llama(nnx.Module):
         Args:
           tokens: ``[B, T]`` int ids (or pass ``embeddings [B, T, d]`` instead, e.g. with visual prefixes).
           valid: ``[B, T]`` bool, False at padding.
-          memory: visual memory for the ICA branch of every block (None: plain Llama).
+          side: branch added beside every block's FFN (see ``SideBranch``; None: plain Llama).
+          side_state: the side branch's state entering block 0; each block's output state enters the next.
+          dropout_key: block ``i`` hands ``fold_in(dropout_key, i)`` to the side branch (None: deterministic).
           cache: decode with (and update) this KV cache; prompts must be left-padded.
 
         Returns:
@@ -282,16 +312,17 @@ class Llama(nnx.Module):
             key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.index))
             query_slots = cache.index + jnp.broadcast_to(jnp.arange(t), (b, t))
             mask = layers.causal_mask(query_slots, key_valid, c.sliding_window)
-        memory_mask = None if memory is None else jnp.ones((b, t, memory.keys.shape[1]), jnp.float32)
         new_keys, new_values = [], []
-        def run_layer(layer, x, positions, mask, kv, memory, memory_mask, key):  # ica_config stays static
-            return layer(x, positions, mask, kv, memory, memory_mask, ica_config, key)
 
+        def run_layer(layer, x, positions, mask, kv, side, side_state, key):
+            return layer(x, positions, mask, kv, side, side_state, key)
+
+        # Remat wraps the whole block, side branch included; the side branch crosses it as a pytree argument.
         call = layers.remat(run_layer, c.remat)
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-            x, (k, v), memory_mask = call(layer, x, positions, mask, kv, memory, memory_mask, key)
+            x, (k, v), side_state = call(layer, x, positions, mask, kv, side, side_state, key)
             x = layers.constrain(x, ("batch", None, None))
             new_keys.append(k)
             new_values.append(v)
