@@ -38,8 +38,9 @@ class Dataset:
     prompt_formats: the ``data.prompt_format`` values it takes (real datasets format their own prompts:
         ``raw``, or the tokenizer's ``chat`` template; ``qa`` wraps only the built-in questions).
     splits: the ``(train, eval)`` split names used when ``data.train_split`` / ``data.eval_split`` are ''.
-    mix: ``c -> (source, weight) | None``: a training source mixed into this one's (a ``weight`` fraction
-        of the training examples), or None for no mixture.
+    mix: ``(name, c -> weight)``: the registered dataset whose raw training source (built from the same
+        config) is mixed into this one's training, a ``weight`` fraction of the examples (0: no mixture);
+        its ``validate`` then also runs. None: this dataset mixes nothing in.
     groups_by_image: whether ``data.examples_per_image > 1`` works (the sources implement ``image_groups``).
     """
 
@@ -51,7 +52,7 @@ class Dataset:
     validate: Callable[[Config], None] = _no_checks
     prompt_formats: tuple[str, ...] = ("raw", "chat")
     splits: tuple[str, str] = ("train", "test")
-    mix: Callable[[Config], tuple[Source, float] | None] | None = None
+    mix: tuple[str, Callable[[Config], float]] | None = None
     groups_by_image: bool = False
 
     def split_names(self, d: ml_collections.ConfigDict) -> tuple[str, str]:
