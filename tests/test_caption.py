@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -60,11 +61,12 @@ def test_relations_description_holds_every_relational_answer():
     scene = sort_of_clevr.Scene(centers, ("square", "circle", "circle", "square", "square", "circle"), 75, 5)
     assert describe_relations(scene).split()[:4] == ["red", "circle", "circle", "2"]
     # scored per item, not per image: a right relations row and a wrong objects row of one image both count
-    from semrel_jax.evaluation import scoring
+    from semrel_jax.data import registry
 
-    rows = [{**scoring.describe(captions, i), "prediction": captions[i]["answer"] if i % 2 else "red"} for i in range(4)]
-    perfect = scoring.score("sort_of_clevr_captions", rows[1::2], None, captions)
-    mixed = scoring.score("sort_of_clevr_captions", rows, None, captions)
+    c = ml_collections.ConfigDict({"data": {"name": "sort_of_clevr_captions"}})
+    rows = [{**registry.describe(captions, i), "prediction": captions[i]["answer"] if i % 2 else "red"} for i in range(4)]
+    perfect = registry.score(c, rows[1::2], None, captions)
+    mixed = registry.score(c, rows, None, captions)
     assert perfect["num_images"] == 2 and mixed["num_images"] == 4
     assert mixed["bleu_1"] < perfect["bleu_1"]
     for bad in ((), ("objects", "objects"), ("positions",)):

@@ -14,6 +14,7 @@ import dataset_fixtures as fx
 from semrel_jax.data import coco_captions, images, llava_json, pipeline, prompts, scienceqa, vqa_v2
 from semrel_jax.data import tokenizer as tokenizer_lib
 from semrel_jax.data.preprocess import ImagePreprocessor
+from semrel_jax.data.source import Source
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,7 @@ def test_scienceqa_examples(data):
     test = _sqa(data, "test")[0]
     assert test["image"].shape == (24, 32, 3) and test["label"] == "A"  # RGBA -> RGB
     assert list(src.problems) == ["1", "2", "4", "6"] and src.problems["1"] == fx.SCIENCEQA_PROBLEM_1
+    assert src.scoring_data() == {"problems": src.problems}  # what the scorer reads (and a copy stores)
     with pytest.raises(ValueError, match="minitrain"):
         _sqa(data, "minitrain")
     with pytest.raises(ValueError, match="prompt format"):
@@ -454,6 +456,7 @@ def test_sources_are_deterministic_and_picklable(reader, data):
         assert x["question"] and isinstance(x["question"], str) and isinstance(x["answer"], str)
         assert x["has_image"] in (0, 1) and (x["image"] is None) == (x["has_image"] == 0)
         assert a.metadata(x["index"])["question"] == x["question"]
+    assert isinstance(a, Source) and a.image_groups(2) is None and isinstance(a.scoring_data(), dict)
     with pytest.raises(IndexError):
         a[len(a)]
     with pytest.raises(TypeError):
@@ -502,3 +505,127 @@ def test_examples_go_through_the_featurizer(data):
         assert prompt["prompt"].shape == (160,)
     assert featurized == 3 + 3 + 4 + 8 + 4
     assert text_only == sum(1 for src in sources for i in range(len(src)) if not src.metadata(i)["has_image"]) > 0
+
+
+# ------------------------------------------------------------------ the registry and the package's imports
+
+
+def test_the_registry_lists_every_dataset_module_once_with_consistent_defaults():
+    import importlib
+    import pkgutil
+
+    import vqa  # configs/ is on sys.path (conftest)
+
+    import semrel_jax.data
+    from semrel_jax.data import registry
+    from semrel_jax.errors import ConfigError
+
+    declared = {}
+    for info in pkgutil.iter_modules(semrel_jax.data.__path__):
+        module = importlib.import_module(f"semrel_jax.data.{info.name}")
+        if hasattr(module, "DATASET"):
+            declared[module.DATASET.name] = module.DATASET
+    assert set(declared) == set(registry.names()) == {
+        "sort_of_clevr", "sort_of_clevr_captions", "scienceqa", "vqa_v2", "coco_captions", "llava_json"}
+    defaults = registry.all_defaults()
+    demo = vqa.get_config("demo").data
+    for name, spec in declared.items():
+        assert registry.get(name) is spec
+        assert spec.prompt_formats and set(spec.prompt_formats) <= {"qa", "raw", "chat"}
+        for key, value in spec.defaults.items():
+            assert defaults[key] == value, (name, key)  # a shared key has one default
+    for key, value in defaults.items():
+        assert key in demo, key  # the base config holds every dataset's keys
+    assert tuple(demo.caption_kinds) == defaults["caption_kinds"] and demo.caption_mix == defaults["caption_mix"]
+    with pytest.raises(ConfigError, match=r"config\.data\.name: expected one of \('sort_of_clevr', .*'nope'"):
+        registry.get("nope")
+
+
+def test_the_generated_sources_give_their_whole_vocabulary_as_texts():
+    import ml_collections
+
+    from semrel_jax.data import registry, sort_of_clevr, sort_of_clevr_captions
+
+    train, evaluation = sort_of_clevr.SortOfClevr("train", 2), sort_of_clevr.SortOfClevr("test", 2)
+    c = ml_collections.ConfigDict()
+    assert registry.vocabulary(c, train, evaluation) == sort_of_clevr.vocabulary()  # what a scan used to give
+    captions = sort_of_clevr_captions.SortOfClevrCaptions("train", 2, kinds=("objects", "relations"))
+    for source in (train, captions):
+        assert isinstance(source, Source) and source.scoring_data() == {}
+    assert captions.image_groups(2) is None and train.image_groups(2).shape == (20, 2)
+    assert set(registry.vocabulary(c, train, evaluation, captions)) >= {"describe", "relations", "3"}
+    q = train.questions(1)[3]
+    assert registry.describe(train, 23) == {"question": q.text, "answer": q.answer, "family": q.family, "kind": q.kind}
+
+
+def _imports(path: str, module: str, is_package: bool, modules: set) -> set:
+    """The semrel_jax modules ``module`` imports, at module level or inside functions."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the module's package
+                parts = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
+                base = ".".join(parts + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # `import semrel_jax.a.b` -> the longest known module
+                target = target.rpartition(".")[0]
+            if target and target != module:
+                found.add(target)
+    return found
+
+
+def _cycles(graph: dict) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan): each holds an import cycle."""
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycle_among_semrel_jax_modules():
+    import pathlib
+
+    import semrel_jax
+
+    root = pathlib.Path(semrel_jax.__file__).parent
+    files = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        files[name] = (str(path), parts[-1] == "__init__")
+    graph = {name: _imports(path, name, is_package, set(files)) for name, (path, is_package) in files.items()}
+    assert "semrel_jax.data.tfds_copy" in graph["semrel_jax.data.registry"]  # the walk sees module-level imports
+    assert "semrel_jax.data.registry" in graph["semrel_jax.data.prepare"]  # and those inside functions
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # and finds cycles
+    assert not _cycles(graph)

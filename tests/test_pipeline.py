@@ -111,14 +111,16 @@ def test_caption_mixture_draws_its_weight_and_resumes_exactly(tmp_path):
     import vqa  # configs/ is on sys.path (conftest)
 
     from semrel_jax import config as config_lib
-    from semrel_jax.data import sources
+    from semrel_jax.data import registry
+    from semrel_jax.errors import ConfigError
     from semrel_jax.training import train
 
     c = vqa.get_config("tiny")
     c.data.update(caption_mix=0.25, max_text_len=34)
     config_lib.validate(c)
-    train_source, eval_source = train.build_sources(c)
-    captions, weight = sources.build_mix_source(c)
+    registry.validate(c)
+    train_source, eval_source = registry.build_sources(c)
+    captions, weight = registry.mix_source(c)
     assert weight == 0.25 and len(captions) == c.data.train_images
     tokenizer = train.build_tokenizer(c, str(tmp_path), train_source, eval_source)
     featurizer = train.build_featurizer(c, tokenizer)
@@ -134,28 +136,28 @@ def test_caption_mixture_draws_its_weight_and_resumes_exactly(tmp_path):
     resumed = pipeline.iterate(ds, start_step=7)
     np.testing.assert_array_equal(next(resumed)["tokens"], rows[7]["tokens"])
     # the tokenizer covers both; other datasets ignore the key
-    words = sources.vocabulary(c, train_source, eval_source, captions)
+    words = registry.vocabulary(c, train_source, eval_source, captions)
     assert {"closest", "describe", "square"} <= set(words)
     c.data.name = "sort_of_clevr_captions"
-    assert sources.build_mix_source(c) is None
+    assert registry.mix_source(c) is None
     c.data.name = "sort_of_clevr"
     for bad in (1.0, -0.1):
         c.data.caption_mix = bad
-        with pytest.raises(config_lib.ConfigError, match="data.caption_mix"):
-            config_lib.validate(c)
+        with pytest.raises(ConfigError, match="data.caption_mix"):
+            registry.validate(c)
     c.data.caption_mix = 0.25
     c.data.caption_kinds = ("objects", "relations")
-    config_lib.validate(c)
-    captions, _ = sources.build_mix_source(c)
+    registry.validate(c)
+    captions, _ = registry.mix_source(c)
     assert len(captions) == 2 * c.data.train_images and captions[1]["question"] == "describe the relations ."
-    assert "caption_kinds" not in sources.record_settings(c)  # the mixed-in source is never a prepared copy
+    assert "caption_kinds" not in registry.record_settings(c)  # the mixed-in source is never a prepared copy
     c.data.name = "sort_of_clevr_captions"
-    assert sources.record_settings(c)["caption_kinds"] == ["objects", "relations"]
+    assert registry.record_settings(c)["caption_kinds"] == ["objects", "relations"]
     c.data.name = "sort_of_clevr"
     for bad in ((), ("objects", "shapes")):
         c.data.caption_kinds = bad
-        with pytest.raises(config_lib.ConfigError, match="data.caption_kinds"):
-            config_lib.validate(c)
+        with pytest.raises(ConfigError, match="data.caption_kinds"):
+            registry.validate(c)
 
 
 def test_evaluation_batches_pad_the_last_batch(tokenizer):

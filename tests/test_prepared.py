@@ -1,4 +1,4 @@
-"""Prepared copies (semrel_jax.data.prepared): TFDS array_record, record-for-record equal to the raw sources.
+"""Prepared copies (semrel_jax.data.tfds_copy): TFDS array_record, record-for-record equal to the raw sources.
 
 The on-disk fixtures (tests/dataset_fixtures.py) carry bad records under ``on_bad_data='skip'``, so the
 copies also hold examples the raw readers replaced at read time.
@@ -16,8 +16,8 @@ import pytest
 import vqa  # configs/ is on sys.path (conftest)
 
 import dataset_fixtures
-from semrel_jax import config as config_lib
-from semrel_jax.data import pipeline, prepared, sources
+from semrel_jax.data import pipeline, registry, scienceqa, tfds_copy
+from semrel_jax.data.source import Source
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ("scienceqa", "vqa_v2", "coco_captions", "llava_json", "sort_of_clevr", "sort_of_clevr_captions")
@@ -49,7 +49,7 @@ def out(data, tmp_path_factory):
     """Every dataset prepared once, side by side in one directory."""
     out = str(tmp_path_factory.mktemp("prepared"))
     for name in NAMES:
-        prepared.prepare(_config(name, data), out, threads=2)
+        registry.prepare(_config(name, data), out, threads=2)
     return out
 
 
@@ -65,58 +65,49 @@ def _assert_same(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_record_reads_back_equal(data, out, name):
-    raw = sources.build_sources(_config(name, data))
-    copy = sources.build_sources(_config(name, data, prepared_dir=out))
-    assert all(isinstance(s, prepared.PreparedSource) for s in copy)
+    raw = registry.build_sources(_config(name, data))
+    copy = registry.build_sources(_config(name, data, prepared_dir=out))
+    assert all(isinstance(s, tfds_copy.PreparedSource) for s in copy)
     for r, p in zip(raw, copy):
+        assert isinstance(r, Source) and isinstance(p, Source)
         assert len(p) == len(r) > 0
         for i in range(len(r)):
             _assert_same(r[i], p[i])  # images pixel-equal, text and metadata equal, same key order
-        assert hasattr(p, "metadata") == hasattr(r, "metadata")
-        if hasattr(r, "metadata"):
-            for i in range(len(r)):
-                _assert_same(r.metadata(i), p.metadata(i))
-        if hasattr(r, "texts"):
-            assert list(p.texts()) == list(r.texts())
+            _assert_same(r.metadata(i), p.metadata(i))
+        assert list(p.texts()) == list(r.texts())
+        assert p.scoring_data() == r.scoring_data()
         if name == "scienceqa":
-            assert p.problems == r.problems
-        if name == "sort_of_clevr":
-            assert (p.num_images, p.questions_per_image) == (r.num_images, r.questions_per_image)
-            assert [p.questions(i) for i in range(r.num_images)] == [r.questions(i) for i in range(r.num_images)]
+            assert list(p.scoring_data()["problems"]) == list(r.problems) and r.problems
         _assert_same(r[len(r) - 1], pickle.loads(pickle.dumps(p))[len(r) - 1])
         with pytest.raises(IndexError):
             p[len(p)]
 
 
 def test_metadata_spread_over_several_rows(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(prepared, "METADATA_CHUNK", 3)  # 16 train questions -> 6 *_metadata rows
+    monkeypatch.setattr(tfds_copy, "METADATA_CHUNK", 3)  # 16 train questions -> 6 *_metadata rows
     for name in ("sort_of_clevr", "vqa_v2"):
         c = _config(name, data)
-        raw = sources.build_sources(c)
-        prepared.prepare(c, str(tmp_path), threads=1)
+        raw = registry.build_sources(c)
+        registry.prepare(c, str(tmp_path), threads=1)
         c.data.prepared_dir = str(tmp_path)
-        copy = sources.build_sources(c)
-        if hasattr(raw[0], "texts"):
-            assert list(copy[0].texts()) == list(raw[0].texts())
+        copy = registry.build_sources(c)
+        assert list(copy[0].texts()) == list(raw[0].texts())
         for r, p in zip(raw, copy):
             for i in reversed(range(len(r))):
                 _assert_same(r[i], p[i])
-                if hasattr(r, "metadata"):
-                    _assert_same(r.metadata(i), p.metadata(i))
-        if name == "sort_of_clevr":
-            assert [copy[0].questions(i) for i in range(4)] == [raw[0].questions(i) for i in range(4)]
+                _assert_same(r.metadata(i), p.metadata(i))
 
 
 def test_images_are_stored_encoded_once_per_distinct_image(data, out):
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder_from_directory(prepared.dataset_dir(out, "vqa_v2"))  # a plain TFDS dataset
+    builder = tfds.builder_from_directory(tfds_copy.dataset_dir(out, "vqa_v2"))  # a plain TFDS dataset
     examples, images = builder.as_data_source("train"), builder.as_data_source("train_images")
     assert len(images) < len(examples)  # questions 10 and 11 share image 1
     assert images[0]["image"][:2] == b"\xff\xd8"  # the JPEG file's own bytes
     with open(os.path.join(data["vqa_v2"]["root"], "train2014", "COCO_train2014_000000000001.jpg"), "rb") as f:
         assert images[0]["image"] == f.read()
-    clevr = tfds.builder_from_directory(prepared.dataset_dir(out, "sort_of_clevr")).as_data_source("train_images")
+    clevr = tfds.builder_from_directory(tfds_copy.dataset_dir(out, "sort_of_clevr")).as_data_source("train_images")
     assert len(clevr) == 4 and clevr[0]["image"][:4] == b"\x89PNG"  # generated: lossless PNG
     assert "tensorflow" not in sys.modules  # written and read without TensorFlow
 
@@ -126,9 +117,9 @@ def test_the_copy_feeds_the_same_batches(data, out, tmp_path, name):
     from semrel_jax.training import train
 
     raw_c, copy_c = _config(name, data), _config(name, data, prepared_dir=out)
-    config_lib.validate(copy_c)
-    raw, copy = sources.build_sources(raw_c), sources.build_sources(copy_c)
-    assert sources.vocabulary(copy_c, *copy) == sources.vocabulary(raw_c, *raw)
+    registry.validate(copy_c)
+    raw, copy = registry.build_sources(raw_c), registry.build_sources(copy_c)
+    assert registry.vocabulary(copy_c, *copy) == registry.vocabulary(raw_c, *raw)
     tokenizer = train.build_tokenizer(raw_c, str(tmp_path), *raw)
     featurizer = train.build_featurizer(raw_c, tokenizer)
     batches = [pipeline.training_dataset(s[0], featurizer.train, 4, seed=0)[0] for s in (raw, copy)]
@@ -145,14 +136,12 @@ def test_the_copy_feeds_the_same_batches(data, out, tmp_path, name):
 
 @pytest.mark.parametrize("name", ["scienceqa", "vqa_v2", "llava_json", "sort_of_clevr"])
 def test_scoring_reads_the_copy_like_the_raw_source(data, out, name):
-    from semrel_jax.evaluation import scoring
-
     reports = []
     for c in (_config(name, data), _config(name, data, prepared_dir=out)):
-        train_source, eval_source = sources.build_sources(c)  # ScienceQA problems, Sort-of-CLEVR questions
-        rows = [{"index": i, **scoring.describe(eval_source, i)} for i in range(len(eval_source))]
+        train_source, eval_source = registry.build_sources(c)  # ScienceQA problems, Sort-of-CLEVR questions
+        rows = [{"index": i, **registry.describe(eval_source, i)} for i in range(len(eval_source))]
         rows = [{**r, "prediction": "The answer is A." if name == "scienceqa" else str(r["answer"])} for r in rows]
-        reports.append((rows, scoring.score(name, rows, train_source, eval_source)))
+        reports.append((rows, registry.score(c, rows, train_source, eval_source)))
     assert reports[1] == reports[0]
 
 
@@ -160,7 +149,7 @@ def test_grain_worker_processes_read_the_copy(data, out, tmp_path):
     from semrel_jax.training import train
 
     c = _config("scienceqa", data, prepared_dir=out)
-    train_source, eval_source = sources.build_sources(c)
+    train_source, eval_source = registry.build_sources(c)
     featurizer = train.build_featurizer(c, train.build_tokenizer(c, str(tmp_path), train_source, eval_source))
     dataset = pipeline.training_dataset(train_source, featurizer.train, 2, seed=3)
     it = pipeline.iterate(dataset, start_step=1, num_workers=1)
@@ -174,10 +163,11 @@ def test_grain_worker_processes_read_the_copy(data, out, tmp_path):
 
 
 def test_preparing_again_is_a_no_op(data, out, monkeypatch):
-    directory = prepared.dataset_dir(out, "scienceqa")
+    directory = tfds_copy.dataset_dir(out, "scienceqa")
     before = {f: os.stat(os.path.join(directory, f)).st_mtime_ns for f in os.listdir(directory)}
-    monkeypatch.setattr(sources, "build_sources", lambda c: pytest.fail("a complete copy must not be rebuilt"))
-    assert prepared.prepare(_config("scienceqa", data), out) == directory
+    c = _config("scienceqa", data)
+    monkeypatch.setattr(scienceqa, "ScienceQA", lambda *a, **k: pytest.fail("a complete copy must not be rebuilt"))
+    assert registry.prepare(c, out) == directory
     assert {f: os.stat(os.path.join(directory, f)).st_mtime_ns for f in os.listdir(directory)} == before
 
 
@@ -185,17 +175,16 @@ def test_incomplete_copies_are_detected_and_prepared_again(data, out, tmp_path):
     copy = str(tmp_path / "copy")
     shutil.copytree(out, copy)
     c = _config("llava_json", data, prepared_dir=copy)
-    directory = prepared.dataset_dir(copy, "llava_json")
+    directory = tfds_copy.dataset_dir(copy, "llava_json")
     shard = os.path.join(directory, "semrel_prepared-train_images.array_record-00000")
     with open(shard, "r+b") as f:  # an interrupted copy of the directory: a shard cut short
         f.truncate(os.path.getsize(shard) // 2)
     shard_error = r"shard semrel_prepared-train_images\.array_record-00000 .*truncated"
-    with pytest.raises(prepared.PreparedDataError, match=shard_error):
-        sources.build_sources(c)
-    with pytest.raises(config_lib.ConfigError, match=r"config\.data\.prepared_dir: .*" + re.escape(directory)):
-        config_lib.validate(c)
-    prepared.prepare(c, copy, threads=1)  # detected and redone
-    raw, again = sources.build_sources(_config("llava_json", data)), sources.build_sources(c)
+    registry.validate(c)  # pure: the copy is checked when it is opened
+    with pytest.raises(tfds_copy.PreparedDataError, match=re.escape(directory) + ".*" + shard_error):
+        registry.build_sources(c)
+    registry.prepare(c, copy, threads=1)  # detected and redone
+    raw, again = registry.build_sources(_config("llava_json", data)), registry.build_sources(c)
     for r, p in zip(raw, again):
         for i in range(len(r)):
             _assert_same(r[i], p[i])
@@ -203,31 +192,41 @@ def test_incomplete_copies_are_detected_and_prepared_again(data, out, tmp_path):
     # an interrupted preparation leaves only its incomplete.* directory, never the final one
     os.remove(os.path.join(directory, "semrel_prepared-eval.array_record-00000"))
     os.rename(directory, os.path.join(os.path.dirname(directory), "incomplete.0123_1.0.0"))
-    with pytest.raises(prepared.PreparedDataError, match="no prepared copy there.*interrupted preparation"):
-        sources.build_sources(c)
+    with pytest.raises(tfds_copy.PreparedDataError, match="no prepared copy there.*interrupted preparation"):
+        registry.build_sources(c)
     os.makedirs(directory)  # an empty (or half-written) final directory is not a copy either
-    with pytest.raises(prepared.PreparedDataError, match="dataset_info.json is missing"):
-        sources.build_sources(c)
+    with pytest.raises(tfds_copy.PreparedDataError, match="dataset_info.json is missing"):
+        registry.build_sources(c)
 
 
 def test_missing_directory_or_other_settings_are_clear_errors(data, out, tmp_path):
     missing = str(tmp_path / "nowhere")
     c = _config("scienceqa", data, prepared_dir=missing)
     c.data.root = ""  # a copy is read without the raw files
-    no_dir = r"config\.data\.prepared_dir: .*" + re.escape(missing) + ".* does not exist"
-    with pytest.raises(config_lib.ConfigError, match=no_dir):
-        config_lib.validate(c)
-    with pytest.raises(prepared.PreparedDataError, match="semrel_jax.data.prepare"):
-        sources.build_sources(c)
+    registry.validate(c)  # pure: nothing is read until the sources are opened
+    no_dir = r"data\.prepared_dir=.*" + re.escape(missing) + ".* does not exist; prepare it first: .*semrel_jax.data.prepare"
+    with pytest.raises(tfds_copy.PreparedDataError, match=no_dir):
+        registry.build_sources(c)
     c.data.prepared_dir = out
-    config_lib.validate(c)
+    registry.build_sources(c)
     c.data.scienceqa_format = "CQM-A"  # other questions than the copy holds
-    with pytest.raises(prepared.PreparedDataError, match="scienceqa_format: prepared 'QCM-A', config 'CQM-A'"):
-        sources.build_sources(c)
+    with pytest.raises(tfds_copy.PreparedDataError, match="scienceqa_format: prepared 'QCM-A', config 'CQM-A'"):
+        registry.build_sources(c)
     other = _config("scienceqa", data)
     other.data.scienceqa_format = "CQM-A"
-    with pytest.raises(prepared.PreparedDataError, match="other data settings.*--overwrite"):
-        prepared.prepare(other, out)  # never silently replaced
+    with pytest.raises(tfds_copy.PreparedDataError, match="other data settings.*--overwrite"):
+        registry.prepare(other, out)  # never silently replaced
+
+
+def test_a_copy_of_another_format_is_refused_and_prepared_again(data, out, tmp_path, monkeypatch):
+    copy = str(tmp_path / "copy")
+    shutil.copytree(out, copy)
+    c = _config("scienceqa", data, prepared_dir=copy)
+    monkeypatch.setattr(tfds_copy, "FORMAT", tfds_copy.FORMAT + 1)  # the copy is of the format before
+    with pytest.raises(tfds_copy.PreparedDataError, match=f"not of format {tfds_copy.FORMAT}.*Prepare it"):
+        registry.build_sources(c)
+    registry.prepare(c, copy, threads=1)
+    assert len(registry.build_sources(c)[0]) == len(registry.build_sources(_config("scienceqa", data))[0])
 
 
 def test_command_line_prepares_what_the_config_names(data, tmp_path):
@@ -240,8 +239,8 @@ def test_command_line_prepares_what_the_config_names(data, tmp_path):
     assert f"--config.data.prepared_dir={target}" in proc.stdout
     c = _config("scienceqa", data)
     c.data.captions = ""
-    raw = sources.build_sources(c)
+    raw = registry.build_sources(c)
     c.data.prepared_dir = target
-    for r, p in zip(raw, sources.build_sources(c)):
+    for r, p in zip(raw, registry.build_sources(c)):
         assert len(p) == len(r)
         _assert_same(r[0], p[0])

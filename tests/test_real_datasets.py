@@ -11,8 +11,9 @@ import pytest
 import vqa  # configs/ is on sys.path (conftest)
 
 import dataset_fixtures
-from semrel_jax import config as config_lib
+from semrel_jax.data import registry
 from semrel_jax.data.images import BadDataError
+from semrel_jax.errors import ConfigError
 from semrel_jax.training import train
 
 
@@ -61,15 +62,17 @@ def test_bad_record_under_the_error_policy_names_it(data):
     c = _config("scienceqa", data)
     c.data.on_bad_data = "error"
     with pytest.raises(BadDataError, match=r"bad record '\d+' \[(malformed_record|missing_file)\]"):
-        train.build_sources(c)
+        registry.build_sources(c)
 
 
 def test_real_datasets_need_their_paths_and_the_raw_format(data):
     c = _config("coco_captions", data)
     c.data.train_file = ""
-    with pytest.raises(config_lib.ConfigError, match="data.train_file"):
-        config_lib.validate(c)
+    with pytest.raises(ConfigError, match="data.train_file"):
+        registry.validate(c)
+    c.data.prepared_dir = "/a/copy"  # a copy is read without the raw files
+    registry.validate(c)
     c = _config("scienceqa", data)
     c.data.prompt_format = "qa"
-    with pytest.raises(config_lib.ConfigError, match="data.prompt_format"):
-        config_lib.validate(c)
+    with pytest.raises(ConfigError, match="data.prompt_format"):
+        registry.validate(c)

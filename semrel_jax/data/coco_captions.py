@@ -29,9 +29,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
-from semrel_jax.data.images import Malformed, RecordSource
+import ml_collections
+
+from semrel_jax.data import records
+from semrel_jax.data.dataset import Dataset
+from semrel_jax.data.images import Malformed
+from semrel_jax.data.records import RecordSource
+from semrel_jax.evaluation import captioning
 
 SPLITS: tuple[str, ...] = ("train", "restval", "val", "test")
 MODES: tuple[str, ...] = ("train", "eval")
@@ -127,3 +134,36 @@ class KarpathyCOCO(RecordSource):
             "filename": filename,
             "sentid": sentid,
         }
+
+
+# ---------------------------------------------------------------------------------------------- the dataset
+
+
+def _build(c: ml_collections.ConfigDict) -> tuple[KarpathyCOCO, KarpathyCOCO]:
+    d = c.data
+    train_policy, eval_policy = records.policies(d.on_bad_data)
+    train, evaluation = DATASET.split_names(d)
+    return (
+        KarpathyCOCO(d.train_file, d.image_root, train, "train", **train_policy),
+        KarpathyCOCO(d.train_file, d.image_root, evaluation, "eval", **eval_policy),
+    )
+
+
+def _record_settings(c: ml_collections.ConfigDict) -> dict:
+    train, evaluation = DATASET.split_names(c.data)
+    return dict(on_bad_data=c.data.on_bad_data, train_split=train, eval_split=evaluation)
+
+
+def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
+    del train_source, eval_source
+    return captioning.caption_scores({r["cocoid"]: r["prediction"] for r in rows}, {r["cocoid"]: r["references"] for r in rows})
+
+
+DATASET = Dataset(
+    name="coco_captions",
+    defaults={},
+    build=_build,
+    record_settings=_record_settings,
+    score=_score,
+    validate=lambda c: records.validate(c, "coco_captions", ("train_file", "image_root")),
+)

@@ -1,4 +1,4 @@
-"""Image files to uint8 RGB arrays, and the bad-data policy shared by the on-disk dataset readers.
+"""Image files to uint8 RGB arrays, and the errors of the on-disk readers' bad-data policy.
 
 Loading (:func:`load_image`): Pillow decodes the whole file (``Image.load``; truncated files raise,
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set) and the pixels come back as a fresh, writable
@@ -13,47 +13,18 @@ Loading (:func:`load_image`): Pillow decodes the whole file (``Image.load``; tru
 * Multi-frame files (GIF, TIFF) give their first frame. EXIF orientation is NOT applied (the pixels as
   stored, as the reference loaders and the HF processors read them).
 
-Bad-data policy (``on_bad_data``), for every reader built on :class:`RecordSource`. A *record* is one
-entry of the dataset's own JSON (a ScienceQA problem, a VQA question, a Karpathy image entry, a LLaVA
-conversation); one record may give several examples (captions, turns). Bad records have a reason:
-
-* ``missing_file``: the record names an image file that does not exist;
-* ``corrupt_image``: the file exists but does not decode (truncated, not an image, decompression bomb);
-* ``malformed_record``: the record itself is unusable (missing or mistyped fields, answer index out of
-  range, unknown roles, a placeholder without an image, ...).
-
-``"error"`` (the default) raises :class:`BadDataError` naming the dataset, the record id, the image path
-(when there is one) and the reason. ``"skip"``:
-
-* malformed records and missing files are found when the source is built (every distinct image path is
-  ``stat``-ed once) and their records are left out: the source never contains them;
-* corrupt images are found when an example is read (decoding every file up front would take hours on
-  the large sets; pass ``verify_images=True`` to decode them all at construction instead, which makes the
-  source exact: then no read-time replacement can happen). A read that hits a corrupt (or since-deleted)
-  image returns the NEXT example, ``index + 1, index + 2, ...`` (wrapping around), whose image reads. The
-  replacement is deterministic (it depends only on which files decode), its ``index`` is its own (so
-  question, answer and metadata always belong to the returned image: never a silent wrong answer), and
-  the bad record is remembered so it is not decoded again.
-
-``source.skipped`` maps every reason to the number of distinct records dropped or replaced, and each one
-is logged (a summary at construction, one warning per corrupt record at read time). Read-time counts
-live in the process that did the read: with grain worker processes, each worker counts (and logs) its
-own. I/O failures that are not about the data (permission denied, EIO, ...) are never skipped: they
-raise whatever the policy.
+The bad-data policy that uses these errors: :mod:`semrel_jax.data.records`.
 """
 
 from __future__ import annotations
 
 import errno
 import operator
-import os
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
-from absl import logging
 from PIL import Image
 
 MISSING_FILE = "missing_file"
@@ -159,140 +130,3 @@ def check_policy(on_bad_data: str) -> str:
     if on_bad_data not in POLICIES:
         raise ValueError(f"on_bad_data must be one of {POLICIES}, got {on_bad_data!r}")
     return on_bad_data
-
-
-class RecordSource:
-    """Base of the on-disk readers: a grain-compatible random-access source with the bad-data policy.
-
-    Subclasses parse their files into *entries* (one per example; plain picklable values), each tied to
-    a record id and an image path (``None`` for text-only), by calling :meth:`_admit`, and implement
-    :meth:`_fields` (the example without its image). ``source[i]`` is ``_fields(i)`` plus ``'image'``
-    (``uint8 [H, W, 3]``, or ``None`` for text-only examples) and ``'has_image'`` (1 / 0).
-    """
-
-    name = "dataset"
-
-    def __init__(self, on_bad_data: str = "error", verify_images: bool = False):
-        self.on_bad_data = check_policy(on_bad_data)
-        self.verify_images = bool(verify_images)
-        self.skipped: dict[str, int] = {reason: 0 for reason in REASONS}
-        self._entries: list[Any] = []
-        self._record_ids: list[Any] = []  # per entry
-        self._paths: list[str | None] = []  # per entry
-        self._bad_records: set = set()  # corrupt records found at read time (this process)
-
-    # ------------------------------------------------------------------ construction
-
-    def _bad(self, record_id: Any, path: str | None, reason: str, detail: str, examples: int) -> None:
-        if self.on_bad_data == "error":
-            raise BadDataError(self.name, record_id, path, reason, detail)
-        self.skipped[reason] += 1
-        logging.log_first_n(
-            logging.WARNING, "%s: skipping record %r (%s: %s; path %s; %d example(s))", 20,
-            self.name, record_id, reason, detail, path, examples,
-        )
-
-    def _admit(self, records: Iterable[tuple[Any, Any]], parse: Callable[[Any, Any], tuple[str | None, list[Any]]]) -> None:
-        """Fills the source from ``(record_id, raw_record)`` pairs, applying the policy.
-
-        ``parse(record_id, raw)`` returns ``(image_path or None, [entry, ...])`` or raises :class:`Malformed`.
-        """
-        parsed: list[tuple[Any, str | None, list[Any]]] = []
-        for record_id, raw in records:
-            try:
-                path, entries = parse(record_id, raw)
-            except Malformed as e:
-                self._bad(record_id, None, MALFORMED_RECORD, str(e), 0)
-                continue
-            if not entries:
-                self._bad(record_id, path, MALFORMED_RECORD, "the record gives no example", 0)
-                continue
-            parsed.append((record_id, path, entries))
-        file_ok: dict[str, tuple[str, str] | None] = {}  # path -> None (good) or (reason, detail)
-        for record_id, path, entries in parsed:
-            if path is not None:
-                if path not in file_ok:
-                    file_ok[path] = self._check_file(path)
-                problem = file_ok[path]
-                if problem is not None:
-                    self._bad(record_id, path, problem[0], problem[1], len(entries))
-                    continue
-            for entry in entries:
-                self._entries.append(entry)
-                self._record_ids.append(record_id)
-                self._paths.append(path)
-        dropped = sum(self.skipped.values())
-        if dropped:
-            logging.warning("%s: %d example(s) kept; records left out by reason: %s", self.name, len(self._entries), self.skipped)
-
-    def _check_file(self, path: str) -> tuple[str, str] | None:
-        if not self.verify_images:
-            if os.path.isfile(path):
-                return None
-            return MISSING_FILE, "no such file" if not os.path.exists(path) else "not a regular file"
-        try:
-            read_image(path)
-        except UnreadableImage as e:
-            return e.reason, e.detail
-        return None
-
-    # ------------------------------------------------------------------ access
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _check_index(self, index: Any) -> int:
-        i = as_index(index)
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range [0, {len(self)})")
-        return i
-
-    def _fields(self, index: int) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def metadata(self, index: int) -> dict[str, Any]:
-        """Example ``index`` without reading its image (``'image'`` absent; ``'has_image'`` present)."""
-        i = self._check_index(index)
-        return {**self._fields(i), "has_image": int(self._paths[i] is not None)}
-
-    def texts(self) -> Iterator[str]:
-        """Every question and answer text, in order (for building a tokenizer; no image is read)."""
-        for i in range(len(self)):
-            fields = self._fields(i)
-            for key in ("question", "answer"):
-                if fields.get(key):
-                    yield fields[key]
-
-    def record_id(self, index: int) -> Any:
-        return self._record_ids[self._check_index(index)]
-
-    def __getitem__(self, index: Any) -> dict[str, Any]:
-        """Example ``index``: ``_fields`` + ``'image'`` (uint8 [H, W, 3] or None) + ``'has_image'``."""
-        i = self._check_index(index)
-        n = len(self)
-        for step in range(n):
-            j = (i + step) % n
-            path = self._paths[j]
-            if path is None:
-                return {**self._fields(j), "image": None, "has_image": 0}
-            record_id = self._record_ids[j]
-            if record_id in self._bad_records:
-                continue
-            try:
-                image = read_image(path)
-            except UnreadableImage as e:
-                if self.on_bad_data == "error":
-                    raise BadDataError(self.name, record_id, path, e.reason, e.detail) from e
-                self._bad_records.add(record_id)
-                self.skipped[e.reason] += 1
-                logging.warning(
-                    "%s: record %r has an unreadable image (%s: %s; path %s); index %d is served by the next "
-                    "readable example", self.name, record_id, e.reason, e.detail, path, j,
-                )
-                continue
-            except OSError as e:  # not about the data (permission, EIO): never skipped, but say whose file it was
-                if hasattr(e, "add_note"):
-                    e.add_note(f"{self.name}: while reading the image of record {record_id!r} ({path})")
-                raise
-            return {**self._fields(j), "image": image, "has_image": 1}
-        raise BadDataError(self.name, self._record_ids[i], self._paths[i], CORRUPT_IMAGE, "no example of the source has a readable image")

@@ -38,9 +38,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
-from semrel_jax.data.images import Malformed, RecordSource
+import ml_collections
+
+from semrel_jax import errors
+from semrel_jax.data import records
+from semrel_jax.data.dataset import Dataset
+from semrel_jax.data.images import Malformed
+from semrel_jax.data.records import RecordSource
 
 IMAGE_TOKEN = "<image>"
 USER_ROLES = ("human", "user")
@@ -130,3 +137,36 @@ class LLaVAInstruct(RecordSource):
             "turn": turn,
             "num_turns": num_turns,
         }
+
+
+# ---------------------------------------------------------------------------------------------- the dataset
+
+
+def _validate(c: ml_collections.ConfigDict) -> None:
+    for key in ("data.train_split", "data.eval_split"):  # its splits are files, not names
+        errors.check(not errors.get(c, key), key, "llava_json reads data.train_file / data.eval_file; leave the split names ''")
+    records.validate(c, "llava_json", ("train_file", "image_root"))
+
+
+def _build(c: ml_collections.ConfigDict) -> tuple[LLaVAInstruct, LLaVAInstruct]:
+    d = c.data
+    train_policy, eval_policy = records.policies(d.on_bad_data)
+    return (LLaVAInstruct(d.train_file, d.image_root, **train_policy),
+            LLaVAInstruct(d.eval_file or d.train_file, d.image_root, **eval_policy))
+
+
+def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
+    # Free-form answers have no official metric; exact match (case/space-insensitive) as a sanity number.
+    del train_source, eval_source
+    hits = [r["prediction"].strip().lower() == str(r["answer"]).strip().lower() for r in rows]
+    return {"accuracy/exact_match": sum(hits) / max(len(hits), 1), "num_examples": float(len(rows))}
+
+
+DATASET = Dataset(
+    name="llava_json",
+    defaults={},
+    build=_build,
+    record_settings=lambda c: dict(on_bad_data=c.data.on_bad_data, separate_eval_file=bool(c.data.eval_file)),
+    score=_score,
+    validate=_validate,
+)

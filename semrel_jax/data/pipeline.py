@@ -16,6 +16,7 @@ import numpy as np
 
 from semrel_jax.data import prompts
 from semrel_jax.data.preprocess import ImagePreprocessor
+from semrel_jax.data.source import Source
 
 
 @dataclasses.dataclass
@@ -141,18 +142,19 @@ class ImageGroups:
         return [self.source[int(i)] for i in self.groups[int(index)]]
 
 
-def image_groups(source, examples_per_image: int) -> ImageGroups:
-    groups = getattr(source, "image_groups", None)
+def image_groups(source: Source, examples_per_image: int) -> ImageGroups:
+    """``source``'s examples in groups of ``examples_per_image`` sharing one image (``Source.image_groups``)."""
+    groups = source.image_groups(examples_per_image)
     if groups is None:
         raise ValueError(
             f"data.examples_per_image={examples_per_image} needs a source whose examples share images; "
             f"{type(source).__name__} does not group its examples by image (use 1)."
         )
-    return ImageGroups(source, np.asarray(groups(examples_per_image)))
+    return ImageGroups(source, np.asarray(groups))
 
 
 def training_dataset(
-    source,
+    source: Source,
     featurize,
     batch_size: int,
     seed: int,
@@ -160,7 +162,7 @@ def training_dataset(
     process_count: int = 1,
     examples_per_image: int = 1,
     featurize_group=None,
-    mix: tuple[Any, float] | None = None,
+    mix: tuple[Source, float] | None = None,
 ) -> grain.MapDataset:
     """Infinite stream of per-host batches, reshuffled every epoch; ``ds[step]`` is step's batch.
 
@@ -205,7 +207,7 @@ def iterate(dataset: grain.MapDataset, start_step: int, num_workers: int = 0, pr
     return iter(it)
 
 
-def evaluation_batches(source, featurize, batch_size: int, num_examples: int | None = None) -> Iterator[dict]:
+def evaluation_batches(source: Source, featurize, batch_size: int, num_examples: int | None = None) -> Iterator[dict]:
     """Batches over the first ``num_examples`` of ``source`` in order; the last one is padded.
 
     Padded rows repeat the last example and carry ``example_valid=False`` so metrics skip them,
@@ -217,16 +219,20 @@ def evaluation_batches(source, featurize, batch_size: int, num_examples: int | N
         rows = [ds[i] for i in range(start, min(start + batch_size, n))]
         valid = [True] * len(rows) + [False] * (batch_size - len(rows))
         rows += [rows[-1]] * (batch_size - len(rows))
-        batch = _stack(rows)
+        batch = stack(rows)
         batch["example_valid"] = np.asarray(valid)
         yield batch
 
 
-def _stack(rows: list[dict]) -> dict:
+def stack(rows: list[dict]) -> dict:
+    """Featurized rows (nested dicts of arrays) -> one batch: every array stacked on a new leading axis."""
     out = {}
     for key, value in rows[0].items():
         if isinstance(value, Mapping):
-            out[key] = _stack([r[key] for r in rows])
+            out[key] = stack([r[key] for r in rows])
         else:
             out[key] = np.stack([r[key] for r in rows])
     return out
+
+
+_stack = stack  # the old private name, still used by tests/test_sharding.py and tests/test_step_variants.py

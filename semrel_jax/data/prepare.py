@@ -1,11 +1,11 @@
-"""Prepare the train and eval sources a config names as a TFDS array_record copy (semrel_jax.data.prepared).
+"""Prepare the train and eval sources a config names as a TFDS array_record copy (semrel_jax.data.tfds_copy).
 
     python -m semrel_jax.data.prepare --config=configs/vqa.py --config.data.name=scienceqa \\
         --config.data.root=/data/ScienceQA --out=/data/prepared
     # then train / evaluate with --config.data.prepared_dir=/data/prepared (same data settings)
 
 Every ``data`` key the sources use applies (splits, formats, ``on_bad_data``, ...): the copy holds exactly
-what ``build_sources`` gives for them, and records them. Running it again is a no-op once the copy is
+what ``registry.build_sources`` gives for them, and records them. Running it again is a no-op once the copy is
 complete; an interrupted or damaged copy is prepared again. No TensorFlow needed.
 """
 
@@ -26,13 +26,13 @@ flags.mark_flags_as_required(["config", "out"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from semrel_jax.data import prepared
+    from semrel_jax.data import registry, tfds_copy
 
     logging.set_verbosity(logging.INFO)
     c = flags.FLAGS.config
     try:
-        directory = prepared.prepare(c, _OUT.value, overwrite=_OVERWRITE.value, threads=_THREADS.value)
-    except prepared.PreparedDataError as e:
+        directory = registry.prepare(c, _OUT.value, overwrite=_OVERWRITE.value, threads=_THREADS.value)
+    except tfds_copy.PreparedDataError as e:
         sys.exit(f"FATAL: {e}")
     print(f"{c.data.name}: prepared copy at {directory}; train with --config.data.prepared_dir={_OUT.value}")
 

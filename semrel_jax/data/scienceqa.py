@@ -53,9 +53,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
-from semrel_jax.data.images import Malformed, RecordSource
+import ml_collections
+
+from semrel_jax import errors
+from semrel_jax.data import records
+from semrel_jax.data.dataset import Dataset
+from semrel_jax.data.images import Malformed
+from semrel_jax.data.records import RecordSource
+from semrel_jax.evaluation import scienceqa as scienceqa_metric
 
 OPTIONS: tuple[str, ...] = ("A", "B", "C", "D", "E")
 INPUT_FORMATS: tuple[str, ...] = ("QCM", "CQM", "QM", "Q")
@@ -184,6 +192,10 @@ class ScienceQA(RecordSource):
         # pid -> official problems.json entry, for every problem kept (in order; what scorers take)
         self.problems: dict[str, dict] = {pid: problems[pid] for pid in dict.fromkeys(self._record_ids)}
 
+    def scoring_data(self) -> dict[str, Any]:
+        """``{"problems": {pid: problems.json entry}}`` for every problem kept, in order (the scorer's input)."""
+        return {"problems": self.problems}
+
     def __repr__(self) -> str:
         return (f"ScienceQA(root={self.root!r}, split={self.split!r}, prompt_format={self.prompt_format!r}, "
                 f"captions_path={self.captions_path!r}, on_bad_data={self.on_bad_data!r}, len={len(self)})")
@@ -209,3 +221,43 @@ class ScienceQA(RecordSource):
             "family": subject,
             "kind": category,
         }
+
+
+# ---------------------------------------------------------------------------------------------- the dataset
+
+
+def _validate(c: ml_collections.ConfigDict) -> None:
+    records.validate(c, "scienceqa", ("root",))
+    errors.one_of(c, "data.scienceqa_format", PROMPT_FORMATS)
+
+
+def _build(c: ml_collections.ConfigDict) -> tuple[ScienceQA, ScienceQA]:
+    d = c.data
+    train_policy, eval_policy = records.policies(d.on_bad_data)
+    train, evaluation = DATASET.split_names(d)
+    fmt, captions = d.scienceqa_format, d.captions or None
+    return ScienceQA(d.root, train, fmt, captions, **train_policy), ScienceQA(d.root, evaluation, fmt, captions, **eval_policy)
+
+
+def _record_settings(c: ml_collections.ConfigDict) -> dict:
+    d = c.data
+    train, evaluation = DATASET.split_names(d)
+    return dict(on_bad_data=d.on_bad_data, train_split=train, eval_split=evaluation,
+                scienceqa_format=d.scienceqa_format, captions=bool(d.captions))  # whether a captions file was used
+
+
+def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
+    del train_source
+    predictions = {r["pid"]: r["prediction"] for r in rows}
+    problems = eval_source.scoring_data()["problems"]
+    return scienceqa_metric.accuracy_report(predictions, problems, split=None, pids=list(predictions))
+
+
+DATASET = Dataset(
+    name="scienceqa",
+    defaults=dict(scienceqa_format="QCM-A", captions=""),
+    build=_build,
+    record_settings=_record_settings,
+    score=_score,
+    validate=_validate,
+)

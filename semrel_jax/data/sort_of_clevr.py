@@ -48,11 +48,16 @@ and for multiprocess data loading).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import ml_collections
 import numpy as np
 
+from semrel_jax import errors
+from semrel_jax.data.dataset import Dataset
 from semrel_jax.data.images import as_index
+from semrel_jax.evaluation import vqa
 
 COLORS: tuple[str, ...] = ("red", "green", "blue", "orange", "gray", "yellow")
 COLOR_RGB: dict[str, tuple[int, int, int]] = {
@@ -450,6 +455,29 @@ class SortOfClevr:
         self._cache[image_index] = (image, questions)
         return image, questions
 
+    def _locate(self, index: Any) -> tuple[int, int]:
+        i = as_index(index)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range [0, {len(self)})")
+        return divmod(i, self.questions_per_image)
+
+    def metadata(self, index: int) -> dict[str, Any]:
+        """Question ``index``: 'question', 'answer', 'family', 'kind' (what a prediction is scored with)."""
+        image_index, q = self._locate(index)
+        question = self.questions(image_index)[q]
+        return {"question": question.text, "answer": question.answer, "family": question.family, "kind": question.kind}
+
+    def texts(self) -> Iterator[str]:
+        """Every question and answer the generator can produce (the whole vocabulary, without a scan)."""
+        for kind in _QUESTION_TEMPLATES:
+            for color in COLORS:
+                yield question_text(kind, color)
+        for answers in answer_space().values():
+            yield from answers
+
+    def scoring_data(self) -> dict[str, Any]:
+        return {}
+
     def image_groups(self, size: int) -> np.ndarray:
         """``[len / size, size]`` example indices, each row ``size`` questions of one image."""
         if size < 1 or self.questions_per_image % size:
@@ -466,10 +494,8 @@ class SortOfClevr:
           'question', 'answer', 'family', 'kind' (str), 'image_index', 'index'
           (int).
         """
-        i = as_index(index)
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range [0, {len(self)})")
-        image_index, q = divmod(i, self.questions_per_image)
+        image_index, q = self._locate(index)
+        i = image_index * self.questions_per_image + q
         image, questions = self._cached(image_index)
         question = questions[q]
         return {
@@ -481,3 +507,70 @@ class SortOfClevr:
             "image_index": image_index,
             "index": i,
         }
+
+
+# ---------------------------------------------------------------------------------------------- the dataset
+
+
+def validate_images(c: ml_collections.ConfigDict) -> None:
+    """The checks of the keys every generated Sort-of-CLEVR source reads (the captions source too)."""
+    for key in ("data.train_images", "data.eval_images"):
+        errors.positive_int(c, key)
+    for key in ("data.train_split", "data.eval_split"):
+        errors.one_of(c, key, ("",) + tuple(SPLITS))
+
+
+def _validate(c: ml_collections.ConfigDict) -> None:
+    validate_images(c)
+    errors.positive_int(c, "data.questions_per_image")
+    mix = c.data.caption_mix
+    errors.check(
+        isinstance(mix, (int, float)) and not isinstance(mix, bool) and 0.0 <= mix < 1.0,
+        "data.caption_mix", f"expected a fraction 0 <= caption_mix < 1, got {mix!r}",
+    )
+    group = c.data.examples_per_image
+    errors.check(not (mix and group > 1), "data.caption_mix", "mixing in scene descriptions needs data.examples_per_image=1")
+    errors.check(
+        group <= 1 or c.data.questions_per_image % group == 0,
+        "data.examples_per_image", f"must divide data.questions_per_image={c.data.questions_per_image}, got {group}",
+    )
+
+
+def _build(c: ml_collections.ConfigDict) -> tuple[SortOfClevr, SortOfClevr]:
+    """Train on "train", evaluate on "test"; ``data.eval_split='train'`` evaluates on the first
+    ``eval_images`` training images (does the model fit what it was trained on, or fail to generalise?)."""
+    d = c.data
+    kw = dict(seed=c.seed, questions_per_image=d.questions_per_image, object_size=d.object_size)
+    train, evaluation = DATASET.split_names(d)
+    return SortOfClevr(train, d.train_images, **kw), SortOfClevr(evaluation, d.eval_images, **kw)
+
+
+def record_settings(c: ml_collections.ConfigDict) -> dict:
+    """The settings of the generated Sort-of-CLEVR images (shared by the captions source)."""
+    d = c.data
+    train, evaluation = DATASET.split_names(d)
+    return dict(seed=c.seed, train_images=d.train_images, eval_images=d.eval_images, object_size=d.object_size,
+                train_split=train, eval_split=evaluation)
+
+
+def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
+    """Exact match per family and kind, beside the majority answer per kind of the training questions."""
+    del eval_source
+    train_answers = (train_source.metadata(i) for i in range(len(train_source)))
+    return vqa.accuracy_report(rows, vqa.majority_answers(train_answers))
+
+
+DATASET = Dataset(
+    name="sort_of_clevr",
+    defaults=dict(train_images=10_000, eval_images=500, questions_per_image=20, object_size=OBJECT_SIZE,
+                  caption_mix=0.6, caption_kinds=("objects",)),
+    build=_build,
+    record_settings=lambda c: {**record_settings(c), "questions_per_image": c.data.questions_per_image},
+    score=_score,
+    validate=_validate,
+    prompt_formats=("qa", "raw", "chat"),
+    # LLaVA's caption alignment as a mixture: a data.caption_mix fraction of the training examples are scene
+    # descriptions of the same training images (of the data.caption_kinds kinds, equally often).
+    mix=("sort_of_clevr_captions", lambda c: c.data.caption_mix),
+    groups_by_image=True,
+)

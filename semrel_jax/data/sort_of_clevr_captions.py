@@ -25,7 +25,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import ml_collections
+
+from semrel_jax import errors
 from semrel_jax.data import sort_of_clevr
+from semrel_jax.data.dataset import Dataset
+from semrel_jax.evaluation import captioning
 
 KINDS = ("objects", "relations")
 PROMPTS = {"objects": "describe the image .", "relations": "describe the relations ."}
@@ -97,6 +102,12 @@ class SortOfClevrCaptions:
         scene = self._scenes.scene(self._locate(index)[0])
         return {**self.metadata(index), "image": sort_of_clevr.render(scene), "has_image": 1}
 
+    def image_groups(self, size: int) -> None:
+        return None
+
+    def scoring_data(self) -> dict[str, Any]:
+        return {}
+
     def texts(self) -> Iterator[str]:
         for kind in self.kinds:
             yield PROMPTS[kind]
@@ -104,3 +115,40 @@ class SortOfClevrCaptions:
         if "relations" in self.kinds:
             words += tuple(str(n) for n in range(sort_of_clevr.NUM_OBJECTS))
         yield " ".join(words)
+
+
+# ---------------------------------------------------------------------------------------------- the dataset
+
+
+def _validate(c: ml_collections.ConfigDict) -> None:
+    sort_of_clevr.validate_images(c)
+    kinds = c.data.caption_kinds
+    errors.check(
+        isinstance(kinds, (tuple, list)) and len(kinds) > 0 and len(set(kinds)) == len(kinds)
+        and all(k in KINDS for k in kinds),
+        "data.caption_kinds", f"expected distinct names from {KINDS}, got {kinds!r}",
+    )
+
+
+def _build(c: ml_collections.ConfigDict) -> tuple[SortOfClevrCaptions, SortOfClevrCaptions]:
+    d = c.data
+    train, evaluation = DATASET.split_names(d)
+    kw = dict(seed=c.seed, object_size=d.object_size, kinds=tuple(d.caption_kinds))
+    return SortOfClevrCaptions(train, d.train_images, **kw), SortOfClevrCaptions(evaluation, d.eval_images, **kw)
+
+
+def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
+    # One item per (image, description kind), so the item index is the key (keying by image would let one
+    # kind's prediction overwrite the other's).
+    del train_source, eval_source
+    return captioning.caption_scores({r["index"]: r["prediction"] for r in rows}, {r["index"]: r["references"] for r in rows})
+
+
+DATASET = Dataset(
+    name="sort_of_clevr_captions",
+    defaults=dict(train_images=10_000, eval_images=500, object_size=sort_of_clevr.OBJECT_SIZE, caption_kinds=("objects",)),
+    build=_build,
+    record_settings=lambda c: {**sort_of_clevr.record_settings(c), "caption_kinds": list(c.data.caption_kinds)},
+    score=_score,
+    validate=_validate,
+)

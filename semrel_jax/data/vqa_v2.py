@@ -31,9 +31,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
-from semrel_jax.data.images import Malformed, RecordSource
+import ml_collections
+
+from semrel_jax import errors
+from semrel_jax.data import records
+from semrel_jax.data.dataset import Dataset
+from semrel_jax.data.images import Malformed
+from semrel_jax.data.records import RecordSource
+from semrel_jax.evaluation import vqa_v2 as vqa_v2_metric
 
 PROMPT_FORMATS: tuple[str, ...] = ("plain", "llava")
 SPLITS: tuple[str, ...] = ("train2014", "val2014", "test2015", "test-dev2015")
@@ -191,3 +199,46 @@ class VQAv2(RecordSource):
             "family": answer_type,
             "kind": question_type,
         }
+
+
+# ---------------------------------------------------------------------------------------------- the dataset
+
+
+def _validate(c: ml_collections.ConfigDict) -> None:
+    records.validate(c, "vqa_v2", ("root",))
+    errors.one_of(c, "data.vqa_prompt", PROMPT_FORMATS)
+
+
+def _build(c: ml_collections.ConfigDict) -> tuple[VQAv2, VQAv2]:
+    d = c.data
+    train_policy, eval_policy = records.policies(d.on_bad_data)
+    train, evaluation = DATASET.split_names(d)
+    image_dir = d.image_root or None
+    return (
+        VQAv2.from_root(d.root, train, image_dir, prompt_format=d.vqa_prompt, **train_policy),
+        VQAv2.from_root(d.root, evaluation, image_dir, prompt_format=d.vqa_prompt, **eval_policy),
+    )
+
+
+def _record_settings(c: ml_collections.ConfigDict) -> dict:
+    d = c.data
+    train, evaluation = DATASET.split_names(d)
+    return dict(on_bad_data=d.on_bad_data, train_split=train, eval_split=evaluation, vqa_prompt=d.vqa_prompt)
+
+
+def _score(rows: Sequence[dict], train_source, eval_source) -> dict:
+    del train_source, eval_source
+    if any(r.get("answers") is None for r in rows):
+        return {"num_examples": float(len(rows)), "note": "no annotations (test split): predictions only"}
+    return vqa_v2_metric.accuracy_report({r["question_id"]: r["prediction"] for r in rows}, rows)
+
+
+DATASET = Dataset(
+    name="vqa_v2",
+    defaults=dict(vqa_prompt="plain"),
+    build=_build,
+    record_settings=_record_settings,
+    score=_score,
+    validate=_validate,
+    splits=("train2014", "val2014"),
+)

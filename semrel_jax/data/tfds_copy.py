@@ -5,12 +5,12 @@
     python -m semrel_jax.main --config=configs/vqa.py --config.data.name=scienceqa --config.data.prompt_format=raw \\
         --config.data.prepared_dir=/data/prepared --workdir=/tmp/run     # reads the copy, not the raw files
 
-Any source of ``semrel_jax.data.sources.build_sources`` (both of its splits) is copied record by record:
+Any pair of sources (``semrel_jax.data.registry.build_sources``: both splits) is copied record by record:
 ``prepared[i] == raw[i]`` (same keys in the same order, same values, images pixel-equal), and the rest of
 the pipeline is unchanged. Decoding an image from its stored bytes is the raw readers' own decoding
 (``semrel_jax.data.images.load_image``), so pixels match exactly. Reads are deterministic, and grain worker
 processes can make them (a source pickles as its directory, split and attributes; each process opens the
-files itself). An example the raw reader replaced by the next readable one (``on_bad_data='skip'``, corrupt
+files itself). A copy is a :class:`semrel_jax.data.source.Source` like the raw one. An example the raw reader replaced by the next readable one (``on_bad_data='skip'``, corrupt
 image) is stored as it was served, i.e. replaced, exactly as the raw source serves it.
 
 **The TFDS route, without TensorFlow** (what tensorflow-datasets 4.9.10 does with TF absent):
@@ -39,18 +39,18 @@ Features (one set for all splits):
 
 * ``json`` (Text): on example rows, the example as a JSON object, every field but the image; ``"image": null``
   keeps the image's place (so the key order is the source's). Types must survive JSON exactly (checked). On
-  ``*_metadata`` rows, a JSON list of what the source's ``metadata(i)`` gives for 1,024 consecutive examples
-  (the example without its image for a source without ``metadata``): evaluation's per-example metadata and the
-  bulk scans (``texts()``, Sort-of-CLEVR ``questions``) read these without touching example or image rows.
+  ``*_metadata`` rows, a JSON list of what the source's ``metadata(i)`` gives for 1,024 consecutive examples:
+  evaluation's per-example metadata and the bulk scans (``texts()``) read these without touching example or
+  image rows.
 * ``image_index`` (int64): the row of ``<split>_images`` holding the example's image; -1 without one.
 * ``image`` (bytes, on ``*_images`` rows): the encoded image: the file's bytes as they were on disk
   (PNG/JPEG/...) when they decode to the example's pixels, else lossless PNG (generated images).
   Examples sharing an image (VQA questions, COCO captions, Sort-of-CLEVR questions) share one row.
 
-``metadata.json`` holds, per split, the row counts, the attributes evaluation reads (ScienceQA ``problems``;
-Sort-of-CLEVR ``num_images`` / ``questions_per_image``), the source's own ``texts()`` where they are not its
-metadata's questions and answers (the captions source), and the ``record_settings`` of
-``semrel_jax.data.sources``: a copy is only read under the same settings (else an error names them).
+``metadata.json`` holds, per split, the row counts, the source's ``scoring_data()`` (ScienceQA ``problems``),
+its own ``texts()`` where they are not its metadata's questions and answers (the generated sources), and the
+``record_settings`` (``semrel_jax.data.registry``): a copy is only read under the same settings (else an
+error names them). A copy of another ``FORMAT`` is not read (prepare it again).
 
 **Complete or not.** Preparation writes to ``incomplete.<random>_1.0.0`` next to the final directory
 and renames it into place once every split is closed (TFDS's own convention), so an interrupted run never
@@ -71,28 +71,27 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import ml_collections
 import numpy as np
 from absl import logging
 from PIL import Image
 
 from semrel_jax.data import images as images_lib
-from semrel_jax.data import sort_of_clevr
+from semrel_jax.data.records import RecordSource
+from semrel_jax.errors import UserError
 
 BUILDER_NAME = "semrel_prepared"
 VERSION = "1.0.0"
-FORMAT = 1  # of the metadata and features below; bump when they change
+FORMAT = 2  # of the metadata and features below; bump when they change (2: every source has metadata)
 SPLITS = ("train", "eval")  # build_sources' (train_source, eval_source)
 METADATA_CHUNK = 1024  # examples per *_metadata row
-ATTRIBUTES = ("problems", "num_images", "questions_per_image")  # source attributes evaluation reads
 _META_KEY = "semrel_prepared"
 _CACHE = 8  # decoded images / parsed metadata rows kept per source (neighbouring examples share them)
 
 
-class PreparedDataError(ValueError):
+class PreparedDataError(UserError):
     """A prepared copy that is missing, incomplete, or made with other settings; the message names the path."""
 
 
@@ -185,22 +184,20 @@ def _settings_diff(stored: dict, wanted: dict) -> list[str]:
             for k in keys if stored.get(k) != wanted.get(k)]
 
 
-def check(c: ml_collections.ConfigDict) -> tuple[str, dict]:
-    """``(directory, metadata)`` of the complete prepared copy ``c`` reads; else :class:`PreparedDataError`."""
-    from semrel_jax.data import sources
-
-    root = c.data.prepared_dir
-    directory = dataset_dir(root, c.data.name)
-    command = f"python -m semrel_jax.data.prepare --config=<this config> --out={root}"
-    if not os.path.isdir(root):
-        raise PreparedDataError(f"data.prepared_dir={root!r} does not exist; prepare it first: {command}")
+def check(prepared_dir: str, name: str, settings: dict) -> tuple[str, dict]:
+    """``(directory, metadata)`` of the complete copy of dataset ``name`` under ``prepared_dir`` made with
+    ``settings`` (the config's ``record_settings``); else :class:`PreparedDataError` saying what to do."""
+    directory = dataset_dir(prepared_dir, name)
+    command = f"python -m semrel_jax.data.prepare --config=<this config> --out={prepared_dir}"
+    if not os.path.isdir(prepared_dir):
+        raise PreparedDataError(f"data.prepared_dir={prepared_dir!r} does not exist; prepare it first: {command}")
     reason, meta = _inspect(directory)
     if reason is not None:
         raise PreparedDataError(
-            f"data.prepared_dir={root!r} has no complete prepared copy of {c.data.name!r} at {directory}: {reason}. "
+            f"data.prepared_dir={prepared_dir!r} has no complete prepared copy of {name!r} at {directory}: {reason}. "
             f"Prepare it (again): {command}"
         )
-    diff = _settings_diff(meta["settings"], sources.record_settings(c))
+    diff = _settings_diff(meta["settings"], settings)
     if diff:
         raise PreparedDataError(
             f"the prepared copy at {directory} was made with other data settings ({'; '.join(diff)}); "
@@ -212,18 +209,11 @@ def check(c: ml_collections.ConfigDict) -> tuple[str, dict]:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def open_sources(c: ml_collections.ConfigDict):
-    """``(train_source, eval_source)`` read from ``c.data.prepared_dir`` (what ``build_sources`` returns then)."""
-    directory, meta = check(c)
-    return tuple(open_split(directory, split, meta["splits"][split]) for split in SPLITS)
-
-
-def open_split(directory: str, split: str, info: dict | None = None) -> "PreparedSource":
-    """One split (``train`` / ``eval``) of a complete prepared copy, as the source it was prepared from."""
-    info = info if info is not None else _read_meta(directory)["splits"][split]
-    if info["kind"] == "sort_of_clevr":
-        return PreparedSortOfClevr(directory, split, info)
-    return (PreparedRecords if info["has_metadata"] else PreparedSource)(directory, split, info)
+def open_sources(prepared_dir: str, name: str, settings: dict) -> tuple["PreparedSource", "PreparedSource"]:
+    """``(train_source, eval_source)`` read from the copy :func:`check` finds (checked first)."""
+    directory, meta = check(prepared_dir, name, settings)
+    train, evaluation = (PreparedSource(directory, split, meta["splits"][split]) for split in SPLITS)
+    return train, evaluation
 
 
 class _Cache:
@@ -245,11 +235,10 @@ class _Cache:
 
 
 class PreparedSource:
-    """Random-access, picklable source over one prepared split: ``source[i]`` is the raw source's ``[i]``.
-
-    Also ``texts()`` (exactly the raw source's, for the tokenizer vocabulary) and the stored attributes
-    (ScienceQA ``problems``). Images are decoded per read (a few recent ones are cached; every read returns
-    a fresh writable array, as the raw readers do).
+    """One prepared split as a :class:`semrel_jax.data.source.Source`: ``source[i]``, ``metadata(i)``,
+    ``texts()`` and ``scoring_data()`` are the raw source's. Not grouped by image (``image_groups``: None).
+    Images are decoded per read (a few recent ones are cached; every read returns a fresh writable array,
+    as the raw readers do).
     """
 
     def __init__(self, directory: str, split: str, info: dict):
@@ -258,8 +247,7 @@ class PreparedSource:
         self._length = int(info["length"])
         self._chunk = int(info["metadata_chunk"])  # examples per *_metadata row
         self._texts = info["texts"]
-        for name, value in info["attributes"].items():
-            setattr(self, name, value)
+        self._scoring_data = info["scoring_data"]
         self._reset()
 
     def _reset(self) -> None:
@@ -326,6 +314,17 @@ class PreparedSource:
             row = self._metadata_row(r)
             yield from row[max(start, r * n) - r * n : min(stop, (r + 1) * n) - r * n]
 
+    def metadata(self, index: int) -> dict[str, Any]:
+        """The raw source's ``metadata(index)`` (nothing is decoded)."""
+        i = self._check_index(index)
+        return copy.deepcopy(self._metadata_row(i // self._chunk)[i % self._chunk])
+
+    def image_groups(self, size: int) -> None:
+        return None
+
+    def scoring_data(self) -> dict[str, Any]:
+        return copy.deepcopy(self._scoring_data)
+
     def texts(self) -> Iterator[str]:
         """Every question and answer text, as the raw source's ``texts()`` gives them (no image is read)."""
         if self._texts is not None:
@@ -335,34 +334,6 @@ class PreparedSource:
             for key in ("question", "answer"):
                 if meta.get(key):
                     yield meta[key]
-
-
-class PreparedRecords(PreparedSource):
-    """A prepared source whose raw source has ``metadata(i)`` (the on-disk readers, the captions source)."""
-
-    def metadata(self, index: int) -> dict[str, Any]:
-        """The raw source's ``metadata(index)``: the example without its image (nothing is decoded)."""
-        i = self._check_index(index)
-        return copy.deepcopy(self._metadata_row(i // self._chunk)[i % self._chunk])
-
-
-class PreparedSortOfClevr(PreparedSource):
-    """Prepared Sort-of-CLEVR: also ``num_images``, ``questions_per_image`` and ``questions(image_index)``."""
-
-    num_images: int
-    questions_per_image: int
-
-    def questions(self, image_index: int) -> list[sort_of_clevr.Question]:
-        """The questions of one image (what the raw source's ``questions`` gives), without reading it."""
-        i = images_lib.as_index(image_index)
-        if not 0 <= i < self.num_images:
-            raise IndexError(f"image_index {i} out of range [0, {self.num_images})")
-        q = self.questions_per_image
-        out = []
-        for m in self._metadata(i * q, (i + 1) * q):
-            color = next(c for c in sort_of_clevr.COLORS if sort_of_clevr.question_text(m["kind"], c) == m["question"])
-            out.append(sort_of_clevr.Question(m["question"], m["answer"], m["family"], m["kind"], color))
-        return out
 
 
 # ---------------------------------------------------------------------------------------------- preparing
@@ -400,10 +371,10 @@ def _digest(image: np.ndarray) -> bytes:
 
 def _image_file(source, example: dict) -> str | None:
     """The file the raw reader decoded this example's image from (the on-disk readers), else None."""
-    # RecordSource keeps one image path per example (semrel_jax.data.images); ``index`` is the example's own.
-    paths, index = getattr(source, "_paths", None), example.get("index")
-    if isinstance(source, images_lib.RecordSource) and isinstance(index, int) and 0 <= index < len(paths):
-        return paths[index]
+    # ``index`` is the served example's own (a skipped corrupt image is served by the next example).
+    index = example.get("index")
+    if isinstance(source, RecordSource) and isinstance(index, int) and 0 <= index < len(source):
+        return source.image_path(index)
     return None
 
 
@@ -434,7 +405,6 @@ def _check_image(image: Any, index: int) -> None:
 def _write_split(writer, split: str, source, pool, chunk: int) -> dict:
     """Writes ``split``, ``<split>_images`` and ``<split>_metadata`` from ``source``; returns the split's metadata."""
     n = len(source)
-    has_metadata = callable(getattr(source, "metadata", None))
     claimed: set[bytes] = set()
     lock = threading.Lock()
 
@@ -451,13 +421,13 @@ def _write_split(writer, split: str, source, pool, chunk: int) -> dict:
                 claimed.add(digest)
             if first:  # encode each distinct image once, in whichever thread meets it first
                 payload = _encode(image, _image_file(source, example))
-        return example, digest, payload, (source.metadata(i) if has_metadata else None)
+        return example, digest, payload, source.metadata(i)
 
     image_rows: dict[bytes, int] = {}
     per_row = METADATA_CHUNK
     pending: list[str] = []  # metadata JSON of examples not in a *_metadata row yet
     metadata_rows = 0
-    raw_texts = iter(source.texts()) if callable(getattr(source, "texts", None)) else None
+    raw_texts = iter(source.texts())
     texts_match = True
     for start in range(0, n, chunk):
         results = list(pool.map(load, range(start, min(n, start + chunk))))
@@ -472,10 +442,8 @@ def _write_split(writer, split: str, source, pool, chunk: int) -> dict:
                 k = image_rows[digest]
             fields = {key: (None if key == "image" else value) for key, value in example.items()}
             examples.append(_row(_to_json(fields, f"{split} example {i}"), k))
-            if meta is None:
-                meta = {key: value for key, value in fields.items() if key != "image"}
             pending.append(_to_json(meta, f"{split} metadata of example {i}"))
-            if raw_texts is not None and texts_match:
+            if texts_match:
                 for key in ("question", "answer"):
                     if meta.get(key) and next(raw_texts, None) != meta[key]:
                         texts_match = False
@@ -484,28 +452,23 @@ def _write_split(writer, split: str, source, pool, chunk: int) -> dict:
             del pending[:per_row]
         metadata_rows += len(metadata)
         writer.add_examples({split: examples, f"{split}_images": images, f"{split}_metadata": metadata})
-    if raw_texts is not None and next(raw_texts, None) is not None:
+    if next(raw_texts, None) is not None:
         texts_match = False
     texts = None
-    if raw_texts is not None and not texts_match:  # a source with texts() of its own: store them
+    if not texts_match:  # a source with texts() of its own: store them
         texts = list(source.texts())
         if len(texts) > 100_000:
             logging.warning("%s: storing %d texts() strings in metadata.json", split, len(texts))
-    attributes = {}
-    for name in ATTRIBUTES:
-        if hasattr(source, name):
-            attributes[name] = getattr(source, name)
-            _to_json(attributes[name], f"{split} attribute {name!r}")
+    scoring_data = source.scoring_data()
+    _to_json(scoring_data, f"{split} scoring_data()")
     return {
         "length": n,
         "distinct_images": len(image_rows),
         "metadata_rows": metadata_rows,
         "metadata_chunk": per_row,
-        "kind": "sort_of_clevr" if isinstance(source, sort_of_clevr.SortOfClevr) else "records",
-        "has_metadata": has_metadata,
         "source": repr(source),
         "texts": texts,
-        "attributes": attributes,
+        "scoring_data": scoring_data,
         "skipped": dict(getattr(source, "skipped", {}) or {}),
     }
 
@@ -533,7 +496,7 @@ def _write(directory: str, settings: dict, provenance: dict, sources_by_split: d
     splits = {}
     for split, source in sources_by_split.items():
         # Threads pay where Pillow decodes image files (without the GIL); generated data is pure Python.
-        n = max(1, threads) if isinstance(source, images_lib.RecordSource) else 1
+        n = max(1, threads) if isinstance(source, RecordSource) else 1
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
             splits[split] = _write_split(writer, split, source, pool, chunk=max(64, 16 * n))
         logging.info("prepared %s: %d examples, %d distinct images", split, splits[split]["length"],
@@ -542,19 +505,18 @@ def _write(directory: str, settings: dict, provenance: dict, sources_by_split: d
     writer.close_all()
 
 
-def prepare(c: ml_collections.ConfigDict, out: str, *, overwrite: bool = False, threads: int = 0,
-            examples_per_shard: int = 10_000) -> str:
-    """Prepares both sources ``c`` names (``build_sources`` on the raw files) under ``out``; returns the directory.
+def prepare(out: str, name: str, settings: dict, build: Callable[[], tuple[Any, Any]], *, provenance: dict,
+            overwrite: bool = False, threads: int = 0, examples_per_shard: int = 10_000) -> str:
+    """Prepares ``build()``'s ``(train_source, eval_source)`` as dataset ``name`` under ``out``; returns the directory.
 
-    A no-op when ``out`` already holds a complete copy made with the same ``record_settings``; a copy with
+    ``settings``: the config's ``record_settings`` (stored; a copy is only read under the same ones);
+    ``provenance``: where the raw files were (stored, informative). ``build`` is only called when there is
+    work to do: a no-op when ``out`` already holds a complete copy made with the same settings; a copy with
     other settings is an error unless ``overwrite``; an incomplete one is prepared again. ``threads``: threads
     reading the on-disk datasets (0: one per CPU, at most 8); the generated ones are read by one. Run it in one
     process (not once per host): concurrent preparations of the same directory are not coordinated.
     """
-    from semrel_jax.data import sources
-
-    directory = dataset_dir(out, c.data.name)
-    settings = sources.record_settings(c)
+    directory = dataset_dir(out, name)
     reason, meta = _inspect(directory)
     if reason is None:
         diff = _settings_diff(meta["settings"], settings)
@@ -568,11 +530,7 @@ def prepare(c: ml_collections.ConfigDict, out: str, *, overwrite: bool = False, 
             )
     elif os.path.exists(directory):
         logging.warning("%s is incomplete (%s): preparing it again", directory, reason)
-    raw = c.copy_and_resolve_references()
-    if raw.data.get("prepared_dir"):
-        raw.data.prepared_dir = ""  # build the raw sources
-    train, evaluation = sources.build_sources(raw)
-    provenance = {k: c.data.get(k, "") for k in ("root", "image_root", "train_file", "eval_file", "captions")}
+    train, evaluation = build()
     threads = threads or min(8, os.cpu_count() or 1)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     tmp = os.path.join(os.path.dirname(directory), f"incomplete.{uuid.uuid4().hex}_{VERSION}")
