@@ -36,13 +36,13 @@ def main(argv):
     del argv
     import ml_collections
 
-    from semrel_jax.data import sort_of_clevr, sources
+    from semrel_jax.data import registry, sort_of_clevr
 
     with open(os.path.join(_WORKDIR.value, "config.json")) as f:
         c = ml_collections.ConfigDict(json.load(f))
     if c.data.name != "sort_of_clevr":
         raise ValueError(f"{_WORKDIR.value} is a {c.data.name!r} run, not sort_of_clevr.")
-    _, eval_source = sources.build_sources(c)
+    _, eval_source = registry.build_sources(c)
     with open(_PREDICTIONS.value or os.path.join(_WORKDIR.value, "predictions.json")) as f:
         predictions = json.load(f)
     q_per_image = eval_source.questions_per_image

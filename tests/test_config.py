@@ -127,9 +127,9 @@ def test_validation_is_pure_and_resolve_is_the_explicit_step(tiny_config, tmp_pa
     filled = config_lib.prepare(tiny_config)
     vit = tiny_config.model.encoders.vit
     assert (vit.image_size, vit.width, vit.depth, vit.normalization, vit.crop) == (32, 48, 3, "imagenet", True)
-    assert any(line.startswith("config.model.encoders.vit.width = 48 from") and "(was 32)" in line for line in filled)
-    assert any(line.startswith("config.model.encoders.vit.crop = True from clip's processor") for line in filled)
-    assert not any(".normalization" in line for line in filled)
+    assert any(line.startswith("config.model.encoders.vit: ") and "width=48 (was 32)" in line for line in filled)
+    assert "config.model.encoders.vit: resample='bicubic', crop=True, resize=0 from clip's image processor" in filled
+    assert not any("normalization" in line for line in filled)
     assert config_lib.resolve(tiny_config) == []  # resolving a resolved config fills nothing
     assert json.loads(tiny_config.to_json_best_effort())["model"]["encoders"]["vit"]["normalization"] == "imagenet"
 
@@ -138,7 +138,8 @@ def test_from_scratch_towers_resolve_to_the_documented_preprocessing(tiny_config
     filled = config_lib.prepare(tiny_config)
     vit = tiny_config.model.encoders.vit
     assert (vit.normalization, vit.resample, vit.crop, vit.resize) == ("unit", "bicubic", True, 0)
-    assert len(filled) == 4
+    assert filled == ["config.model.encoders.vit: normalization='unit', resample='bicubic', crop=True, resize=0 "
+                      "from the from-scratch default"]
 
 
 def test_every_preset_uses_only_schema_keys_and_defaults_agree_with_the_typed_configs():

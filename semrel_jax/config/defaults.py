@@ -15,6 +15,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from semrel_jax.data import registry
+
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -36,12 +38,6 @@ _DATA = dict(
     num_workers=0,  # grain worker processes (0: in the main process)
     prefetch=2,
 )
-
-
-def _dataset_defaults() -> dict:
-    # MERGE: replaced by semrel_jax.data.registry.all_defaults() when the data registry lands
-    return dict(train_images=10_000, eval_images=500, questions_per_image=20, caption_mix=0.6,
-                caption_kinds=("objects",), object_size=5, scienceqa_format="QCM-A", captions="", vqa_prompt="plain")
 
 
 def encoder_defaults() -> dict:
@@ -101,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset = "demo"
     c.seed = 0
-    c.data = dict(_DATA, **_dataset_defaults())
+    c.data = dict(_DATA, **registry.all_defaults())
     c.model = dict(
         injection="ica",  # 'ica' (LSRM/MemVP memory in every block) | 'prefix' (LLaVA)
         remat="none",  # activation rematerialisation per block: none | full | dots | dots_no_batch

@@ -68,30 +68,30 @@ def family_preprocessing(family: str, image_size: int) -> dict:
 
 
 def resolve(c: ml_collections.ConfigDict) -> list[str]:
-    """Fills ``c`` in place (see the module docstring); returns what it filled, one line per key."""
+    """Fills ``c`` in place (see the module docstring); returns what it filled, one line per part and source."""
     filled: list[str] = []
 
-    def take(node, where: str, key: str, value, source: str, replace: bool) -> None:
-        old = node[key]
-        if old is None or (replace and old != value):
-            node[key] = value
-            was = "" if old is None else f" (was {old!r})"
-            filled.append(f"config.{where}.{key} = {value!r} from {source}{was}")
+    def take(node, where: str, values: dict, source: str, replace: bool) -> None:
+        changes = []
+        for key, value in values.items():
+            old = node[key]
+            if old is None or (replace and old != value):
+                node[key] = value
+                changes.append(f"{key}={value!r}" + ("" if old is None else f" (was {old!r})"))
+        if changes:
+            filled.append(f"config.{where}: {', '.join(changes)} from {source}")
 
     m = c.model
     if m.llm.hf_dir:
         llm = llm_family(m.llm.hf_dir, m.llm.dtype, m.llm.param_dtype)
-        for key in LLM_ARCHITECTURE_KEYS:
-            take(m.llm, "model.llm", key, getattr(llm, key), m.llm.hf_dir, replace=True)
+        take(m.llm, "model.llm", {k: getattr(llm, k) for k in LLM_ARCHITECTURE_KEYS}, m.llm.hf_dir, replace=True)
     for name, e in m.encoders.items():
         where = f"model.encoders.{name}"
         if e.hf_dir:
             family = vision_family(name, e.hf_dir)
-            for key in VIT_ARCHITECTURE_KEYS:
-                take(e, where, key, getattr(family.config, key), e.hf_dir, replace=True)
-            preprocessing, source = family_preprocessing(family.model_type, e.image_size), f"{family.model_type}'s processor"
+            take(e, where, {k: getattr(family.config, k) for k in VIT_ARCHITECTURE_KEYS}, e.hf_dir, replace=True)
+            take(e, where, family_preprocessing(family.model_type, e.image_size), f"{family.model_type}'s image processor",
+                 replace=False)
         else:
-            preprocessing, source = SCRATCH_PREPROCESSING, "the from-scratch default"
-        for key, value in preprocessing.items():
-            take(e, where, key, value, source, replace=False)
+            take(e, where, SCRATCH_PREPROCESSING, "the from-scratch default", replace=False)
     return filled

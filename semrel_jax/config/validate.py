@@ -40,67 +40,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 def _validate_data(c) -> None:
+    from semrel_jax.data import registry
+
     positive_int(c, "data.max_text_len")
     positive_int(c, "data.num_workers", allow_zero=True)
     positive_int(c, "data.prefetch")
-    positive_int(c, "data.examples_per_image")
     one_of(c, "data.on_bad_data", ("error", "skip"))
     check(
         c.data.prompt_format != "chat" or bool(c.data.tokenizer),
         "data.prompt_format",
         "'chat' uses the chat template of a model's own tokenizer: set data.tokenizer to its directory",
     )
-    group = c.data.examples_per_image
-    check(
-        group == 1 or c.train.batch_size % (group * c.train.grad_accum_steps) == 0,
-        "data.examples_per_image",
-        f"train.batch_size={c.train.batch_size} must be a multiple of examples_per_image x grad_accum_steps "
-        f"({group} x {c.train.grad_accum_steps})",
-    )
-    _legacy_dataset_checks(c)
-
-
-def _legacy_dataset_checks(c) -> None:  # MERGE: replaced by registry.validate(c)
-    from semrel_jax.data import scienceqa as scienceqa_data, sources, vqa_v2 as vqa_v2_data
-    from semrel_jax.data import sort_of_clevr as sort_of_clevr_data, sort_of_clevr_captions
-
-    one_of(c, "data.name", sources.NAMES)
     one_of(c, "data.prompt_format", ("qa", "raw", "chat"))
-    if c.data.name in ("sort_of_clevr", "sort_of_clevr_captions"):
-        for key in ("data.train_images", "data.eval_images", "data.questions_per_image"):
-            positive_int(c, key)
-        for key in ("data.train_split", "data.eval_split"):
-            one_of(c, key, ("",) + tuple(sort_of_clevr_data.SPLITS))
-    elif c.data.name == "llava_json":
-        for key in ("data.train_split", "data.eval_split"):
-            check(not get(c, key), key, "llava_json reads data.train_file / data.eval_file; leave the split names ''")
-    mix = c.data.caption_mix
-    check(isinstance(mix, (int, float)) and not isinstance(mix, bool) and 0.0 <= mix < 1.0, "data.caption_mix",
-          f"expected a fraction 0 <= caption_mix < 1, got {mix!r}")
-    check(not (mix and c.data.name == "sort_of_clevr" and c.data.examples_per_image > 1), "data.caption_mix",
-          "mixing in scene descriptions needs data.examples_per_image=1")
-    kinds = c.data.caption_kinds
-    check(isinstance(kinds, (tuple, list)) and len(kinds) > 0 and len(set(kinds)) == len(kinds)
-          and all(k in sort_of_clevr_captions.KINDS for k in kinds), "data.caption_kinds",
-          f"expected distinct names from {sort_of_clevr_captions.KINDS}, got {kinds!r}")
-    group = c.data.examples_per_image
-    if group > 1:
-        check(c.data.name == "sort_of_clevr" and not c.data.prepared_dir, "data.examples_per_image",
-              f"grouping examples by image is implemented for the generated sort_of_clevr source, not {c.data.name!r}")
-        check(c.data.questions_per_image % group == 0, "data.examples_per_image",
-              f"must divide data.questions_per_image={c.data.questions_per_image}, got {group}")
-    if c.data.name == "sort_of_clevr_captions":
-        check(c.data.prompt_format != "qa", "data.prompt_format", "captions use 'raw' (or 'chat')")
-    elif c.data.name != "sort_of_clevr":
-        check(c.data.prompt_format != "qa", "data.prompt_format", f"{c.data.name} formats its own prompts: use 'raw' (or 'chat')")
-        needs = {"scienceqa": ("root",), "vqa_v2": ("root",), "coco_captions": ("train_file", "image_root"),
-                 "llava_json": ("train_file", "image_root")}[c.data.name]
-        for key in needs if not c.data.prepared_dir else ():
-            check(bool(c.data[key]), f"data.{key}", f"required for data.name={c.data.name!r}")
-        if c.data.name == "scienceqa":
-            one_of(c, "data.scienceqa_format", scienceqa_data.PROMPT_FORMATS)
-        if c.data.name == "vqa_v2":
-            one_of(c, "data.vqa_prompt", vqa_v2_data.PROMPT_FORMATS)
+    registry.validate(c)  # data.name, its prompt formats, examples_per_image, the dataset's own keys
 
 
 def _validate_model(c) -> None:

@@ -235,4 +235,3 @@ def stack(rows: list[dict]) -> dict:
     return out
 
 
-_stack = stack  # the old private name, still used by tests/test_sharding.py and tests/test_step_variants.py
