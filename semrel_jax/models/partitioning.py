@@ -68,6 +68,8 @@ def resolve_rules(overrides: Mapping[str, str | Sequence[str] | None] | None = N
 
     Raises ValueError for an unknown logical name or mesh axis.
     """
+    if hasattr(overrides, "to_dict"):  # an ml_collections.ConfigDict (config.mesh.rules)
+        overrides = overrides.to_dict()
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(DEFAULT_RULES))
     if unknown:

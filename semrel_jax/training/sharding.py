@@ -76,10 +76,7 @@ class UnmatchedParameterError(ValueError):
 
 def rules_from_config(c) -> dict[str, tuple[str, ...]]:
     """The resolved rules table of a config (``DEFAULT_RULES`` updated by ``c.mesh.rules``)."""
-    rules = c.mesh.get("rules", None) if "mesh" in c else None
-    if rules is not None and hasattr(rules, "to_dict"):
-        rules = rules.to_dict()
-    return resolve_rules(rules)
+    return resolve_rules(c.mesh.get("rules", None) if "mesh" in c else None)
 
 
 def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
