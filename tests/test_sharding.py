@@ -2,7 +2,10 @@
 
 Checks that parameters are really sharded as the rules say (an FSDP-sharded weight holds 1/N per device),
 that the sharded step equals the single-device step for meshes 8x1x1, 2x4x1 and 2x2x2, and that a
-checkpoint written on one mesh restores onto others (fsdp=8 -> 2x4 and -> 1 device).
+checkpoint written on one mesh restores onto others (fsdp=8 -> 2x4 and -> 1 device). The model created
+sharded (``model_init.create_model_state``, fsdp=8) holds exactly its shards per device, with values
+bitwise those of the eager init; ``mesh.rules.heads=''`` replicates the q/k/v weights and the q/k
+activations alike (one rules table); a parameter no rule covers is an error naming it.
 """
 
 import json
@@ -94,6 +97,66 @@ SCRIPT = textwrap.dedent(
             "devices": len(leaves[0].sharding.device_set),
             "spec": list(restored.params["llm"]["layers"][0]["mlp"]["up_proj"]["kernel"][...].sharding.spec),
         }
+
+    # --- the model created sharded (fsdp=8): shards only, values bitwise the eager init's
+    from flax import nnx
+    from semrel_jax.models import partitioning
+    from semrel_jax.training import model_init
+
+    def make(shape):
+        return jax.make_mesh(shape, mesh_lib.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+    def spec(s, ndim):
+        return [None if a is None else (a if isinstance(a, str) else list(a)) for a in tuple(s) + (None,) * (ndim - len(s))]
+
+    c.mesh.update(data=1, fsdp=8, tensor=1)
+    ms = model_init.create_model_state(c, len(tokenizer), make((1, 8, 1)))
+    created = jax.tree_util.tree_flatten_with_path((ms.params, ms.frozen))[0]
+    abstract = model_init.create_model_state(c, len(tokenizer), make((1, 8, 1)), abstract=True)
+    out["init"] = {
+        "bitwise_equal": all(
+            np.asarray(a).dtype == np.asarray(b).dtype and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+            for a, (_, b) in zip(jax.tree.leaves((params, frozen)), created)
+        ),
+        "per_device_bytes": sorted(set(sharding.per_device_bytes((ms.params, ms.frozen)).values())),
+        "sharded_bytes": sharding.sharded_bytes((ms.params, ms.frozen)),
+        "total_bytes": sum(x.nbytes for _, x in created),
+        "large_unsharded": [
+            jax.tree_util.keystr(k) for k, x in created if x.size >= 512 and x.addressable_shards[0].data.size * 8 != x.size
+        ],
+        "abstract_shardings_match": all(
+            a.sharding == b.sharding and a.shape == b.shape and a.dtype == b.dtype
+            for a, (_, b) in zip(jax.tree.leaves((abstract.params, abstract.frozen)), created)
+        ),
+    }
+
+    # --- mesh.rules.heads='': q/k/v weights and q/k activations replicated alike (data=4, tensor=2)
+    recorded = []
+    constrain = partitioning.constrain
+
+    def recording(x, axes):
+        y = constrain(x, axes)
+        if "heads" in axes or "kv_heads" in axes:
+            jax.debug.inspect_array_sharding(y, callback=lambda s, a=tuple(axes), n=y.ndim: recorded.append((a, spec(s.spec, n))))
+        return y
+
+    partitioning.constrain = recording
+    tokens = jnp.zeros((8, 6), jnp.int32)
+    for heads in ("tensor", ""):
+        c.mesh.update(data=4, fsdp=1, tensor=2)
+        c.mesh.rules.heads = heads
+        mesh = make((4, 1, 2))
+        ms = model_init.create_model_state(c, len(tokenizer), mesh)
+        recorded.clear()
+        with jax.set_mesh(mesh), partitioning.axis_rules(c.mesh.rules):
+            fwd = jax.jit(lambda p, f, t: nnx.merge(ms.graphdef, p, f).llm(t, valid=jnp.ones(t.shape, bool))[0])
+            fwd.lower(ms.params, ms.frozen, jax.device_put(tokens, mesh_lib.batch_sharding(mesh))).compile()
+        attn = ms.params["llm"]["layers"][0]["self_attn"]
+        out["heads=" + heads] = {
+            "weights": {n: spec(attn[n]["kernel"][...].sharding.spec, 2) for n in ("q_proj", "k_proj", "v_proj")},
+            "activations": {a[2]: s for a, s in recorded},
+        }
+    partitioning.constrain = constrain
     print("RESULT " + json.dumps(out))
     """
 )
@@ -135,3 +198,38 @@ def test_parameters_are_sharded_as_the_rules_say(sharded):
 def test_checkpoint_restores_onto_other_meshes(sharded):
     assert sharded["restore_2x4x1"] == {"equal": True, "devices": 8, "spec": ["fsdp", None]}
     assert sharded["restore_1x1x1"]["equal"] and sharded["restore_1x1x1"]["devices"] == 1
+
+
+def test_model_is_created_sharded_with_the_eager_values(sharded):
+    init = sharded["init"]
+    assert init["bitwise_equal"]  # the demo's numbers cannot change
+    # every device holds exactly its shards: the sum over leaves of the shard sizes, far below the whole model
+    assert init["per_device_bytes"] == [init["sharded_bytes"]]
+    assert init["sharded_bytes"] < 0.3 * init["total_bytes"]
+    assert init["large_unsharded"] == []
+    assert init["abstract_shardings_match"]
+
+
+def test_one_rules_table_for_weights_and_activations(sharded):
+    default, replicated = sharded["heads=tensor"], sharded["heads="]
+    assert default["weights"] == {n: [None, "tensor"] for n in ("q_proj", "k_proj", "v_proj")}
+    assert default["activations"] == {"heads": ["data", None, "tensor", None], "kv_heads": ["data", None, "tensor", None]}
+    assert replicated["weights"] == {n: [None, None] for n in ("q_proj", "k_proj", "v_proj")}
+    assert replicated["activations"] == {"heads": ["data", None, None, None], "kv_heads": ["data", None, None, None]}
+
+
+def test_a_parameter_without_a_rule_is_an_error_naming_it():
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from semrel_jax.training import sharding
+
+    class Block(nnx.Module):
+        def __init__(self):
+            self.norm = nnx.LayerNorm(4, rngs=nnx.Rngs(0))  # listed in REPLICATED
+            self.mystery = nnx.Param(jnp.zeros((4, 4)))
+
+    mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), devices=jax.devices()[:1])
+    with pytest.raises(sharding.UnmatchedParameterError, match=r"mystery \(rank 2\).*LOGICAL_AXES.*REPLICATED"):
+        sharding.param_shardings(nnx.state(Block()), mesh)

@@ -1,4 +1,4 @@
-"""Streams a safetensors checkpoint into an NNX module's parameters, tensor by tensor.
+"""Streams a safetensors checkpoint into an NNX state's parameters (concrete or abstract), tensor by tensor.
 
 Nothing is materialised whole: each HF tensor is a memory-mapped view, transformed (transpose,
 reshape) and placed straight into its target sharding with ``jax.make_array_from_callback``, so each
@@ -75,6 +75,7 @@ def load_params(
     prefixes: Sequence[str] = (),
     sharding_for: Callable[[Path], jax.sharding.Sharding | None] | None = None,
     allow_unmapped: bool = False,
+    post: Callable[[Path, jax.Array], jax.Array] | None = None,
 ) -> nnx.State:
     """Returns ``state`` with every mapped parameter replaced by its checkpoint tensor.
 
@@ -84,9 +85,13 @@ def load_params(
       rows: the family's mapping table.
       ignored: regexes of checkpoint tensors that are deliberately not loaded.
       prefixes: extra name prefixes the checkpoint may carry.
-      sharding_for: target sharding per parameter path (None: the default device).
+      sharding_for: target sharding per parameter path (None: the default device). Each tensor is
+        placed straight into it; no device ever holds more than its shard.
       allow_unmapped: keep parameters no row maps (adapters, LoRA factors) as they are in ``state``
-        (which must then be concrete for them); otherwise any unmapped parameter is an error.
+        (abstract ones stay abstract: the caller fills them); otherwise any unmapped parameter is an error.
+      post: applied to each loaded array as soon as it is placed, ``post(path, array)`` (e.g. the cast
+        of frozen parameters to ``train.frozen_dtype``), so at most one tensor exists in the
+        loading dtype at a time.
 
     Raises:
       CheckpointError naming every missing, unexpected or mis-shaped tensor.
@@ -132,6 +137,8 @@ def load_params(
             value = jax.make_array_from_callback(
                 target.shape, sharding, lambda index, a=array, d=target.dtype: np.asarray(a[index]).astype(d)
             )
+        if post is not None:
+            value = post(path, value)
         loaded.append((path, variable.replace(value)))
     logging.info("loaded %d tensors from %d in the checkpoint", len(rows), len(ckpt))
     return nnx.from_flat_state(loaded)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import PartitionSpec
+
+from semrel_jax.models import partitioning
 
 Array = jax.Array
 
@@ -159,35 +160,10 @@ def remat(fn, policy: str):
     return rematerialised
 
 
-# Logical activation axes -> mesh axes (the parameter rules live in training/sharding.py). Activations
-# keep their feature dimension whole; the batch is split over data x fsdp, heads and MLP units over tensor.
-ACTIVATION_RULES: dict[str, tuple[str, ...]] = {
-    "batch": ("data", "fsdp"),
-    "heads": ("tensor",),
-    "kv_heads": ("tensor",),
-    "mlp": ("tensor",),
-    "vocab": ("tensor",),
-}
-
-
 def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
-    """Pins ``x``'s sharding by logical axis names when a mesh is set (``jax.set_mesh``); a no-op otherwise.
+    """Pins ``x``'s sharding by logical axis names when a mesh is set; a no-op otherwise.
 
-    A mesh axis that does not divide the dimension (or is already used) is left out, so the same model
-    code runs on any mesh, including none (notebooks).
+    The logical -> mesh axis rules are the parameters' (one table, ``semrel_jax.models.partitioning``;
+    the caller sets them around tracing with ``partitioning.axis_rules``). Kept here for the model code.
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return x
-    sizes, used, spec = dict(mesh.shape), set(), []
-    for name, dim in zip(axes, x.shape):
-        mesh_axes = tuple(a for a in ACTIVATION_RULES.get(name, ()) if a in sizes and sizes[a] > 1 and a not in used)
-        total = 1
-        for a in mesh_axes:
-            total *= sizes[a]
-        if not mesh_axes or dim % total:
-            spec.append(None)
-            continue
-        used.update(mesh_axes)
-        spec.append(mesh_axes if len(mesh_axes) > 1 else mesh_axes[0])
-    return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
+    return partitioning.constrain(x, axes)
