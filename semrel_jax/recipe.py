@@ -27,6 +27,7 @@ from semrel_jax import config as config_lib
 from semrel_jax.data import pipeline, prompts, tokenizer as tokenizer_lib
 from semrel_jax.data import registry
 from semrel_jax.data.preprocess import ImagePreprocessor
+from semrel_jax.models import partitioning
 from semrel_jax.training import mesh as mesh_lib
 from semrel_jax.training import model_init
 from semrel_jax.training import optimizer as optimizer_lib
@@ -196,18 +197,25 @@ def build_step(
     """The train step, compiled once with explicit in/out shardings (the state donated).
 
     ``mask_start``: the first step with the ICA inheritance mask on (-1: never; ``mask_start_step``).
+    The step is traced under the config's ``mesh.rules``, so activations shard by the same table as parameters.
     """
+    step = functools.partial(
+        train_step_lib.train_step,
+        graphdef=model.graphdef,
+        optimizer=train.optimizer,
+        schedule=train.schedule,
+        mask_start_step=mask_start,
+        skip_nonfinite=True,  # never commit a NaN update; the caller's policy decides whether to go on
+        accumulation_steps=c.train.grad_accum_steps,
+    )
+
+    def traced_under_the_rules(state, frozen, batch):
+        with partitioning.axis_rules(c.mesh.rules):
+            return step(state, frozen, batch)
+
     return jax.jit(
-        functools.partial(
-            train_step_lib.train_step,
-            graphdef=model.graphdef,
-            optimizer=train.optimizer,
-            schedule=train.schedule,
-            mask_start_step=mask_start,
-            skip_nonfinite=True,  # never commit a NaN update; the caller's policy decides whether to go on
-            accumulation_steps=c.train.grad_accum_steps,
-        ),
-        in_shardings=(train.state_sharding, train.frozen_sharding, mesh_lib.batch_sharding(mesh)),
+        traced_under_the_rules,
+        in_shardings=(train.state_sharding, train.frozen_sharding, mesh_lib.batch_sharding(mesh, c.mesh.rules)),
         out_shardings=(train.state_sharding, mesh_lib.replicated(mesh)),
         donate_argnums=(0,) if donate else (),
     )
@@ -224,7 +232,7 @@ def abstract_batch(c: ml_collections.ConfigDict, mesh) -> dict:
     group = c.data.examples_per_image
     b, t = c.train.batch_size // group, c.data.max_text_len
     text = (b, group, t) if group > 1 else (b, t)
-    sharding = mesh_lib.batch_sharding(mesh)
+    sharding = mesh_lib.batch_sharding(mesh, c.mesh.rules)
 
     def sds(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)

@@ -26,29 +26,35 @@ SCRIPT = textwrap.dedent(
     flags.FLAGS.mark_as_parsed()
     sys.path.insert(0, os.path.join(os.getcwd(), "configs"))
     import vqa
+    from flax import nnx
+    from semrel_jax import config as config_lib, recipe
     from semrel_jax.data import pipeline
-    from semrel_jax.training import checkpoint, mesh as mesh_lib, optimizer as optimizer_lib, partition, sharding
-    from semrel_jax.training import train, train_step as ts
+    from semrel_jax.training import checkpoint, mesh as mesh_lib, partition, sharding
+    from semrel_jax.training import train_step as ts
+    from semrel_jax.method.vlm import VisionLanguageModel
 
     workdir = sys.argv[1]
     c = vqa.get_config("tiny")
     c.model.llm.update(dim=32, n_heads=4, n_kv_heads=2, mlp_dim=64)
     c.model.ica.dropout = 0.0  # dropout masks would depend on how the batch is split
-    tokenizer = train.build_tokenizer(c, workdir)
-    featurizer = train.build_featurizer(c, tokenizer)
-    source = train.build_sources(c)[0]
-    batch = ts.device_batch(pipeline._stack([featurizer.train(source[i * 7]) for i in range(8)]))
-    graphdef, params, frozen = train.build_split_model(c, len(tokenizer))
-    optimizer = optimizer_lib.make_optimizer(c.train)
-    schedule = optimizer_lib.learning_rate_schedule(c.train.learning_rate, c.train.warmup_steps, c.train.num_steps)
+    recipe.prepare_config(c)
+    data = recipe.build_data(c)
+    tokenizer = recipe.build_tokenizer(c, workdir, data)
+    featurizer = recipe.build_featurizer(c, tokenizer)
+    batch = ts.device_batch(pipeline.stack([featurizer.train(data.train[i * 7]) for i in range(8)]))
+    # the eager model (what the sharded creation must equal bitwise)
+    eager = VisionLanguageModel(config_lib.model_config(c, len(tokenizer)), rngs=nnx.Rngs(params=c.seed))
+    _, params, frozen = partition.split_trainable(eager, c.train.trainable, c.train.frozen, c.train.frozen_dtype)
     out = {}
 
     def run(shape, devices):
         mesh = jax.make_mesh(shape, mesh_lib.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
         c.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
         with jax.set_mesh(mesh):
-            state, fz, ssh, fsh, notes = train.shard_state(c, mesh, params, frozen, optimizer)
-            step = train.make_step_fn(graphdef, optimizer, schedule, 0, mesh, ssh, fsh, donate=False)
+            model = recipe.build_model(c, len(tokenizer), mesh)
+            setup = recipe.build_train_state(c, model, mesh)
+            state, fz = setup.state, setup.frozen
+            step = recipe.build_step(c, model, setup, mesh, 0, donate=False)
             b = jax.device_put(batch, mesh_lib.batch_sharding(mesh))
             losses = []
             for _ in range(3):
@@ -87,7 +93,7 @@ SCRIPT = textwrap.dedent(
         mesh = jax.make_mesh(shape, mesh_lib.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
         c.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
         with jax.set_mesh(mesh):
-            target, *_ = train.shard_state(c, mesh, params, frozen, optimizer)
+            target = recipe.build_train_state(c, recipe.build_model(c, len(tokenizer), mesh), mesh, abstract=True).state
             ckpt = checkpoint.Checkpointer(os.path.join(workdir, "ckpt"), save_every=1, keep=1)
             restored = ckpt.restore(3, target)
             ckpt.close()
@@ -99,7 +105,6 @@ SCRIPT = textwrap.dedent(
         }
 
     # --- the model created sharded (fsdp=8): shards only, values bitwise the eager init's
-    from flax import nnx
     from semrel_jax.models import partitioning
     from semrel_jax.training import model_init
 

@@ -15,8 +15,6 @@ import ml_collections
 from semrel_jax.config.defaults import DTYPES
 from semrel_jax.errors import ConfigError, check, get, is_int, one_of, positive_int
 
-MESH_AXES = ("", "data", "fsdp", "tensor")
-
 
 def parse_start(spec: str, steps_per_epoch: float) -> int:
     """ICA mask start: 'always' -> 0, 'never' -> -1, 'step:N' -> N, 'epoch:N' -> first step of epoch N."""
@@ -137,15 +135,19 @@ def _validate_train(c) -> None:
 
 
 def _validate_mesh(c) -> None:
-    from semrel_jax.training import sharding
+    from semrel_jax.models import partitioning
 
     for axis in ("data", "fsdp", "tensor"):
         value = c.mesh[axis]
         check(is_int(value) and (value == -1 or value > 0), f"mesh.{axis}", f"expected -1 or > 0, got {value!r}")
     check([c.mesh.data, c.mesh.fsdp, c.mesh.tensor].count(-1) <= 1, "mesh", "at most one axis may be -1 (fill)")
-    for name, axis in c.mesh.rules.items():
-        check(name in sharding.DEFAULT_RULES, f"mesh.rules.{name}", f"unknown logical axis; known: {tuple(sharding.DEFAULT_RULES)}")
-        check(axis in MESH_AXES, f"mesh.rules.{name}", f"expected one of {MESH_AXES}, got {axis!r}")
+    for name in c.mesh.rules:
+        check(name in partitioning.DEFAULT_RULES, f"mesh.rules.{name}",
+              f"unknown logical axis; known: {tuple(partitioning.DEFAULT_RULES)}")
+    try:
+        partitioning.resolve_rules(c.mesh.rules)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
 
 
 def check_batch_fits_mesh(c, mesh_shape: dict[str, int]) -> None:

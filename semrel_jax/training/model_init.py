@@ -44,6 +44,7 @@ from semrel_jax.training import partition, sharding as sharding_lib
 class ModelState:
     """A model split for training, placed on a mesh (or abstract: ShapeDtypeStructs carrying shardings)."""
 
+    config: Any  # the typed VLMConfig the model was built from
     graphdef: Any  # nnx.GraphDef: nnx.merge(graphdef, params, frozen) is the model
     params: nnx.State  # trainable parameters, in param_dtype
     frozen: nnx.State  # the rest, floating ones in train.frozen_dtype
@@ -75,6 +76,7 @@ def create_model_state(
     notes = notes + frozen_notes
     if abstract:
         return ModelState(
+            model_config,
             graphdef,
             sharding_lib.with_shardings(params, param_shardings),
             sharding_lib.with_shardings(frozen, frozen_shardings),
@@ -121,7 +123,7 @@ def create_model_state(
         return nnx.from_flat_state([(p, v.replace(values[tuple(p)])) for p, v in nnx.to_flat_state(state)])
 
     return ModelState(
-        graphdef, fill(params), fill(frozen), param_shardings, frozen_shardings,
+        model_config, graphdef, fill(params), fill(frozen), param_shardings, frozen_shardings,
         notes + [f"pretrained: {line}" for line in lines],
     )
 

@@ -76,7 +76,7 @@ class UnmatchedParameterError(ValueError):
 
 def rules_from_config(c) -> dict[str, tuple[str, ...]]:
     """The resolved rules table of a config (``DEFAULT_RULES`` updated by ``c.mesh.rules``)."""
-    return resolve_rules(c.mesh.get("rules", None) if "mesh" in c else None)
+    return resolve_rules(c.mesh.rules)
 
 
 def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:

@@ -15,12 +15,12 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
 from semrel_jax import recipe
 from semrel_jax.data import pipeline
 from semrel_jax.errors import UserError
 from semrel_jax.evaluation import loop as eval_loop
+from semrel_jax.models import partitioning
 from semrel_jax.training import checkpoint as checkpoint_lib
 from semrel_jax.training import flops as flops_lib
 from semrel_jax.training import mesh as mesh_lib
@@ -41,7 +41,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     mesh = recipe.create_mesh(c)
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), partitioning.axis_rules(c.mesh.rules):  # one table for parameters and activations
         return _run(c, workdir, mesh, is_main, t0, filled)
 
 
