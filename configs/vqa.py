@@ -34,6 +34,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # the demo's data: 60 % of the training examples are scene descriptions of the same images
     # ("red square top left green circle ..."): they teach every object's attributes densely (docs/research.md)
     c.data.update(name="sort_of_clevr", caption_mix=0.6, caption_kinds=("objects",), max_text_len=34)
+    # from random init the release's scales (ica.scale 0.1, projector.memory_scale 0.01: tuned for a large,
+    # frozen residual stream) only slow learning down
+    c.model.ica.scale = 1.0
+    c.model.projector.memory_scale = 0.1
+    c.model.encoders.vit.act = "gelu"
 
     if preset == "long":
         c.train.num_steps = 27_000

@@ -3,7 +3,7 @@
 ``apply(config, name)`` fills the ``model`` section (and ``train.trainable`` / ``train.frozen`` /
 ``train.frozen_dtype``) of a config from ``configs/vqa.py`` and sets ``config.preset = name``; data,
 optimizer and schedule are left as they are. Every key it sets must already exist in the config
-(the schema of ``configs/vqa.py``), so a preset that falls out of date fails loudly instead of adding
+(the schema of ``semrel_jax/config/defaults.py``), so a preset that falls out of date fails loudly instead of adding
 keys nobody reads.
 
 Release presets (pretrained LLaMA + CLIP ViT-L/14, PEFT; docs/method spec "PEFT recipe and sizes"):
@@ -39,6 +39,8 @@ and weights come from those directories instead (``semrel_jax.convert``).
 from __future__ import annotations
 
 import ml_collections
+
+from semrel_jax.config import defaults as config_defaults
 
 # --------------------------------------------------------------------------------------------- shapes
 
@@ -119,17 +121,16 @@ def _set(node: ml_collections.ConfigDict, where: str, **values) -> None:
     """Assigns existing keys only: a key the config schema lacks is a bug in this file."""
     unknown = sorted(k for k in values if k not in node)
     if unknown:
-        raise KeyError(f"Preset sets {where}.{unknown} which configs/vqa.py does not define; update semrel_jax/presets.py.")
+        raise KeyError(f"Preset sets {where}.{unknown} which the config schema (semrel_jax/config/defaults.py) does not define; update semrel_jax/presets.py.")
     for key, value in values.items():
         node[key] = value
 
 
 def _single_encoder(c: ml_collections.ConfigDict, name: str, fields: dict) -> None:
-    """Replaces ``model.encoders`` by the single encoder ``name``, built on the schema of the current one."""
-    template = next(iter(c.model.encoders.values())).to_dict()
-    _set(ml_collections.ConfigDict(template), f"model.encoders.{name}", **fields)
-    template.update(fields)
-    c.model.encoders = ml_collections.ConfigDict({name: template})
+    """Replaces ``model.encoders`` by the single encoder ``name``: the schema's defaults plus ``fields``."""
+    encoder = ml_collections.ConfigDict(config_defaults.encoder_defaults())
+    _set(encoder, f"model.encoders.{name}", **fields)
+    c.model.encoders = ml_collections.ConfigDict({name: encoder})
 
 
 def _release(

@@ -86,7 +86,7 @@ def test_caption_config_trains_and_reports_caption_metrics(tmp_path):
 
 
 def test_result_table_shows_baselines_only_for_accuracies():
-    from semrel_jax.training.train import format_results
+    from semrel_jax.evaluation.loop import format_results
 
     table = format_results({"cider": 1.234, "accuracy": 0.6, "majority_baseline": 0.4, "num_examples": 3.0})
     assert "cider                            1.234         -" in table

@@ -143,14 +143,29 @@ def test_from_scratch_towers_resolve_to_the_documented_preprocessing(tiny_config
 
 
 def test_every_preset_uses_only_schema_keys_and_defaults_agree_with_the_typed_configs():
+    import dataclasses
+
     from semrel_jax.config import defaults
+    from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
     from semrel_jax.method.ica import ICAConfig
+    from semrel_jax.method.vlm import VLMConfig
+    from semrel_jax.models.llama import LlamaConfig
+    from semrel_jax.models.vit import ViTConfig
 
     schema = defaults.schema_keys(config_lib.base_config())
     for preset in vqa.PRESETS:
         keys = {k for k in defaults.schema_keys(vqa.get_config(preset)) if not k.startswith("model.encoders.")}
         assert keys <= schema, (preset, keys - schema)
-    base = config_lib.base_config()
-    typed = ICAConfig(scale=base.model.ica.scale, delta=base.model.ica.delta, lam=base.model.ica.lam,
-                      dropout=base.model.ica.dropout)
-    assert typed == ICAConfig()  # the dataclass defaults are the config's
+    base = config_lib.base_config().model
+    names = {"projector_hidden": "hidden"}  # EnsembleConfig's name for projector.hidden
+    checked = 0
+    for typed, section in ((LlamaConfig, base.llm), (ViTConfig, defaults.encoder_defaults()),
+                           (EncoderSpec, defaults.encoder_defaults()), (ICAConfig, base.ica),
+                           (EnsembleConfig, base.projector), (VLMConfig, base)):
+        for field in dataclasses.fields(typed):
+            key = names.get(field.name, field.name)
+            if key in section and field.default is not dataclasses.MISSING and not dataclasses.is_dataclass(field.default):
+                value = section[key]
+                assert field.default == (tuple(value) if isinstance(value, (list, tuple)) else value), (typed, key)
+                checked += 1
+    assert checked >= 25

@@ -1,8 +1,10 @@
 """Every config key and its one default: the schema of a run.
 
 ``configs/*.py`` start from ``base_config()`` and change what their presets need; nothing else in the
-package supplies a default (code reads ``c.train.keep_every``, never ``c.train.get("keep_every", 0)``).
-The defaults are the built-in demo (``configs/vqa.py``, LSRM from random init on Sort-of-CLEVR).
+package supplies a default: code reads ``c.train.keep_every`` directly, never through ``.get`` with a fallback.
+The method's keys default to the release's values (as the typed configs of ``models/`` and ``method/`` do);
+the rest to the built-in demo's (``configs/vqa.py``, LSRM from random init on Sort-of-CLEVR), whose preset
+sets what training from random init changes.
 Dataset-specific ``data`` keys and their defaults belong to their dataset module
 (``semrel_jax.data.registry.all_defaults``).
 
@@ -50,7 +52,7 @@ def encoder_defaults() -> dict:
         depth=2,
         heads=4,
         mlp_dim=192,
-        act="gelu",
+        act="quick_gelu",  # CLIP's; the demo's from-scratch tower uses 'gelu' 
         posemb="learned",
         relative_position_bias=False,  # learned per-head bias by patch offset (from-scratch towers only)
         taps=(1, 2),  # HF hidden_states indices: an intermediate and the final block
@@ -107,10 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
         slot_value_init_std=0.0,  # P_v = 0 as in the release
         llm=llm_defaults(),
         encoders=dict(vit=encoder_defaults()),
-        projector=dict(hidden=64, learnable_diagonal=True, zero_init_output=False, fusion="sum", memory_scale=0.1),
-        # The release has scale=0.1 and memory_scale=0.01, tuned for a pretrained, frozen LLM whose residual
-        # stream is large (its presets set them); from random init those scales only slow learning down.
-        ica=dict(scale=1.0, delta=0.3, lam=0.85, dropout=0.1, start="always"),
+        # the release's scales, tuned for a pretrained, frozen LLM whose residual stream is large
+        projector=dict(hidden=64, learnable_diagonal=True, zero_init_output=False, fusion="sum", memory_scale=0.01),
+        ica=dict(scale=0.1, delta=0.3, lam=0.85, dropout=0.1, start="always"),
     )
     c.train = dict(
         batch_size=32,  # global batch

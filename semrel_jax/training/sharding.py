@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from semrel_jax.models import partitioning
-from semrel_jax.models.partitioning import DEFAULT_RULES, axis_rules, resolve_rules  # noqa: F401 (re-exported)
+from semrel_jax.models.partitioning import resolve_rules
 from semrel_jax.training import partition
 
 # (regex over the '/'-joined path, logical axes of the array's dimensions); first match of the right rank wins.
