@@ -110,20 +110,19 @@ def test_grouped_batches_hold_each_image_once_with_its_questions(tokenizer):
 def test_caption_mixture_draws_its_weight_and_resumes_exactly(tmp_path):
     import vqa  # configs/ is on sys.path (conftest)
 
-    from semrel_jax import config as config_lib
+    from semrel_jax import config as config_lib, recipe
     from semrel_jax.data import registry
     from semrel_jax.errors import ConfigError
-    from semrel_jax.training import train
 
     c = vqa.get_config("tiny")
     c.data.update(caption_mix=0.25, max_text_len=34)
-    config_lib.validate(c)
+    config_lib.prepare(c)
     registry.validate(c)
     train_source, eval_source = registry.build_sources(c)
     captions, weight = registry.mix_source(c)
     assert weight == 0.25 and len(captions) == c.data.train_images
-    tokenizer = train.build_tokenizer(c, str(tmp_path), train_source, eval_source)
-    featurizer = train.build_featurizer(c, tokenizer)
+    tokenizer = recipe.build_tokenizer(c, str(tmp_path), recipe.Data(train_source, eval_source, None))
+    featurizer = recipe.build_featurizer(c, tokenizer)
     ds = pipeline.training_dataset(train_source, featurizer.train, 8, 0, mix=(captions, weight))
     rows = [ds[step] for step in range(40)]
     prompt = tokenizer("describe", add_special_tokens=False)["input_ids"][0]

@@ -114,14 +114,15 @@ def test_images_are_stored_encoded_once_per_distinct_image(data, out):
 
 @pytest.mark.parametrize("name", ["scienceqa", "sort_of_clevr"])
 def test_the_copy_feeds_the_same_batches(data, out, tmp_path, name):
-    from semrel_jax.training import train
+    from semrel_jax import recipe
 
     raw_c, copy_c = _config(name, data), _config(name, data, prepared_dir=out)
+    recipe.prepare_config(raw_c)
     registry.validate(copy_c)
     raw, copy = registry.build_sources(raw_c), registry.build_sources(copy_c)
     assert registry.vocabulary(copy_c, *copy) == registry.vocabulary(raw_c, *raw)
-    tokenizer = train.build_tokenizer(raw_c, str(tmp_path), *raw)
-    featurizer = train.build_featurizer(raw_c, tokenizer)
+    tokenizer = recipe.build_tokenizer(raw_c, str(tmp_path), recipe.Data(*raw, None))
+    featurizer = recipe.build_featurizer(raw_c, tokenizer)
     batches = [pipeline.training_dataset(s[0], featurizer.train, 4, seed=0)[0] for s in (raw, copy)]
     evals = [next(pipeline.evaluation_batches(s[1], featurizer.prompt, 4)) for s in (raw, copy)]
     for a, b in (batches, evals):
@@ -146,11 +147,12 @@ def test_scoring_reads_the_copy_like_the_raw_source(data, out, name):
 
 
 def test_grain_worker_processes_read_the_copy(data, out, tmp_path):
-    from semrel_jax.training import train
+    from semrel_jax import recipe
 
     c = _config("scienceqa", data, prepared_dir=out)
+    recipe.prepare_config(c)
     train_source, eval_source = registry.build_sources(c)
-    featurizer = train.build_featurizer(c, train.build_tokenizer(c, str(tmp_path), train_source, eval_source))
+    featurizer = recipe.build_featurizer(c, recipe.build_tokenizer(c, str(tmp_path), recipe.Data(train_source, eval_source, None)))
     dataset = pipeline.training_dataset(train_source, featurizer.train, 2, seed=3)
     it = pipeline.iterate(dataset, start_step=1, num_workers=1)
     try:

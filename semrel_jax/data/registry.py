@@ -73,8 +73,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     errors.positive_int(c, "data.examples_per_image")
     group = d.examples_per_image
     if group > 1:
+        grouping = tuple(name for name, other in _DATASETS.items() if other.groups_by_image)
         errors.check(spec.groups_by_image and not d.prepared_dir, "data.examples_per_image",
-                     f"grouping examples by image is not implemented for {d.name!r}"
+                     f"grouping examples by image is implemented for the raw {grouping} sources, not {d.name!r}"
                      + (" read from a prepared copy" if spec.groups_by_image else ""))
         errors.check(
             c.train.batch_size % (group * c.train.grad_accum_steps) == 0, "data.examples_per_image",

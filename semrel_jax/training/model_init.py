@@ -12,7 +12,8 @@ converted Hugging Face weights the config names are streamed in tensor by tensor
 own sharding (and cast if frozen) as it is read. Parameters a checkpoint fills are left out of the
 random initialisation altogether.
 
-The initial values are bitwise those of the eager ``VisionLanguageModel(config, rngs=nnx.Rngs(params=
+On a one-device mesh the model is simply initialised eagerly on that device (fast: JAX caches the
+per-operation executables across models). On several devices, the initial values are bitwise those of the eager ``VisionLanguageModel(config, rngs=nnx.Rngs(params=
 seed))`` (what ``training/train.py`` ``build_split_model`` builds): jitting the initialiser as it is
 would not give them, because XLA simplifies across operations that eager execution runs one at a time
 (``0.02 * normal(...)`` becomes ``0.0283 * erfinv(...)``: same distribution, different last bits). So the
@@ -106,14 +107,22 @@ def create_model_state(
     def init_values():
         return [v.get_value() for _, v in nnx.to_flat_state(nnx.state(build()))]
 
-    closed = jax.make_jaxpr(init_values)()
+    if mesh.size == 1:
+        # One device holds everything anyway: the eager init, whose per-operation executables JAX caches
+        # across models (the replayed jit below is compiled anew for every model: ~8 s for the tiny config).
+        device = mesh.devices.flat[0]
+        with jax.default_device(device):
+            eager = init_values()
+        values = {order[i]: jax.device_put(finish(order[i], eager[i]), targets[order[i]][1]) for i in wanted}
+    else:
+        closed = jax.make_jaxpr(init_values)()
 
-    def initialise():
-        values = replay_like_eager(closed, wanted)
-        return [finish(order[i], x) for i, x in zip(wanted, values)]
+        def initialise():
+            values = replay_like_eager(closed, wanted)
+            return [finish(order[i], x) for i, x in zip(wanted, values)]
 
-    init = jax.jit(initialise, out_shardings=[targets[order[i]][1] for i in wanted])
-    values = dict(zip((order[i] for i in wanted), init()))
+        init = jax.jit(initialise, out_shardings=[targets[order[i]][1] for i in wanted])
+        values = dict(zip((order[i] for i in wanted), init()))
     arrays, lines = pretrained.load_pretrained_arrays(
         abstract_model, c, sharding_for=lambda path: targets[tuple(path)][1], post=finish
     )
