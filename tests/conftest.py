@@ -1,13 +1,70 @@
-"""Shared fixtures: a tokenizer trained offline, the tiny config, absl flags marked parsed for grain."""
+"""Shared fixtures (a tokenizer trained offline, the tiny config), the test tiers, and a compilation cache.
+
+Tiers: the end-to-end tests (training runs, CLI subprocesses, simulated 8-device meshes, transformers parity on
+several models) are marked ``slow`` here, in one list. ``pytest -m "not slow" tests`` is the edit loop;
+``pytest tests`` runs everything (README, .ci/run).
+"""
 
 import os
 import sys
+import tempfile
 
 import pytest
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
+
+# One persistent XLA compilation cache for the test processes and every CLI they start (set before JAX is
+# imported; subprocesses inherit it): the tiny config's step is compiled once, not once per process.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "semrel_jax_test_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+
+# Test-id prefixes of the slow tier (see the module docstring).
+SLOW = (
+    "test_sharding.py::test_sharded",
+    "test_sharding.py::test_parameters_are_sharded",
+    "test_sharding.py::test_checkpoint_restores",
+    "test_sharding.py::test_model_is_created_sharded",
+    "test_sharding.py::test_one_rules_table",
+    "test_multiprocess.py::test_two_processes",
+    "test_multiprocess.py::test_sigterm_on_one_process",
+    "test_training.py::test_resume_after",
+    "test_training.py::test_main_runs",
+    "test_training.py::test_sigterm",
+    "test_training.py::test_bad_config",
+    "test_checkpoint.py::test_sigkill",
+    "test_checkpoint.py::test_incompatible_config",
+    "test_checkpoint.py::test_export_loads",
+    "test_checkpoint.py::test_uncommitted_tmp_dir",
+    "test_checkpoint.py::test_keep_last_n",
+    "test_checkpoint.py::test_checkpoint_frozen",
+    "test_checkpoint.py::test_truncated_latest",
+    "test_checkpoint.py::test_nonfinite_stop",
+    "test_checkpoint.py::test_no_restorable",
+    "test_caption.py::test_caption_config_trains",
+    "test_pretrained.py::test_main_trains",
+    "test_aot.py::",
+    "test_real_datasets.py::test_train_and_evaluate",
+    "test_step_variants.py::test_rematerialisation",
+    "test_step_variants.py::test_questions_sharing",
+    "test_step_variants.py::test_gradient_accumulation",
+    "test_presets.py::test_release_presets",
+    "test_presets.py::test_lsrm_on_every_llm",
+    "test_presets.py::test_cli_",
+    "test_config.py::test_command_line",
+    "test_convert.py::test_convert_cli",
+    "test_prepared.py::test_command_line",
+    "test_prepared.py::test_grain_worker",
+    "test_notebooks.py::test_notebook_runs",
+)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        name = item.nodeid.split("/")[-1]
+        if name.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
 
 # grain's worker processes read absl flags; under pytest nobody parses them.
 flags.FLAGS.mark_as_parsed()
