@@ -121,7 +121,7 @@ def test_caption_mixture_draws_its_weight_and_resumes_exactly(tmp_path):
     train_source, eval_source = registry.build_sources(c)
     captions, weight = registry.mix_source(c)
     assert weight == 0.25 and len(captions) == c.data.train_images
-    tokenizer = recipe.build_tokenizer(c, str(tmp_path), recipe.Data(train_source, eval_source, None))
+    tokenizer = recipe.build_tokenizer(c, str(tmp_path), recipe.Data(train_source, eval_source, (captions, weight)))
     featurizer = recipe.build_featurizer(c, tokenizer)
     ds = pipeline.training_dataset(train_source, featurizer.train, 8, 0, mix=(captions, weight))
     rows = [ds[step] for step in range(40)]
