@@ -6,7 +6,7 @@ import dataclasses
 
 import ml_collections
 
-from semrel_jax.config import resolve as resolve_lib
+from semrel_jax.config.resolve import llm_family, vision_family
 from semrel_jax.errors import ConfigError
 from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
 from semrel_jax.method.ica import ICAConfig
@@ -30,7 +30,7 @@ def _llm_config(m: ml_collections.ConfigDict, vocab_size: int) -> LlamaConfig:
         lora_rank=m.llm.lora_rank, lora_alpha=m.llm.lora_alpha, lora_targets=tuple(m.llm.lora_targets), remat=m.remat
     )
     if m.llm.hf_dir:  # the checkpoint's architecture (incl. what the config has no key for: biases, qk-norm, ...)
-        return dataclasses.replace(resolve_lib.llm_family(m.llm.hf_dir, m.llm.dtype, m.llm.param_dtype), **ours)
+        return dataclasses.replace(llm_family(m.llm.hf_dir, m.llm.dtype, m.llm.param_dtype), **ours)
     return LlamaConfig(
         vocab_size=m.llm.vocab_size or vocab_size,
         dim=m.llm.dim,
@@ -55,7 +55,7 @@ def _llm_config(m: ml_collections.ConfigDict, vocab_size: int) -> LlamaConfig:
 def _vit_config(name: str, e: ml_collections.ConfigDict, m: ml_collections.ConfigDict) -> ViTConfig:
     ours = dict(adapter_dim=e.adapter_dim, adapter_scale=e.adapter_scale, remat=m.remat)
     if e.hf_dir:  # the architecture is the checkpoint's; the adapters are ours
-        family = resolve_lib.vision_family(name, e.hf_dir, m.llm.dtype, m.llm.param_dtype)
+        family = vision_family(name, e.hf_dir, m.llm.dtype, m.llm.param_dtype)
         bad = [t for t in e.taps if t > family.config.depth]
         if bad:
             raise ConfigError(f"config.model.encoders.{name}.taps: {bad} beyond the {family.config.depth} blocks of {e.hf_dir}")
