@@ -8,8 +8,11 @@ keys nobody reads.
 
 Release presets (pretrained LLaMA + CLIP ViT-L/14, PEFT; docs/method spec "PEFT recipe and sizes"):
 
-  lsrm_7b    LLaMA-7B, CLIP-L/14 taps (12, 23), SRProj d_h=64 with Λ, sum fusion, N_mem=320, ICA mask
-             delta=0.3 lam=0.85 switched on at epoch 15. Trainable: 3,883,264 parameters.
+  lsrm_7b    LLaMA-7B, CLIP-L/14 taps (13, 23) (HF hidden_states numbering; the release's blocks 12 and 22,
+             0-based), SRProj d_h=64 with Λ, sum fusion, N_mem=320, ICA mask delta=0.3 lam=0.85 switched on
+             at epoch 15. The release's function: adapter dropout 0.1, the modality embedding created but not
+             added, its preprocessing (224x224 squash, bicubic, ImageNet mean/std); delta/lam really applied
+             (model.ica.release_noop_mask=True: the release's no-op). Trainable: 3,883,264 parameters.
   lsrm_13b   the same on LLaMA-13B with N_mem=400. Trainable: 5,492,992.
   memvp_7b   MemVP: one level (tap 23), plain 2-layer projector d_h=128 (no Λ), no mask. Trainable: 3,879,040.
   llava_7b   LLaVA-1.5-like: Vicuna-7B v1.5 + CLIP-L/14-336 (576 tokens, tap 23 = HF ``hidden_states[-2]``
@@ -73,7 +76,8 @@ LLM_SHAPES: dict[str, dict] = {
                         rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=True, **_LLAMA32_ROPE),
 }
 
-# openai/clip-vit-large-patch14 (and -336): layer_norm_eps 1e-5 is ViTConfig's fixed norm_eps.
+# openai/clip-vit-large-patch14 as the LSRM release runs it (clip/model.py forward_ll_half, util/datasets.py):
+# layer_norm_eps 1e-5 is ViTConfig's fixed norm_eps.
 CLIP_L14 = dict(
     image_size=224,
     patch_size=14,
@@ -82,15 +86,24 @@ CLIP_L14 = dict(
     heads=16,
     mlp_dim=4096,
     act="quick_gelu",
-    taps=(12, 23),  # HF hidden_states numbering: a middle block and the penultimate block
-    post_ln=True,
+    # HF hidden_states numbering: the release's intermediate map is the output of 0-based block 12
+    # (`i == layers // 2` over resblocks[:-1]) = hidden_states[13]; its final map skips the last block = [23]
+    taps=(13, 23),
+    post_ln=True,  # ln_post on both maps
     drop_cls=True,
     adapter_dim=12,
     adapter_scale=0.1,
-    normalization="clip",
+    adapter_dropout=0.1,  # lsrm/adapter.py: dropout 0.1 after the GELU
+    # The release's transform: squash to 224x224 (bicubic), ToTensor, ImageNet mean/std, not CLIP's processor
+    normalization="imagenet",
     resample="bicubic",
+    crop=False,
+    resize=0,
 )
-CLIP_L14_336 = dict(CLIP_L14, image_size=336)
+# openai/clip-vit-large-patch14-336 as LLaVA-1.5 runs it: CLIP's own image processor (resize, centre crop)
+CLIP_L14_336 = dict(
+    CLIP_L14, image_size=336, taps=(23,), adapter_dim=0, adapter_dropout=0.0, normalization="clip", crop=True
+)
 
 # Parameter-path regexes (see semrel_jax.training.partition) of the release's PEFT recipe.
 PEFT_TRAINABLE = (
@@ -143,9 +156,11 @@ def _release(
     projector: dict,
     ica: dict,
     modality_embedding: bool,
+    add_modality_embedding: bool,
     trainable: tuple[str, ...],
 ) -> None:
-    _set(c.model, "model", injection=injection, num_memory_slots=num_memory_slots, modality_embedding=modality_embedding)
+    _set(c.model, "model", injection=injection, num_memory_slots=num_memory_slots, modality_embedding=modality_embedding,
+         add_modality_embedding=add_modality_embedding)
     # Big LLMs compute in bfloat16; parameters (and so the trainable ones) stay float32 and the
     # frozen ones are stored in train.frozen_dtype.
     _set(c.model.llm, "model.llm", **llm_shape(llm), dtype="bfloat16", param_dtype="float32")
@@ -155,7 +170,9 @@ def _release(
     _set(c.train, "train", trainable=tuple(trainable), frozen=(), frozen_dtype="bfloat16")
 
 
-_RELEASE_ICA = dict(scale=0.1, delta=0.3, lam=0.85, dropout=0.1, start="epoch:15")
+# delta/lam really applied (release_noop_mask=False): the release's setup drops them (a no-op mask), the
+# paper's numbers used 0.3/0.85; set model.ica.release_noop_mask=True to run the release's function as published
+_RELEASE_ICA = dict(scale=0.1, delta=0.3, lam=0.85, dropout=0.1, start="epoch:15", release_noop_mask=False)
 _LSRM_PROJECTOR = dict(hidden=64, learnable_diagonal=True, fusion="sum", memory_scale=0.01)
 
 
@@ -168,7 +185,8 @@ def _lsrm(c, llm: str, num_memory_slots: int) -> None:
         num_memory_slots=num_memory_slots,
         projector=_LSRM_PROJECTOR,
         ica=_RELEASE_ICA,
-        modality_embedding=True,
+        modality_embedding=True,  # created and counted (3,883,264) ...
+        add_modality_embedding=False,  # ... but never used in the release's forward / generate
         trainable=PEFT_TRAINABLE,
     )
 
@@ -182,7 +200,8 @@ def _memvp_7b(c) -> None:
         num_memory_slots=320,
         projector=dict(_LSRM_PROJECTOR, hidden=128, learnable_diagonal=False),
         ica=dict(_RELEASE_ICA, delta=0.0, start="never"),  # MemVP has no inheritance mask
-        modality_embedding=True,
+        modality_embedding=True,  # counted in 3,879,040; unused as in LSRM's release (MemVP's code)
+        add_modality_embedding=False,
         trainable=PEFT_TRAINABLE,
     )
 
@@ -192,12 +211,13 @@ def _llava_7b(c) -> None:
         c,
         llm="vicuna_7b",
         # LLaVA-1.5: CLIP-L/14-336, hidden_states[-2] (= 23) as is (no post-LN), CLS dropped, no adapters.
-        vision=dict(CLIP_L14_336, taps=(23,), post_ln=False, adapter_dim=0),
+        vision=dict(CLIP_L14_336, post_ln=False),
         injection="prefix",
         num_memory_slots=0,
         projector=dict(hidden=4096, learnable_diagonal=False, fusion="sum", memory_scale=1.0),
         ica=dict(_RELEASE_ICA, delta=0.0, start="never"),  # unused with a prefix
         modality_embedding=False,
+        add_modality_embedding=False,
         trainable=PROJECTOR_ONLY,
     )
 

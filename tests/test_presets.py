@@ -101,7 +101,7 @@ def test_lsrm_7b_trainable_parameters_are_exactly_the_recipes():
     assert len(adapters) == 48 and sum(adapters.values()) == 589_824
     assert sizes["memory_key_embedding"] == sizes["memory_value_embedding"] == 320 * 4096
     assert sizes["modality_embedding"] == 2 * 4096
-    for level in ("clip_layer12", "clip_layer23"):
+    for level in ("clip_layer13", "clip_layer23"):
         p = f"vision/projectors/{level}"
         assert sizes[f"{p}/diagonal"] == 64
         assert sizes[f"{p}/fc1/kernel"] + sizes[f"{p}/fc1/bias"] == 1024 * 64 + 64
@@ -148,7 +148,7 @@ def test_every_preset_validates_and_builds_its_typed_config(name):
 
 def test_release_presets_differ_in_the_intended_knobs():
     lsrm7, lsrm13, memvp = (flat(preset_config(n).model) for n in ("lsrm_7b", "lsrm_13b", "memvp_7b"))
-    assert lsrm7["encoders.clip.taps"] == (12, 23) and lsrm7["num_memory_slots"] == 320
+    assert lsrm7["encoders.clip.taps"] == (13, 23) and lsrm7["num_memory_slots"] == 320
     assert lsrm7["ica.start"] == "epoch:15" and (lsrm7["ica.delta"], lsrm7["ica.lam"]) == (0.3, 0.85)
     assert (lsrm7["ica.scale"], lsrm7["projector.memory_scale"], lsrm7["ica.dropout"]) == (0.1, 0.01, 0.1)
     assert {k for k in lsrm7 if lsrm7[k] != lsrm13[k]} == {

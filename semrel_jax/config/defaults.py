@@ -61,6 +61,7 @@ def encoder_defaults() -> dict:
         pool=1,  # k x k average pooling of the patch grid into the memory (fine patches, fewer slots)
         adapter_dim=0,
         adapter_scale=0.1,
+        adapter_dropout=0.0,  # after the adapter's GELU, in training (release: 0.1; the demo's tower has none)
         # Image preprocessing; None: the checkpoint family's HF processor with hf_dir, else the from-scratch
         # defaults of semrel_jax.config.resolve (x/255, bicubic, centre crop).
         normalization=placeholder(str),  # 'unit' | 'clip' | 'siglip' | 'imagenet'
@@ -104,14 +105,17 @@ def base_config() -> ml_collections.ConfigDict:
         injection="ica",  # 'ica' (LSRM/MemVP memory in every block) | 'prefix' (LLaVA)
         remat="none",  # activation rematerialisation per block: none | full | dots | dots_no_batch
         num_memory_slots=0,  # N_mem; 0 = exactly the number of fused visual tokens
-        modality_embedding=True,
+        modality_embedding=True,  # a learned [2, d] embedding indexed by has_image (counted as trainable)
+        add_modality_embedding=True,  # False: created but never added to the visual tokens, as in the release
         slot_key_init_std=0.02,  # P_k ~ N(0, 0.02²) as in the release
         slot_value_init_std=0.0,  # P_v = 0 as in the release
         llm=llm_defaults(),
         encoders=dict(vit=encoder_defaults()),
         # the release's scales, tuned for a pretrained, frozen LLM whose residual stream is large
         projector=dict(hidden=64, learnable_diagonal=True, zero_init_output=False, fusion="sum", memory_scale=0.01),
-        ica=dict(scale=0.1, delta=0.3, lam=0.85, dropout=0.1, start="always"),
+        # release_noop_mask=True reproduces the published release, whose setup never hands delta/lam to the
+        # LLM blocks (the mask is then a no-op: delta=0, lam=1); False applies them (the paper's method)
+        ica=dict(scale=0.1, delta=0.3, lam=0.85, dropout=0.1, start="always", release_noop_mask=False),
     )
     c.train = dict(
         batch_size=32,  # global batch

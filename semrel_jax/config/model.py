@@ -53,7 +53,7 @@ def _llm_config(m: ml_collections.ConfigDict, vocab_size: int) -> LlamaConfig:
 
 
 def _vit_config(name: str, e: ml_collections.ConfigDict, m: ml_collections.ConfigDict) -> ViTConfig:
-    ours = dict(adapter_dim=e.adapter_dim, adapter_scale=e.adapter_scale, remat=m.remat)
+    ours = dict(adapter_dim=e.adapter_dim, adapter_scale=e.adapter_scale, adapter_dropout=e.adapter_dropout, remat=m.remat)
     if e.hf_dir:  # the architecture is the checkpoint's; the adapters are ours
         family = vision_family(name, e.hf_dir, m.llm.dtype, m.llm.param_dtype)
         bad = [t for t in e.taps if t > family.config.depth]
@@ -102,8 +102,16 @@ def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
         vision=vision,
         injection=m.injection,
         num_memory_slots=m.num_memory_slots,
-        ica=ICAConfig(scale=m.ica.scale, delta=m.ica.delta, lam=m.ica.lam, dropout=m.ica.dropout),
+        ica=_ica_config(m.ica),
         modality_embedding=m.modality_embedding,
+        add_modality_embedding=m.add_modality_embedding,
         slot_key_init_std=m.slot_key_init_std,
         slot_value_init_std=m.slot_value_init_std,
     )
+
+
+def _ica_config(ica: ml_collections.ConfigDict) -> ICAConfig:
+    """``release_noop_mask``: the published release never hands delta/lam to its blocks, so its blocks run with
+    delta=0, lam=1 (every entry kept, the mask stays ones) whatever the run's arguments say."""
+    delta, lam = (0.0, 1.0) if ica.release_noop_mask else (ica.delta, ica.lam)
+    return ICAConfig(scale=ica.scale, delta=delta, lam=lam, dropout=ica.dropout)

@@ -74,6 +74,10 @@ def _validate_model(c) -> None:
     check(0.0 < ica.lam <= 1.0, "model.ica.lam", f"expected 0 < lam <= 1, got {ica.lam}")
     check(0.0 <= ica.dropout < 1.0, "model.ica.dropout", f"expected 0 <= dropout < 1, got {ica.dropout}")
     parse_start(ica.start, 1.0)
+    for key in ("modality_embedding", "add_modality_embedding"):
+        check(isinstance(c.model[key], bool), f"model.{key}", f"expected True or False, got {c.model[key]!r}")
+    check(isinstance(ica.release_noop_mask, bool), "model.ica.release_noop_mask",
+          f"expected True or False, got {ica.release_noop_mask!r}")
 
 
 def _validate_encoder(c, name: str, enc) -> None:
@@ -89,6 +93,7 @@ def _validate_encoder(c, name: str, enc) -> None:
         f"expected hidden_states indices in 0..depth={enc.depth}, got {taps}",
     )
     check(len(set(taps)) == len(taps), f"{where}.taps", f"duplicate taps in {taps}")
+    check(0.0 <= enc.adapter_dropout < 1.0, f"{where}.adapter_dropout", f"expected 0 <= rate < 1, got {enc.adapter_dropout}")
     grid = enc.image_size // enc.patch_size
     check(
         is_int(enc.pool) and enc.pool >= 1 and grid % enc.pool == 0 and (enc.pool == 1 or enc.drop_cls),

@@ -113,8 +113,9 @@ class EncoderEnsemble(nnx.Module):
             }
         )
 
-    def __call__(self, images: dict[str, Array]) -> Array:
-        """images: encoder name -> ``[B, H, W, C]`` (each preprocessed for its encoder).
+    def __call__(self, images: dict[str, Array], dropout_key: Array | None = None) -> Array:
+        """images: encoder name -> ``[B, H, W, C]`` (each preprocessed for its encoder); ``dropout_key``: the
+        towers' adapter dropout (None: deterministic), ``fold_in(dropout_key, e)`` for the e-th encoder.
 
         Returns ``[B, sum_e N_e, out_dim]`` fused visual tokens, already scaled.
         """
@@ -122,9 +123,10 @@ class EncoderEnsemble(nnx.Module):
         if missing:
             raise KeyError(f"No images for encoder(s) {missing}; got {sorted(images)}.")
         per_encoder = []
-        for spec in self.config.encoders:
+        for index, spec in enumerate(self.config.encoders):
             vit = self.encoders[spec.name]
-            levels = vit(images[spec.name], spec.taps)
+            key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+            levels = vit(images[spec.name], spec.taps, key)
             fused = None
             for tap, hidden in zip(spec.taps, levels):
                 if spec.post_ln:

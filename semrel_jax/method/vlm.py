@@ -15,7 +15,13 @@ the gradients of all ``G`` rows into the image's one forward.
 
 A learned modality embedding ``[2, d]`` (release: "2×d_llm") is added to every visual slot/token,
 indexed by ``has_image``; for samples without an image the visual features are zeroed first, so the
-LLM sees only the "no image" embedding.
+LLM sees only the "no image" embedding. The release creates and counts this parameter but never adds
+it (``adapter_modality_embedding`` is unused in its ``forward`` and ``generate``):
+``add_modality_embedding=False`` reproduces that (the parameter exists, receives no gradient, and a
+sample without an image sees an all-zero memory plus the slot embeddings).
+
+In training (a ``dropout_key``) the key drives the ICA dropout in the LLM as is and the towers' adapter
+dropout as ``fold_in(dropout_key, VISION_DROPOUT_STREAM)``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from semrel_jax.method.ensemble import EncoderEnsemble, EnsembleConfig
 from semrel_jax.models.llama import KVCache, Llama, LlamaConfig
 
 Array = jax.Array
+VISION_DROPOUT_STREAM = 1  # fold_in index of the vision towers' dropout key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +47,8 @@ class VLMConfig:
     injection: str = "ica"  # 'ica' | 'prefix'
     num_memory_slots: int = 0  # N_mem (ica only); 0: exactly the number of fused visual tokens
     ica: ica.ICAConfig = ica.ICAConfig()
-    modality_embedding: bool = True
+    modality_embedding: bool = True  # the [2, d] parameter exists
+    add_modality_embedding: bool = True  # ... and is added to the visual tokens (False: the release, unused)
     slot_key_init_std: float = 0.02  # P_k ~ N(0, std²) (release)
     slot_value_init_std: float = 0.0  # P_v = 0 (release); > 0 gives values slot identity from step 0
 
@@ -93,17 +101,24 @@ class VisionLanguageModel(nnx.Module):
         if config.modality_embedding:
             self.modality_embedding = nnx.Param(jnp.zeros((2, d), pd))
 
-    def visual_tokens(self, images: dict[str, Array], has_image: Array) -> Array:
-        """Fused visual tokens ``[B, N_vis, d]`` with the modality embedding added."""
-        tokens = self.vision(images)
+    def visual_tokens(self, images: dict[str, Array], has_image: Array, dropout_key: Array | None = None) -> Array:
+        """Fused visual tokens ``[B, N_vis, d]`` with the modality embedding added (when configured so)."""
+        vision_key = None if dropout_key is None else jax.random.fold_in(dropout_key, VISION_DROPOUT_STREAM)
+        tokens = self.vision(images, vision_key)
         tokens = tokens * has_image[:, None, None].astype(tokens.dtype)
-        if self.config.modality_embedding:
+        if self.config.modality_embedding and self.config.add_modality_embedding:
             tokens = tokens + self.modality_embedding[...][has_image.astype(jnp.int32)][:, None, :].astype(tokens.dtype)
         return tokens
 
-    def memory(self, images: dict[str, Array], has_image: Array, mask_enabled: Array | bool = True) -> ica.Memory:
+    def memory(
+        self,
+        images: dict[str, Array],
+        has_image: Array,
+        mask_enabled: Array | bool = True,
+        dropout_key: Array | None = None,
+    ) -> ica.Memory:
         """``X_v`` zero-padded to ``N_mem`` slots, with the shared slot embeddings added."""
-        tokens = self.visual_tokens(images, has_image)
+        tokens = self.visual_tokens(images, has_image, dropout_key)
         pad = self.config.memory_slots - tokens.shape[1]
         # Padded slots carry no visual feature; after adding P_k/P_v they are learned "null" slots.
         x_v = jnp.pad(tokens, ((0, 0), (0, pad), (0, 0)))
@@ -113,8 +128,8 @@ class VisionLanguageModel(nnx.Module):
             mask_enabled=jnp.asarray(mask_enabled, bool),
         )
 
-    def _prefixed(self, images, has_image, tokens, valid):
-        prefix = share_images(self.visual_tokens(images, has_image), tokens.shape[0])
+    def _prefixed(self, images, has_image, tokens, valid, dropout_key=None):
+        prefix = share_images(self.visual_tokens(images, has_image, dropout_key), tokens.shape[0])
         embeddings = jnp.concatenate([prefix.astype(jnp.dtype(self.config.llm.dtype)), self.llm.embed(tokens)], 1)
         valid = jnp.concatenate([jnp.ones(prefix.shape[:2], bool), valid], axis=1)
         return embeddings, valid
@@ -141,10 +156,10 @@ class VisionLanguageModel(nnx.Module):
     ) -> Array:
         """Teacher-forced logits ``[B, T, vocab]`` for the text tokens ``[B, T]``."""
         if self.config.injection == "prefix":
-            embeddings, full_valid = self._prefixed(images, has_image, tokens, valid)
+            embeddings, full_valid = self._prefixed(images, has_image, tokens, valid, dropout_key)
             logits, _ = self.llm(valid=full_valid, embeddings=embeddings)
             return logits[:, self.config.num_prefix_tokens :]
-        memory = share_memory(self.memory(images, has_image, mask_enabled), tokens.shape[0])
+        memory = share_memory(self.memory(images, has_image, mask_enabled, dropout_key), tokens.shape[0])
         logits, _ = self._read_memory(memory, tokens, valid, dropout_key=dropout_key)
         return logits
 

@@ -7,8 +7,8 @@ HF's ``output_hidden_states``; taps are given in that numbering, and blocks past
 are never run (the LLaVA convention of skipping the last block costs nothing).
 
 Adapters (LSRM/MemVP release): every block gets a bias-free bottleneck parallel to its MLP,
-``x + MLP(ln_2 x) + s · up(act(down(ln_2 x)))``, with ``up`` zero-initialised so a pretrained
-tower is unchanged at step 0.
+``x + MLP(ln_2 x) + s · up(dropout(GELU(down(ln_2 x))))``, with ``up`` zero-initialised so a pretrained
+tower is unchanged at step 0; the dropout (release: 0.1) acts in training only, when a key is given.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class ViTConfig:
     relative_position_bias: bool = False
     adapter_dim: int = 0  # 0: no adapters
     adapter_scale: float = 0.1
+    adapter_dropout: float = 0.0  # after the adapter's GELU, training only (release: 0.1)
     remat: str = "none"  # rematerialisation policy per block (layers.REMAT_POLICIES)
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -89,14 +90,16 @@ def _layer_norm(config: ViTConfig, rngs):
 
 
 class Adapter(nnx.Module):
-    """Bias-free bottleneck ``up(act(down(x)))``; ``up`` starts at zero."""
+    """Bias-free bottleneck ``up(dropout(GELU(down(x))))``; ``up`` starts at zero."""
 
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
+        self.rate = config.adapter_dropout
         self.fc1 = _linear(config.width, config.adapter_dim, config, rngs, bias=False)
         self.fc2 = _linear(config.adapter_dim, config.width, config, rngs, bias=False, zero=True)
 
-    def __call__(self, x: Array) -> Array:
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+    def __call__(self, x: Array, dropout_key: Array | None = None) -> Array:
+        """``[B, N, width]`` -> ``[B, N, width]``; ``dropout_key=None``: deterministic (evaluation)."""
+        return self.fc2(layers.dropout(jax.nn.gelu(self.fc1(x), approximate=False), self.rate, dropout_key))
 
 
 def relative_offset_index(grid: int) -> np.ndarray:
@@ -129,7 +132,7 @@ class EncoderLayer(nnx.Module):
             self.layer_scale1 = nnx.Param(jnp.ones((w,), pd))
             self.layer_scale2 = nnx.Param(jnp.ones((w,), pd))
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, dropout_key: Array | None = None) -> Array:
         c = self.config
         b, n, w = x.shape
         hd = w // c.heads
@@ -145,7 +148,7 @@ class EncoderLayer(nnx.Module):
             mlp = mlp * self.layer_scale2[...].astype(mlp.dtype)
         out = x + mlp
         if self.adapter is not None:
-            out = out + c.adapter_scale * self.adapter(y)
+            out = out + c.adapter_scale * self.adapter(y, dropout_key)
         return out
 
     def _bias(self, n: int, dtype) -> Array | None:
@@ -198,8 +201,11 @@ class ViT(nnx.Module):
         x = x.transpose(0, 1, 3, 5, 2, 4)  # [B, gh, gw, C, p, p]
         return x.reshape(b, (h // p) * (w // p), ch * p * p)
 
-    def __call__(self, images: Array, taps: tuple[int, ...]) -> list[Array]:
-        """images: ``[B, H, W, C]`` float, already normalised; taps: HF ``hidden_states`` indices."""
+    def __call__(self, images: Array, taps: tuple[int, ...], dropout_key: Array | None = None) -> list[Array]:
+        """images: ``[B, H, W, C]`` float, already normalised; taps: HF ``hidden_states`` indices.
+
+        ``dropout_key``: block ``i``'s adapter gets ``fold_in(dropout_key, i)`` (None: deterministic).
+        """
         c = self.config
         if images.shape[1:] != (c.image_size, c.image_size, c.channels):
             raise ValueError(
@@ -223,6 +229,7 @@ class ViT(nnx.Module):
         hidden = {0: x}
         call = layers.remat(EncoderLayer.__call__, c.remat)
         for i in range(max(taps)):
-            x = layers.constrain(call(self.layers[i], x), ("batch", None, None))
+            key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+            x = layers.constrain(call(self.layers[i], x, key), ("batch", None, None))
             hidden[i + 1] = x
         return [hidden[t] for t in taps]
