@@ -126,7 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
         weight_decay=0.02,
         b1=0.9,
         b2=0.95,
-        grad_clip=1.0,
+        grad_clip=1.0,  # clip gradients to this global norm; 0: no clipping (the release)
         trainable=(".*",),  # regexes over parameter paths like 'llm/layers/0/mlp/up_proj/kernel'
         frozen=(),  # regexes removed from the trainable set
         frozen_dtype="float32",

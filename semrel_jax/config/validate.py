@@ -128,6 +128,10 @@ def _validate_train(c) -> None:
         f"must divide train.batch_size={t.batch_size}, got {t.grad_accum_steps}",
     )
     check(t.learning_rate > 0, "train.learning_rate", f"must be > 0, got {t.learning_rate}")
+    check(t.grad_clip >= 0, "train.grad_clip", f"expected a global norm > 0, or 0 for no clipping; got {t.grad_clip}")
+    check(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    for key in ("b1", "b2"):
+        check(0.0 <= t[key] < 1.0, f"train.{key}", f"expected 0 <= {key} < 1, got {t[key]}")
     check(t.warmup_steps < t.num_steps, "train.warmup_steps", "must be smaller than train.num_steps")
     one_of(c, "train.nonfinite", ("stop", "skip"))
     one_of(c, "train.frozen_dtype", DTYPES)

@@ -1,4 +1,8 @@
-"""AdamW with linear warm-up then cosine decay to zero; no weight decay on biases, norms or 1-D params."""
+"""AdamW with linear warm-up then cosine decay to zero; no weight decay on biases, norms or 1-D params.
+
+Gradients are clipped to a global norm of ``train.grad_clip`` first; ``grad_clip=0`` means no clipping
+(the release's ``clip_grad=None``), not a clip to norm 0.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ def decay_mask(params):
 def make_optimizer(train_config) -> optax.GradientTransformation:
     t = train_config
     schedule = learning_rate_schedule(t.learning_rate, t.warmup_steps, t.num_steps)
-    return optax.chain(
-        optax.clip_by_global_norm(t.grad_clip),
-        optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask),
-    )
+    adamw = optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask)
+    if t.grad_clip == 0:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(t.grad_clip), adamw)
