@@ -12,7 +12,10 @@ Presets:
         whose attention has a learned relative position bias, relations descriptions mixed in besides the
         object descriptions, 18,000 steps: about 30 minutes on a 2-core CPU (docs/research.md).
   semrel_jax.presets.MODEL_PRESETS: the release's full-size models (lsrm_7b, lsrm_13b, memvp_7b,
-        llava_7b) and the demo-size ablation steps (ablation_memvp ... ablation_lsrm, ablation_llava).
+        llava_7b), the ensemble lsrm_7b_ensemble (CLIP-L/14 + SigLIP + DINOv2) and the demo-size ablation
+        steps (ablation_memvp ... ablation_lsrm, ablation_llava).
+  <preset>+name / -name: any preset with vision encoders added or removed (semrel_jax.presets.ENCODER_PRESETS:
+        clip, siglip, dinov2), e.g. lsrm_7b+siglip or tiny+siglip-vit; then --config.model.encoders.siglip.hf_dir=...
 """
 
 import ml_collections
@@ -25,8 +28,13 @@ PRESETS = ("demo", "tiny", "long", "relational") + model_presets.MODEL_PRESETS
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset = arg or "demo"
-    if preset in model_presets.MODEL_PRESETS:
+    if model_presets.is_model_preset(preset):  # e.g. lsrm_7b, lsrm_7b+siglip+dinov2
         return model_presets.apply(get_config("demo"), preset)
+    base, encoder_changes = model_presets.split_encoder_changes(preset)
+    if encoder_changes:  # e.g. tiny+siglip: encoders added (+name) / removed (-name), semrel_jax/presets.py
+        c = model_presets.change_encoders(get_config(base), encoder_changes)
+        c.preset = preset
+        return c
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r} for configs/vqa.py; choose one of {PRESETS}.")
     c = config_defaults.base_config()  # every key and its default: semrel_jax/config/defaults.py

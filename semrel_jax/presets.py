@@ -33,6 +33,12 @@ train on Sort-of-CLEVR on a CPU; each adds one ingredient of LSRM to the previou
   ablation_lsrm        + the inheritance mask (delta=0.3, lam=0.85)                     = LSRM
   ablation_llava       ablation_memvp with the visual tokens as an LLM prefix instead of memory = LLaVA
 
+Ensembles (the "multilevel encoder ensemble"): ``lsrm_7b_ensemble`` is lsrm_7b with SigLIP-so400m/14 and
+DINOv2-L/14 next to CLIP-L/14 (``ENCODER_PRESETS``), each with its own taps, preprocessing, adapters and
+SRProjs; their tokens are concatenated. Any preset name may end in encoder changes, ``+name`` to add one of
+``ENCODER_PRESETS`` and ``-name`` to remove one (``configs/vqa.py:lsrm_7b+siglip``, ``:tiny+siglip-vit``), after
+which every key of the added encoders is a normal override: ``--config.model.encoders.siglip.hf_dir=...``.
+
 LLM shapes (``LLM_SHAPES``) are the published Hugging Face ``config.json`` values, Llama 3.2's llama3-type
 RoPE scaling included. ``lsrm_<llm>`` (e.g. ``lsrm_llama3.2_1b``, ``lsrm_vicuna_7b``) is the lsrm_7b recipe
 (N_mem 320) on any of them. With ``model.llm.hf_dir`` / ``model.encoders.clip.hf_dir`` set, the shapes
@@ -40,6 +46,8 @@ and weights come from those directories instead (``semrel_jax.convert``).
 """
 
 from __future__ import annotations
+
+import re
 
 import ml_collections
 
@@ -86,6 +94,7 @@ CLIP_L14 = dict(
     heads=16,
     mlp_dim=4096,
     act="quick_gelu",
+    family="clip",
     # HF hidden_states numbering: the release's intermediate map is the output of 0-based block 12
     # (`i == layers // 2` over resblocks[:-1]) = hidden_states[13]; its final map skips the last block = [23]
     taps=(13, 23),
@@ -105,6 +114,24 @@ CLIP_L14_336 = dict(
     CLIP_L14, image_size=336, taps=(23,), adapter_dim=0, adapter_dropout=0.0, normalization="clip", crop=True
 )
 
+# Pretrained towers an ensemble adds next to (or instead of) CLIP, each with the release's recipe per tower
+# (adapters 12 wide with dropout 0.1, post-LN, its own SRProj per level) and the release's level rule for a
+# depth-L tower: the intermediate map hidden_states[L // 2 + 1] and the final one hidden_states[L - 1].
+# Preprocessing is left unset: config.resolve fills each family's own image processor at the resolved size.
+_TOWER_RECIPE = dict(post_ln=True, drop_cls=True, adapter_dim=12, adapter_scale=0.1, adapter_dropout=0.1)
+# google/siglip-so400m-patch14-224: no class token, 16x16 = 256 tokens
+SIGLIP_SO400M_14_224 = dict(
+    _TOWER_RECIPE, family="siglip", image_size=224, patch_size=14, width=1152, depth=27, heads=16, mlp_dim=4304,
+    act="gelu_tanh", taps=(14, 26),
+)
+# facebook/dinov2-large at its checkpoint's 518 px (no position-embedding interpolation): 37x37 = 1,369 tokens
+DINOV2_L14 = dict(
+    _TOWER_RECIPE, family="dinov2", image_size=518, patch_size=14, width=1024, depth=24, heads=16, mlp_dim=4096,
+    act="gelu", taps=(13, 23),
+)
+ENCODER_PRESETS: dict[str, dict] = {"clip": dict(CLIP_L14, family="clip"), "siglip": SIGLIP_SO400M_14_224,
+                                    "dinov2": DINOV2_L14}
+
 # Parameter-path regexes (see semrel_jax.training.partition) of the release's PEFT recipe.
 PEFT_TRAINABLE = (
     r"^memory_(key|value)_embedding$",  # P_k, P_v
@@ -115,9 +142,10 @@ PEFT_TRAINABLE = (
 PROJECTOR_ONLY = (r"^vision/projectors/",)
 
 RELEASE_PRESETS = ("lsrm_7b", "lsrm_13b", "memvp_7b", "llava_7b")
+ENSEMBLE_PRESETS = ("lsrm_7b_ensemble",)  # = lsrm_7b+siglip+dinov2
 ABLATION_PRESETS = ("ablation_memvp", "ablation_multilevel", "ablation_srproj", "ablation_lsrm", "ablation_llava")
 LSRM_ON_LLM_PRESETS = tuple(f"lsrm_{name}" for name in LLM_SHAPES)
-MODEL_PRESETS: tuple[str, ...] = RELEASE_PRESETS + ABLATION_PRESETS + LSRM_ON_LLM_PRESETS
+MODEL_PRESETS: tuple[str, ...] = RELEASE_PRESETS + ENSEMBLE_PRESETS + ABLATION_PRESETS + LSRM_ON_LLM_PRESETS
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -139,11 +167,16 @@ def _set(node: ml_collections.ConfigDict, where: str, **values) -> None:
         node[key] = value
 
 
-def _single_encoder(c: ml_collections.ConfigDict, name: str, fields: dict) -> None:
-    """Replaces ``model.encoders`` by the single encoder ``name``: the schema's defaults plus ``fields``."""
+def _encoder(name: str, fields: dict) -> ml_collections.ConfigDict:
+    """One ``model.encoders.<name>`` section: the schema's defaults plus ``fields``."""
     encoder = ml_collections.ConfigDict(config_defaults.encoder_defaults())
     _set(encoder, f"model.encoders.{name}", **fields)
-    c.model.encoders = ml_collections.ConfigDict({name: encoder})
+    return encoder
+
+
+def _single_encoder(c: ml_collections.ConfigDict, name: str, fields: dict) -> None:
+    """Replaces ``model.encoders`` by the single encoder ``name``."""
+    c.model.encoders = ml_collections.ConfigDict({name: _encoder(name, fields)})
 
 
 def _release(
@@ -245,7 +278,49 @@ _APPLY = {
     "ablation_llava": lambda c: _ablation(c, levels="last", diagonal=False, mask=False, injection="prefix"),
 }
 _APPLY |= {f"lsrm_{name}": (lambda c, name=name: _lsrm(c, name, 320)) for name in LLM_SHAPES}
+_APPLY = {k: _APPLY[k] for k in RELEASE_PRESETS} | {
+    "lsrm_7b_ensemble": lambda c: (_lsrm(c, "llama_7b", 320), change_encoders(c, "+siglip+dinov2")),
+} | {k: _APPLY[k] for k in ABLATION_PRESETS + LSRM_ON_LLM_PRESETS}
 assert tuple(_APPLY) == MODEL_PRESETS
+
+
+def split_encoder_changes(name: str) -> tuple[str, str]:
+    """``'lsrm_7b+siglip-clip'`` -> ``('lsrm_7b', '+siglip-clip')``: a preset and its encoder changes."""
+    cut = min((i for i, ch in enumerate(name) if ch in "+-"), default=len(name))
+    return name[:cut], name[cut:]
+
+
+def change_encoders(c: ml_collections.ConfigDict, changes: str) -> ml_collections.ConfigDict:
+    """Adds (``+name``) or removes (``-name``) vision encoders, e.g. ``'+siglip+dinov2'`` or ``'+siglip-clip'``.
+
+    An added encoder is ``ENCODER_PRESETS[name]`` (its own taps, preprocessing, adapters and, per level, SRProj);
+    its ``hf_dir`` and any other key can then be overridden (``--config.model.encoders.siglip.hf_dir=...``).
+    With more than one encoder the memory holds exactly the fused tokens (``num_memory_slots=0``): the
+    release's zero padding to 320 slots is a one-encoder choice.
+    """
+    encoders = dict(c.model.encoders.items())
+    for sign, name in re.findall(r"([+-])([^+-]*)", changes):
+        if sign == "+" and name not in ENCODER_PRESETS:
+            raise ValueError(f"Unknown encoder {name!r} in {changes!r}; encoders that can be added: {tuple(ENCODER_PRESETS)}.")
+        if sign == "+" and name in encoders:
+            raise ValueError(f"Encoder {name!r} is already in the config ({tuple(encoders)}).")
+        if sign == "-" and name not in encoders:
+            raise ValueError(f"Encoder {name!r} is not in the config ({tuple(encoders)}); cannot remove it.")
+        if sign == "+":
+            encoders[name] = _encoder(name, ENCODER_PRESETS[name])
+        else:
+            del encoders[name]
+    if not encoders:
+        raise ValueError(f"{changes!r} removes every vision encoder.")
+    c.model.encoders = ml_collections.ConfigDict(encoders)
+    if len(encoders) > 1:
+        c.model.num_memory_slots = 0
+    return c
+
+
+def is_model_preset(name: str) -> bool:
+    """``name`` is a model preset, optionally followed by encoder changes (``lsrm_7b+siglip``)."""
+    return split_encoder_changes(name)[0] in _APPLY
 
 
 def apply(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -253,9 +328,12 @@ def apply(config: ml_collections.ConfigDict, name: str) -> ml_collections.Config
 
     Release presets set the whole model section (the result does not depend on the base model);
     ablation presets change only the method knobs of the base (meant for configs/vqa.py:demo).
+    ``name`` may end in encoder changes (``change_encoders``): ``lsrm_7b+siglip+dinov2``.
     """
-    if name not in _APPLY:
-        raise ValueError(f"Unknown model preset {name!r}; choose one of {MODEL_PRESETS}.")
-    _APPLY[name](config)
+    preset, changes = split_encoder_changes(name)
+    if preset not in _APPLY:
+        raise ValueError(f"Unknown model preset {preset!r}; choose one of {MODEL_PRESETS}.")
+    _APPLY[preset](config)
+    change_encoders(config, changes)
     config.preset = name
     return config

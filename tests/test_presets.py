@@ -133,10 +133,10 @@ def test_every_preset_validates_and_builds_its_typed_config(name):
     assert c.preset == name
     config_lib.validate(c)
     mc = config_lib.model_config(c, TOKENIZER_VOCAB)
-    if name in presets.RELEASE_PRESETS + presets.LSRM_ON_LLM_PRESETS:
+    if name in presets.RELEASE_PRESETS + presets.ENSEMBLE_PRESETS + presets.LSRM_ON_LLM_PRESETS:
         assert mc.llm.dtype == "bfloat16" and mc.llm.param_dtype == "float32"
         assert c.train.frozen_dtype == "bfloat16"
-        (enc,) = mc.vision.encoders
+        enc = {e.name: e for e in mc.vision.encoders}["clip"]
         assert (enc.vit.width, enc.vit.depth, enc.vit.heads, enc.vit.mlp_dim, enc.vit.patch_size) == (1024, 24, 16, 4096, 14)
         assert enc.vit.act == "quick_gelu" and enc.vit.norm_eps == 1e-5
         # Release presets set the whole model section: the base config does not matter.

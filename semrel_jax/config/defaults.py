@@ -46,6 +46,7 @@ def encoder_defaults() -> dict:
     """One vision tower (``model.encoders.<name>``): the demo's from-scratch ViT."""
     return dict(
         hf_dir="",  # a HF CLIP/SigLIP/DINOv2 directory: its architecture and weights (adapters stay ours)
+        family="vit",  # the tower's layout: 'vit' (from scratch) | 'clip' | 'siglip' | 'siglip2' | 'dinov2'; hf_dir's wins
         image_size=75,
         patch_size=15,
         width=64,

@@ -12,7 +12,7 @@ from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
 from semrel_jax.method.ica import ICAConfig
 from semrel_jax.method.vlm import VLMConfig
 from semrel_jax.models.llama import LlamaConfig
-from semrel_jax.models.vit import ViTConfig
+from semrel_jax.models.vit import FAMILY_LAYOUTS, ViTConfig
 
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
@@ -70,6 +70,7 @@ def _vit_config(name: str, e: ml_collections.ConfigDict, m: ml_collections.Confi
         act=e.act,
         posemb=e.posemb,
         relative_position_bias=e.relative_position_bias,
+        **FAMILY_LAYOUTS[e.family],  # the layout of the named family (shapes of e.g. SigLIP without its hf_dir)
         dtype=m.llm.dtype,
         param_dtype=m.llm.param_dtype,
         **ours,

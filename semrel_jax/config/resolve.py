@@ -6,7 +6,8 @@
   directory's ``config.json``: the converted weights fix it, so a differing value is replaced, and the
   replacement is reported;
 * each vision tower's preprocessing (normalization, resample, crop, resize) left unset becomes its
-  family's HF image processor (``hf_dir``) or the from-scratch default; a value the user set is kept.
+  family's HF image processor (the ``hf_dir``'s family, else ``family`` unless it is the from-scratch
+  'vit') or the from-scratch default; a value the user set is kept.
 
 It returns one line per filled or replaced key, which every entry point logs. The run's saved
 ``config.json`` is the resolved config, so evaluation and export rebuild exactly the trained model.
@@ -89,9 +90,12 @@ def resolve(c: ml_collections.ConfigDict) -> list[str]:
         where = f"model.encoders.{name}"
         if e.hf_dir:
             family = vision_family(name, e.hf_dir)
-            take(e, where, {k: getattr(family.config, k) for k in VIT_ARCHITECTURE_KEYS}, e.hf_dir, replace=True)
+            architecture = {k: getattr(family.config, k) for k in VIT_ARCHITECTURE_KEYS}
+            take(e, where, dict(architecture, family=family.model_type), e.hf_dir, replace=True)
             take(e, where, family_preprocessing(family.model_type, e.image_size), f"{family.model_type}'s image processor",
                  replace=False)
+        elif e.family != "vit":  # a named family without its weights (e.g. an abstract summary): its processor
+            take(e, where, family_preprocessing(e.family, e.image_size), f"{e.family}'s image processor", replace=False)
         else:
             take(e, where, SCRATCH_PREPROCESSING, "the from-scratch default", replace=False)
     return filled

@@ -83,7 +83,10 @@ def _validate_model(c) -> None:
 def _validate_encoder(c, name: str, enc) -> None:
     from semrel_jax.data.preprocess import NORMALIZATION, RESAMPLE
 
+    from semrel_jax.models.vit import FAMILY_LAYOUTS
+
     where = f"model.encoders.{name}"
+    one_of(c, f"{where}.family", tuple(FAMILY_LAYOUTS))
     for key in ("image_size", "patch_size", "width", "depth", "heads", "mlp_dim"):
         positive_int(c, f"{where}.{key}")
     taps = tuple(enc.taps)

@@ -12,7 +12,7 @@ import math
 
 from semrel_jax.convert.safetensors_io import CheckpointError
 from semrel_jax.models.llama import LlamaConfig
-from semrel_jax.models.vit import ViTConfig
+from semrel_jax.models.vit import FAMILY_LAYOUTS, ViTConfig
 
 Path = tuple[str | int, ...]
 Row = tuple[Path, str, str]
@@ -153,23 +153,19 @@ def vision_config_from_hf(cfg: dict, *, dtype: str = "float32", param_dtype: str
         mlp_dim=int(width * vc["mlp_ratio"]) if family == "dinov2" else _get(vc, "intermediate_size", required=True),
         channels=_get(vc, "num_channels", 3),
         act=_ACTIVATIONS[act],
-        norm_eps=float(_get(vc, "layer_norm_eps", 1e-5 if family == "clip" else 1e-6)),
         dtype=dtype,
         param_dtype=param_dtype,
     )
+    layout = dict(FAMILY_LAYOUTS[family], norm_eps=float(_get(vc, "layer_norm_eps", FAMILY_LAYOUTS[family]["norm_eps"])))
+    vit = ViTConfig(**common, **layout)
     if family == "clip":
-        vit = ViTConfig(**common, pre_ln=True, class_token=True, patch_bias=False)
         mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-        prefix = ""  # the loader also finds the "vision_model." of two-tower and older checkpoints
     elif family in ("siglip", "siglip2"):
-        vit = ViTConfig(**common, pre_ln=False, class_token=False, patch_bias=True)
         mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-        prefix = ""
     else:
-        vit = ViTConfig(**common, pre_ln=False, class_token=True, patch_bias=True, layer_scale=True)
         mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-        prefix = ""
-    return VisionFamily(family, prefix, vit, mean, std)
+    # the loader also finds the "vision_model." / "dinov2." of two-tower and wrapped checkpoints
+    return VisionFamily(family, "", vit, mean, std)
 
 
 def vision_rows(f: VisionFamily) -> list[Row]:

@@ -66,6 +66,17 @@ class ViTConfig:
             raise ValueError(f"sincos2d position embeddings need width % 4 == 0, got {self.width}.")
 
 
+# The structural flags of each tower family (the rest of a ViTConfig is sizes): 'vit' is the from-scratch
+# tower (CLIP's layout); convert/families.py builds converted towers from the same table.
+FAMILY_LAYOUTS: dict[str, dict] = {
+    "vit": dict(pre_ln=True, class_token=True, patch_bias=False, layer_scale=False, norm_eps=1e-5),
+    "clip": dict(pre_ln=True, class_token=True, patch_bias=False, layer_scale=False, norm_eps=1e-5),
+    "siglip": dict(pre_ln=False, class_token=False, patch_bias=True, layer_scale=False, norm_eps=1e-6),
+    "siglip2": dict(pre_ln=False, class_token=False, patch_bias=True, layer_scale=False, norm_eps=1e-6),
+    "dinov2": dict(pre_ln=False, class_token=True, patch_bias=True, layer_scale=True, norm_eps=1e-6),
+}
+
+
 def _linear(n_in, n_out, config: ViTConfig, rngs, bias=True, zero=False):
     init = nnx.initializers.zeros_init() if zero else nnx.initializers.lecun_normal()
     return nnx.Linear(
