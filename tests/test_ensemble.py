@@ -104,4 +104,3 @@ def test_ensemble_from_the_command_line_trains_and_evaluates(tower_dirs, tmp_pat
         "clip": ("clip", (2, 3), "imagenet"), "siglip": ("siglip", (1, 3), "siglip"), "dinov2": ("dinov2", (3,), "imagenet")
     }
     assert (tmp_path / "results.json").exists()
-    assert "config.model.encoders.dinov2:" in proc.stderr
