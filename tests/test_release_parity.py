@@ -13,6 +13,7 @@ as our model does: at full precision both compute the rule of lsrm/adapter.py.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -242,3 +243,20 @@ def test_a_trained_release_checkpoint_loads_its_adapters_only(release_checkpoint
     save_file(adapters, str(tmp_path / "model.safetensors"), {"format": "pt"})
     with pytest.raises(release_lib.CheckpointError, match="adapter_proj_ll.SVDvalue"):
         release_lib.load_release(model, str(tmp_path))
+
+
+def test_clip_adapter_dropout_acts_in_training_only():
+    """lsrm/adapter.py: dropout 0.1 after the adapter's GELU, in training; the preset carries it to the tower."""
+    import jax
+
+    c = toy_release_config(False)
+    vit = VisionLanguageModel(config_lib.model_config(c, VOCAB), rngs=nnx.Rngs(1)).vision.encoders["clip"]
+    assert vit.config.adapter_dropout == 0.1
+    for layer in vit.layers:  # the zero-initialised up-projection would hide the dropout
+        layer.adapter.fc2.kernel[...] = jnp.ones_like(layer.adapter.fc2.kernel[...])
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, IMAGE, IMAGE, 3)), jnp.float32)
+    evaluation = vit(images, (FINAL,))[0]
+    np.testing.assert_array_equal(np.asarray(evaluation), np.asarray(vit(images, (FINAL,))[0]))
+    train_a, train_b = (vit(images, (FINAL,), jax.random.key(k))[0] for k in (0, 1))
+    assert np.abs(np.asarray(train_a) - np.asarray(evaluation)).max() > 1e-3
+    assert np.abs(np.asarray(train_a) - np.asarray(train_b)).max() > 1e-3
