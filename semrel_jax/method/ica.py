@@ -16,7 +16,8 @@ In the decoder ICA is a side branch (``semrel_jax.models.llama.SideBranch``): ``
 computes ``s·ICA(u)`` next to each block's FFN, and ``M`` is the state the decoder carries from block to block.
 
 The release's setup code never forwards delta/lam (a no-op mask); here they are always applied
-when masking is enabled. Enabling is a traced boolean so that switching it on mid-training (the
+when masking is enabled (``model.ica.release_noop_mask=True`` builds this config with delta=0, lam=1 to
+reproduce the release as published). Enabling is a traced boolean so that switching it on mid-training (the
 "shift epoch") does not recompile the step.
 """
 
