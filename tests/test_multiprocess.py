@@ -138,7 +138,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two(workdir, num_steps, logs, tag, sigterm_process_0_after_checkpoint=None):
+def _run_two(workdir, num_steps, logs, tag, cache, sigterm_process_0_after_checkpoint=None):
     port = _free_port()
     cmd = [sys.executable, "-m", "semrel_jax.main", "--config=configs/vqa.py:tiny", f"--workdir={workdir}",
            f"--config.train.num_steps={num_steps}", "--config.train.checkpoint_every=2",
@@ -149,8 +149,7 @@ def _run_two(workdir, num_steps, logs, tag, sigterm_process_0_after_checkpoint=N
     for pid in range(2):
         env = dict(base, JAX_PLATFORMS="cpu", SEMREL_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                    SEMREL_NUM_PROCESSES="2", SEMREL_PROCESS_ID=str(pid),
-                   # the suite's cache (conftest): the four runs here and in the other test share their compiles
-                   JAX_COMPILATION_CACHE_DIR=os.environ["JAX_COMPILATION_CACHE_DIR"], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
                    # Compile time dominates on CPU; cheaper LLVM passes (no device-count flags).
                    XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
@@ -191,10 +190,10 @@ def _steps_on_disk(workdir):
 
 
 def test_two_processes_train_checkpoint_and_resume(tmp_path):
-    workdir, logs = tmp_path / "run", tmp_path / "logs"
+    workdir, logs, cache = tmp_path / "run", tmp_path / "logs", tmp_path / "jax_cache"
     logs.mkdir()
     # No tokenizer is cached beforehand: process 0 trains it, the others wait and load it.
-    out0, out1 = _run_two(workdir, 4, logs, "first")
+    out0, out1 = _run_two(workdir, 4, logs, "first", cache)
     for pid, out in enumerate((out0, out1)):
         assert f"distributed: explicit (process {pid} of 2" in out, out[-3000:]
     assert "mesh {'data': 2, 'fsdp': 1, 'tensor': 1}" in out0, out0[-3000:]  # one device per process, both in the mesh
@@ -205,7 +204,7 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
     first = _records(workdir)
     assert [(r["step"], r["split"]) for r in first] == [(2, "train"), (4, "train"), (4, "eval")]
 
-    out0, out1 = _run_two(workdir, 6, logs, "resumed")
+    out0, out1 = _run_two(workdir, 6, logs, "resumed", cache)
     assert "start step 4" in out0, out0[-3000:]
     assert "start step" not in out1
     assert _steps_on_disk(workdir) == [4, 6]
@@ -220,11 +219,11 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
 
 
 def test_sigterm_on_one_process_stops_both_at_the_same_step(tmp_path):
-    workdir, logs = tmp_path / "run", tmp_path / "logs"
+    workdir, logs, cache = tmp_path / "run", tmp_path / "logs", tmp_path / "jax_cache"
     logs.mkdir()
-    out0, out1 = _run_two(workdir, 400, logs, "preempted", sigterm_process_0_after_checkpoint=2)
+    out0, out1 = _run_two(workdir, 400, logs, "preempted", cache, sigterm_process_0_after_checkpoint=2)
     assert "preempted: checkpoint saved at step" in out0, out0[-3000:]
     stopped = int(re.search(r"preempted: checkpoint saved at step (\d+)", out0).group(1))
     assert 2 <= stopped < 400 and max(_steps_on_disk(workdir)) == stopped  # both agreed, the save committed
-    out0, _ = _run_two(workdir, stopped + 2, logs, "after")
+    out0, _ = _run_two(workdir, stopped + 2, logs, "after", cache)
     assert f"start step {stopped}" in out0, out0[-3000:]
