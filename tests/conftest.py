@@ -23,10 +23,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 # Test-id prefixes of the slow tier (see the module docstring).
 SLOW = (
     "test_sharding.py::test_sharded",
-    "test_sharding.py::test_parameters_are_sharded",
-    "test_sharding.py::test_checkpoint_restores",
-    "test_sharding.py::test_model_is_created_sharded",
-    "test_sharding.py::test_one_rules_table",
     "test_multiprocess.py::test_two_processes",
     "test_multiprocess.py::test_sigterm_on_one_process",
     "test_training.py::test_resume_after",
@@ -60,24 +56,11 @@ SLOW = (
 )
 
 
-# Module fixtures that take tens of seconds to build (a subprocess on 8 simulated devices, a training run, the
-# reference step, the Java scorers): the tests sharing one form an xdist group (``--dist loadgroup``, pyproject), so
-# one worker builds it once instead of each worker that happens to draw one of its tests.
-SHARED_FIXTURES = ("sharded", "base_run", "reference", "corpus_scores")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
     for item in items:
         name = item.nodeid.split("/")[-1]
         if name.startswith(SLOW):
             item.add_marker(pytest.mark.slow)
-        shared = [f for f in SHARED_FIXTURES if f in item.fixturenames]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__ + "." + shared[0]))
-    # The slow tier first, so the two workers start the long runs early and finish together on the short ones
-    # (xdist hands groups out largest first, then single tests in this order).
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 # grain's worker processes read absl flags; under pytest nobody parses them.
 flags.FLAGS.mark_as_parsed()
