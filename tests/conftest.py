@@ -23,10 +23,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 # Test-id prefixes of the slow tier (see the module docstring).
 SLOW = (
     "test_sharding.py::test_sharded",
-    "test_sharding.py::test_parameters_are_sharded",
-    "test_sharding.py::test_checkpoint_restores",
-    "test_sharding.py::test_model_is_created_sharded",
-    "test_sharding.py::test_one_rules_table",
     "test_multiprocess.py::test_two_processes",
     "test_multiprocess.py::test_sigterm_on_one_process",
     "test_training.py::test_resume_after",

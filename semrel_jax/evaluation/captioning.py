@@ -68,22 +68,31 @@ def _ptb_tokenize(captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, 
     return tokenized
 
 
+# One meteor-1.5.jar process per Python process, started on first use and reused: starting it (a JVM with a
+# 2 GB heap that loads its paraphrase tables) costs ~15 CPU-seconds, scoring a few thousand captions far less.
+# Each compute_score is one self-contained request (the corpus score comes from that request's statistics
+# only), so reuse changes no number.
+_meteor_scorer = None
+
+
 def _meteor(gts: dict, res: dict) -> float:
+    global _meteor_scorer
     from pycocoevalcap.meteor.meteor import Meteor
 
-    scorer = Meteor()
+    if _meteor_scorer is None or _meteor_scorer.meteor_p.poll() is not None:
+        _meteor_scorer = Meteor()
+    scorer = _meteor_scorer
     try:
         score, _ = scorer.compute_score(gts, res)
     except Exception:
         # compute_score holds the scorer's lock when the jar dies mid-way; Meteor.__del__ would then
         # block on it forever. Kill the process and free the lock before the error propagates.
+        _meteor_scorer = None
         scorer.meteor_p.kill()
         if scorer.lock.locked():
             scorer.lock.release()
         stderr = scorer.meteor_p.stderr.read().decode(errors="replace").strip()
         raise RuntimeError(stderr.splitlines()[-1] if stderr else "meteor-1.5.jar produced no score") from None
-    finally:
-        del scorer
     return float(score)
 
 
