@@ -79,7 +79,8 @@ def user_error(e: BaseException) -> errors.UserError | None:
     for link in chain:
         if isinstance(link, OSError):
             return errors.from_os_error(link)
-    return None
+    cls = errors.errno_class(errors.os_error_code(e))  # tensorstore's errors carry the errno in their text
+    return cls(_one_line(e)) if cls is not None else None
 
 
 # ------------------------------------------------------------------------------------------------ flags
@@ -162,6 +163,14 @@ def _one_line(e: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------- console
 
 
+class _LibraryRecords(std_logging.Filter):
+    """Drops what Orbax logs through absl (its own tracebacks of a failed save, ...): the error surface reports
+    the failure once, as the user's error."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def _verbose() -> bool:
     """Whether the user asked for the library logs (absl's ``--verbosity`` / ``-v`` flag)."""
     return "verbosity" in FLAGS and FLAGS["verbosity"].present
@@ -175,6 +184,9 @@ def quiet_console(verbose: bool = False) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     logging.set_verbosity(logging.WARNING)
+    absl_logger = std_logging.getLogger("absl")
+    if not any(isinstance(f, _LibraryRecords) for f in absl_logger.filters):
+        absl_logger.addFilter(_LibraryRecords())
     for name in _NOISY_LOGGERS:
         std_logging.getLogger(name).setLevel(std_logging.ERROR)
     if "transformers" in sys.modules:

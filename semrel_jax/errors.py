@@ -62,19 +62,36 @@ _DISK_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EIO", "ESTALE", "ENODEV", "ENXIO",
 _PATH_ERRNOS = ("ENOENT", "ENOTDIR", "EISDIR", "EACCES", "EPERM", "EEXIST", "ENAMETOOLONG", "ELOOP")
 
 
+def errno_class(code: int | None) -> type[UserError] | None:
+    """:class:`DiskError` or :class:`PathError` for an errno the user must fix; None for the others."""
+    import errno as errno_lib
+
+    name = errno_lib.errorcode.get(code if code is not None else -1, "")
+    return DiskError if name in _DISK_ERRNOS else PathError if name in _PATH_ERRNOS else None
+
+
+def os_error_code(e: BaseException) -> int | None:
+    """The errno behind ``e`` or its chain: an OSError's, or the ``[os_error_code='28']`` tensorstore (Orbax's
+    array writer) puts in the text of the ValueError it raises."""
+    import re
+
+    while e is not None:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e.errno
+        found = re.search(r"os_error_code='?(\d+)", str(e))
+        if found:
+            return int(found.group(1))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def from_os_error(e: OSError, doing: str = "") -> UserError | None:
     """The :class:`DiskError` / :class:`PathError` an ``OSError`` means for the user, or None (a bug).
 
     ``doing`` says what was being done ("saving checkpoint step 40"); the message names the path.
     """
-    import errno as errno_lib
-
-    name = errno_lib.errorcode.get(e.errno or -1, "")
-    if name in _DISK_ERRNOS:
-        cls = DiskError
-    elif name in _PATH_ERRNOS:
-        cls = PathError
-    else:
+    cls = errno_class(e.errno)
+    if cls is None:
         return None
     path = e.filename if e.filename is not None else "?"
     where = f"{path}" + (f" -> {e.filename2}" if e.filename2 else "")

@@ -24,6 +24,7 @@ to ``<checkpoints>.unreadable/`` (never deleted) so the run can save those steps
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -90,6 +91,9 @@ class Checkpointer:
             self.directory, options=options, item_names=("state", "config", "frozen")
         )
         self.frozen = None  # set to the frozen parameters to save them with every checkpoint
+        # which directory this is (device, inode): a save into a vanished or replaced one is refused (Orbax
+        # would silently recreate it, losing the run's earlier checkpoints)
+        self._identity = None if read_only else _identity(self.directory)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -111,19 +115,29 @@ class Checkpointer:
         if self.frozen is not None:
             items["frozen"] = ocp.args.StandardSave(self.frozen)
         with self._disk_errors(f"saving checkpoint step {step}"):
+            if (force or self.due(step)) and _identity(self.directory) != self._identity:
+                raise FileNotFoundError(errno.ENOENT, "the checkpoint directory vanished", self.directory)
             return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     @contextlib.contextmanager
     def _disk_errors(self, doing: str):
-        """Turns an OSError about the disk (anywhere in the chain: Orbax wraps them) into one DiskError/PathError."""
+        """Turns a failing disk (an errno anywhere in the chain: Orbax and tensorstore wrap them) into one
+        DiskError (or PathError) naming the checkpoint directory and the last committed step."""
         try:
             yield
         except Exception as e:  # noqa: BLE001 - re-raised unless it is the disk's fault
-            cause = next((c for c in _chain(e) if isinstance(c, OSError) and errors.from_os_error(c)), None)
-            if cause is None or isinstance(e, errors.UserError):
+            code = errors.os_error_code(e)
+            cls = errors.errno_class(code)
+            if cls is None or isinstance(e, errors.UserError):
                 raise
-            user = errors.from_os_error(cause, doing)
-            raise type(user)(f"{user}. {self.last_committed()}") from e
+            what = os.strerror(code)
+            if self._identity is not None and _identity(self.directory) != self._identity:
+                cls, what = errors.DiskError, (
+                    "no longer exists (its filesystem was unmounted, or it was deleted)"
+                    if not os.path.isdir(self.directory) else "was replaced since the run started (deleted and recreated, "
+                    "or another filesystem mounted over it)"
+                )
+            raise cls(f"{self.directory}: {what}, while {doing}. {self.last_committed()}") from e
 
     def last_committed(self) -> str:
         """A sentence naming the newest complete checkpoint on disk (what a rerun resumes from)."""
@@ -183,19 +197,19 @@ class Checkpointer:
             self.manager.close()
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:  # gone, or its filesystem fails: either way not the directory the run started with
+        return None
+    return info.st_dev, info.st_ino
+
+
 def _listdir(path: str) -> list[str]:
     try:
         return os.listdir(path)
     except OSError:  # the filesystem is gone: nothing to name
         return []
-
-
-def _chain(e: BaseException) -> list[BaseException]:
-    chain = []
-    while e is not None and e not in chain:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    return chain
 
 
 # ---------------------------------------------------------------------------------------- resume policy
