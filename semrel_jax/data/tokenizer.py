@@ -32,7 +32,7 @@ def load(path: str) -> PreTrainedTokenizerBase:
     if not os.path.isdir(path):
         raise errors.MissingFileError(f"Tokenizer directory {path!r} does not exist.")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)  # never trust_remote_code
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - transformers/tokenizers raise many types for a damaged file
         names = ", ".join(sorted(os.listdir(path))) or "nothing"
         raise errors.DataError(
