@@ -35,6 +35,8 @@ _NOISY_LOGGERS = ("jax._src.xla_bridge", "jax._src.compiler", "orbax", "transfor
 
 def run(main: Callable[[list[str]], Any]) -> NoReturn:
     """Runs ``main(argv)`` as a command (see the module docstring); never returns."""
+    if not any(arg.startswith(("--verbosity", "-v")) for arg in sys.argv[1:]):
+        quiet_environment()  # before the config file (which imports JAX) is loaded
     app.run(lambda argv: call(main, argv), flags_parser=parse_flags)
     raise AssertionError("app.run returned")  # pragma: no cover - app.run always exits
 
@@ -163,6 +165,13 @@ def _one_line(e: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------- console
 
 
+def quiet_environment() -> None:
+    """The environment switches of the C++ runtimes' and transformers' own logging (read when they load)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # XLA's C++ log lines ("Very slow compile?" alarms, ...)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
 class _LibraryRecords(std_logging.Filter):
     """Drops what Orbax logs through absl (its own tracebacks of a failed save, ...): the error surface reports
     the failure once, as the user's error."""
@@ -180,9 +189,7 @@ def quiet_console(verbose: bool = False) -> None:
     """Only the command's own output: library INFO and machine notices off (all on when ``verbose``)."""
     if verbose:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's C++ INFO/WARNING lines
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    quiet_environment()
     logging.set_verbosity(logging.WARNING)
     absl_logger = std_logging.getLogger("absl")
     if not any(isinstance(f, _LibraryRecords) for f in absl_logger.filters):

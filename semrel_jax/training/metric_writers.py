@@ -1,4 +1,5 @@
-"""Metric sinks: a JSONL file, TensorBoard event files (tensorboardX, no TensorFlow) and a console bar.
+"""Metric sinks: a JSONL file, TensorBoard event files (tensorboardX, no TensorFlow) and a console bar, and
+the collection (``clu.metrics``, TF-free) that turns a logging interval's per-step metrics into what is logged.
 
 Only process 0 writes; other processes get a writer that drops everything.
 
@@ -14,11 +15,36 @@ import os
 import time
 
 import numpy as np
+from clu import metrics as clu_metrics
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 
 _BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"  # tqdm's rate/ETA replaced by ours
+
+
+# A logging interval of training: the mean of each step's value, the learning rate of its last step, and the
+# fraction of steps whose loss or gradients were not finite (train_step's metrics). Built with ``create``
+# (this module's postponed annotations would hide the field types from a class body).
+TrainInterval = clu_metrics.Collection.create(
+    loss=clu_metrics.Average.from_output("loss"),
+    token_accuracy=clu_metrics.Average.from_output("token_accuracy"),
+    answer_tokens=clu_metrics.Average.from_output("answer_tokens"),
+    grad_norm=clu_metrics.Average.from_output("grad_norm"),
+    learning_rate=clu_metrics.LastValue.from_output("learning_rate"),
+    nonfinite_steps=clu_metrics.Average.from_output("nonfinite"),
+)
+
+
+def interval_summary(steps: list[dict]) -> dict[str, float]:
+    """The logged values of a logging interval from its steps' metrics (host NumPy values, oldest first)."""
+    collection = TrainInterval.empty()
+    for step in steps:
+        collection = collection.merge(TrainInterval.single_from_model_output(
+            **{k: np.asarray(v, np.float32) for k, v in step.items()}))
+    summary = {k: float(v) for k, v in collection.compute().items()}
+    summary["nonfinite_steps"] = float(round(summary["nonfinite_steps"] * len(steps)))
+    return summary
 
 
 def _to_float(v) -> float:

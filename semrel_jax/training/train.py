@@ -14,7 +14,6 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 
 from semrel_jax import recipe
 from semrel_jax.data import pipeline
@@ -180,6 +179,4 @@ def _summarize(metrics: list[dict], policy: str, step: int, checkpointer) -> dic
             f"nothing saved after it). Last checkpoint: step {last_good}; rerunning resumes from there. "
             "Lower train.learning_rate, or set train.nonfinite='skip' to skip such steps."
         )
-    summary = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k != "nonfinite"}
-    summary["nonfinite_steps"] = float(bad)
-    return summary
+    return metric_writers.interval_summary(metrics)
