@@ -82,12 +82,7 @@ def main(argv):
 
 def simulate_devices(argv: list[str]) -> None:
     """Fixes the simulated CPU device count of ``--num_devices N`` / ``--num_devices=N`` before JAX starts."""
-    count = None
-    for i, arg in enumerate(argv):
-        if arg.startswith("--num_devices="):
-            count = arg.split("=", 1)[1]
-        elif arg == "--num_devices" and i + 1 < len(argv):
-            count = argv[i + 1]
+    count = cli.flag_value(argv, "num_devices")
     if count is not None and count.isdigit() and int(count) > 0:  # anything else: the flag parser reports it
         os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
         os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -134,14 +134,19 @@ def config_file_error(e: BaseException, argv: list[str]) -> errors.ConfigError |
     return None
 
 
+def flag_value(argv: list[str], name: str) -> str | None:
+    """The value of ``--name=value`` or ``--name value`` in ``argv`` (the last wins, as in absl), before parsing."""
+    for i in range(len(argv) - 1, 0, -1):
+        if argv[i].startswith(f"--{name}="):
+            return argv[i].split("=", 1)[1]
+        if argv[i] == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
 def _config_flag(argv: list[str]) -> str:
-    """The ``--config=...`` the user gave (the last one wins in absl), in ``=`` form."""
-    for i in range(len(argv) - 1, -1, -1):
-        if argv[i].startswith("--config="):
-            return argv[i]
-        if argv[i] == "--config" and i + 1 < len(argv):
-            return f"--config={argv[i + 1]}"
-    return "--config"
+    value = flag_value(argv, "config")
+    return "--config" if value is None else f"--config={value}"
 
 
 def _chain(e: BaseException) -> list[BaseException]:

@@ -156,3 +156,11 @@ def test_a_bad_record_in_a_grain_worker_is_one_line(tmp_path, capsys):
     assert cli.call(main, ["prog"]) == 3
     err = capsys.readouterr().err
     assert err.startswith("error: llava_json: bad record 'broken' [corrupt_image]") and err.count("\n") == 1, err
+
+
+def test_flags_are_found_in_both_forms_before_parsing():
+    """What aot reads before JAX starts (the simulated device count) and what error messages quote."""
+    assert cli.flag_value(["aot", "--config=c.py", "--num_devices", "8"], "num_devices") == "8"
+    assert cli.flag_value(["aot", "--num_devices=4", "--num_devices=8"], "num_devices") == "8"  # the last wins
+    assert cli.flag_value(["aot", "--num_devices_x=3"], "num_devices") is None
+    assert cli._config_flag(["main", "--config", "configs/vqa.py:tinyy"]) == "--config=configs/vqa.py:tinyy"
