@@ -36,7 +36,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from semrel_jax import config as config_lib, errors, recipe
+from semrel_jax import config as config_lib, errors, files, recipe
 from semrel_jax.data import tokenizer as tokenizer_lib
 from semrel_jax.training import checkpoint as checkpoint_lib
 
@@ -156,10 +156,9 @@ class Exported:
 def load_exported(out_dir: str, sharding: jax.sharding.Sharding | None = None) -> Exported:
     out_dir = os.path.abspath(out_dir)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    with open(os.path.join(out_dir, "config.json")) as f:
-        c = config_lib.from_saved(json.load(f), os.path.join(out_dir, "config.json"))
-    with open(os.path.join(out_dir, "export.json")) as f:
-        step = json.load(f)["step"]
+    config_path = os.path.join(out_dir, "config.json")
+    c = config_lib.from_saved(files.read_json(config_path, "export's config.json", errors.CheckpointError), config_path)
+    step = files.read_json(os.path.join(out_dir, "export.json"), "export.json", errors.CheckpointError)["step"]
     tokenizer = tokenizer_lib.load(os.path.join(out_dir, "tokenizer"))
     # The structure and dtypes exactly as training built them (frozen params in train.frozen_dtype).
     model = recipe.build_model(c, len(tokenizer), abstract=True)
