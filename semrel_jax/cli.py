@@ -120,6 +120,9 @@ def flag_error_message(e: BaseException, argv: list[str]) -> str | None:
             return f"{text.split(':', 1)[0]}: {_one_line(chain[-1])}"
         if "invalid literal" in text or "could not convert" in text:
             return f"{text}; give a value of the key's type"
+        if isinstance(e, flags.UnrecognizedFlagError) and text.startswith("Unknown command line flag 'config.") \
+                and flag_value(argv, "config") is None:
+            return f"{text}: --config.<key> overrides need a config file, e.g. --config=configs/vqa.py:tiny"
         return f"{text} (see --helpshort)"
     return None
 
