@@ -62,11 +62,19 @@ def call(main: Callable[[list[str]], Any], argv: list[str]) -> int:
 
 def report(user: errors.UserError, raised: BaseException, verbose: bool) -> int:
     """Prints ``error: <message>`` (after the traceback when verbose); returns the exit code."""
+    _close_progress_bars()
     if verbose:
         traceback.print_exception(raised)
     sys.stderr.flush()
     print(f"error: {user}", file=sys.stderr)
     return user.exit_code
+
+
+def _close_progress_bars() -> None:
+    """Ends an open tqdm bar's line, so the error starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def user_error(e: BaseException) -> errors.UserError | None:
