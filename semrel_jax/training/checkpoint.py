@@ -114,7 +114,7 @@ class Checkpointer:
         items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(json.loads(config_json)))
         if self.frozen is not None:
             items["frozen"] = ocp.args.StandardSave(self.frozen)
-        with self._disk_errors(f"saving checkpoint step {step}"):
+        with self._disk_errors(f"saving checkpoints (at step {step}; a save finishes in the background)"):
             if (force or self.due(step)) and _identity(self.directory) != self._identity:
                 raise FileNotFoundError(errno.ENOENT, "the checkpoint directory vanished", self.directory)
             return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
