@@ -48,9 +48,10 @@ from semrel_jax.data.images import (
 )
 
 
-@functools.lru_cache(maxsize=64)
-def _real_root(root: str) -> str:
-    return os.path.realpath(root)
+@functools.lru_cache(maxsize=4096)
+def _real_directory(directory: str) -> str:
+    """``realpath`` of a directory, once per directory (images share few): one ``lstat`` per record, not per component."""
+    return os.path.realpath(directory)
 
 
 def path_inside(root: str, *parts: str) -> str:
@@ -63,9 +64,13 @@ def path_inside(root: str, *parts: str) -> str:
     if any(os.path.isabs(p) for p in parts):
         raise Malformed(f"image path {relative!r} is absolute; it must be relative to the image root {root!r}")
     joined = os.path.join(root, relative)
-    real_root = _real_root(root)
-    if os.path.commonpath([real_root, os.path.realpath(joined)]) != real_root:
-        raise Malformed(f"image path {relative!r} resolves to {os.path.realpath(joined)!r}, outside the image root {root!r}")
+    head, tail = os.path.split(joined)
+    resolved = os.path.normpath(os.path.join(_real_directory(head), tail))
+    if os.path.islink(resolved):
+        resolved = os.path.realpath(resolved)
+    inside = _real_directory(root).rstrip(os.sep) + os.sep
+    if not (resolved + os.sep).startswith(inside):
+        raise Malformed(f"image path {relative!r} resolves to {resolved!r}, outside the image root {root!r}")
     return joined
 
 
