@@ -19,6 +19,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from semrel_jax import cli
+
 config_flags.DEFINE_config_file("config", None, "Config file with preset, e.g. configs/vqa.py:lsrm_7b.")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Simulated CPU devices (0: the devices present).")
 _TOPOLOGY = flags.DEFINE_string("topology", "", "TPU topology name (e.g. v5e:2x4); needs libtpu.")
@@ -78,12 +80,14 @@ def main(argv):
         print(f"per-device {key.replace('_bytes', '')}: {_gib(r[key])} ({r[key]:,} bytes)")
 
 
+def simulate_devices(argv: list[str]) -> None:
+    """Fixes the simulated CPU device count of ``--num_devices N`` / ``--num_devices=N`` before JAX starts."""
+    count = cli.flag_value(argv, "num_devices")
+    if count is not None and count.isdigit() and int(count) > 0:  # anything else: the flag parser reports it
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
 if __name__ == "__main__":
-    # The simulated device count must be fixed before JAX starts.
-    for arg in sys.argv:
-        if arg.startswith("--num_devices=") and int(arg.split("=", 1)[1]) > 0:
-            os.environ["XLA_FLAGS"] = (
-                os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={arg.split('=', 1)[1]}"
-            )
-            os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    app.run(main)
+    simulate_devices(sys.argv)
+    cli.run(main)

@@ -16,8 +16,10 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from semrel_jax import cli, errors
 
 config_flags.DEFINE_config_file("config", None, "Optional config whose data/eval sections are used.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir or a semrel_jax.export directory.")
@@ -35,6 +37,11 @@ def evaluate_checkpoint(checkpoint: str, out_dir: str = "", config=None, step: i
     from semrel_jax.evaluation import loop as eval_loop
 
     t0 = time.time()
+    if not os.path.isdir(checkpoint):
+        raise errors.PathError(
+            f"--checkpoint={checkpoint}: {'is not a directory' if os.path.exists(checkpoint) else 'does not exist'}; "
+            "give a training workdir or a semrel_jax.export directory."
+        )
     if config is not None:
         config_lib.validate_eval(config)  # before restoring the model
     if os.path.exists(os.path.join(checkpoint, "export.json")):
@@ -69,4 +76,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -36,7 +36,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from semrel_jax import config as config_lib, recipe
+from semrel_jax import config as config_lib, errors, files, recipe
 from semrel_jax.data import tokenizer as tokenizer_lib
 from semrel_jax.training import checkpoint as checkpoint_lib
 
@@ -53,7 +53,9 @@ def restore_model(workdir: str, step: int | None = None, sharding: jax.sharding.
     try:
         step = checkpointer.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"No checkpoint in {checkpointer.directory!r}.")
+            raise errors.CheckpointError(
+                f"{checkpointer.directory}: no checkpoint; give the --workdir of a training run that saved one."
+            )
         c = config_lib.from_saved(checkpointer.saved_config(step), f"{checkpointer.directory}/{step}")
         tokenizer = recipe.load_tokenizer(c, workdir)
         model = recipe.build_model(c, len(tokenizer))
@@ -69,7 +71,7 @@ def export_params(workdir: str, out_dir: str, step: int | None = None) -> str:
     """Writes the params-only export of ``workdir``'s checkpoint (latest by default) to ``out_dir``."""
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(os.path.join(out_dir, "params")):
-        raise FileExistsError(f"{out_dir!r} already holds an export; choose another --out.")
+        raise errors.PathError(f"--out={out_dir} already holds an export; choose another --out.")
     model, c, tokenizer, step = restore_model(workdir, step)
     _, state = nnx.split(model)
     os.makedirs(out_dir, exist_ok=True)
@@ -103,7 +105,7 @@ def export_adapters(workdir: str, out_dir: str, step: int | None = None) -> str:
 
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(os.path.join(out_dir, "adapters.safetensors")):
-        raise FileExistsError(f"{out_dir!r} already holds an adapter export; choose another --out.")
+        raise errors.PathError(f"--out={out_dir} already holds an adapter export; choose another --out.")
     model, c, tokenizer, step = restore_model(workdir, step)
     tensors = _trainable_tensors(model, c)
     if jax.process_index() != 0:
@@ -154,10 +156,9 @@ class Exported:
 def load_exported(out_dir: str, sharding: jax.sharding.Sharding | None = None) -> Exported:
     out_dir = os.path.abspath(out_dir)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    with open(os.path.join(out_dir, "config.json")) as f:
-        c = config_lib.from_saved(json.load(f), os.path.join(out_dir, "config.json"))
-    with open(os.path.join(out_dir, "export.json")) as f:
-        step = json.load(f)["step"]
+    config_path = os.path.join(out_dir, "config.json")
+    c = config_lib.from_saved(files.read_json(config_path, "export's config.json", errors.CheckpointError), config_path)
+    step = files.read_json(os.path.join(out_dir, "export.json"), "export.json", errors.CheckpointError)["step"]
     tokenizer = tokenizer_lib.load(os.path.join(out_dir, "tokenizer"))
     # The structure and dtypes exactly as training built them (frozen params in train.frozen_dtype).
     model = recipe.build_model(c, len(tokenizer), abstract=True)
@@ -173,10 +174,10 @@ def load_params(out_dir: str, sharding: jax.sharding.Sharding | None = None):
 
 
 def main(argv):
-    from absl import flags
+    from absl import app, flags
 
     if len(argv) > 1:
-        raise SystemExit(f"Unexpected arguments: {argv[1:]}")
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
     export = export_adapters if FLAGS.format == "adapters" else export_params
     out = export(FLAGS.workdir, FLAGS.out, FLAGS.step if FLAGS.step >= 0 else None)
@@ -184,11 +185,13 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
+
+    from semrel_jax import cli
 
     flags.DEFINE_string("workdir", None, "Training run directory (with checkpoints/).")
     flags.DEFINE_string("out", None, "Output directory for the params-only export.")
     flags.DEFINE_integer("step", -1, "Checkpoint step to export (-1: the latest).")
     flags.DEFINE_enum("format", "params", ["params", "adapters"], "Full parameters, or only the trained ones.")
     flags.mark_flags_as_required(["workdir", "out"])
-    app.run(main)
+    cli.run(main)

@@ -13,8 +13,6 @@ lines ``total_params: N`` and ``trainable_params: N``.
 
 from __future__ import annotations
 
-import sys
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -113,6 +111,8 @@ def _main_cli():
     from absl import app, flags
     from ml_collections import config_flags
 
+    from semrel_jax import cli
+
     FLAGS = flags.FLAGS
     config_flags.DEFINE_config_file("config", None, "Config file, optionally with a preset: configs/vqa.py:tiny.")
     flags.DEFINE_integer(
@@ -121,13 +121,6 @@ def _main_cli():
     flags.DEFINE_integer("max_lines", None, "Rows per parameter table (default: all).")
     flags.mark_flags_as_required(["config"])
 
-    def parse_flags(argv):
-        try:
-            return FLAGS(argv)
-        except (AttributeError, KeyError) as e:
-            key = str(e).strip("'\"")
-            sys.exit(f"FATAL: unknown config key {key!r}; see the config file for the valid keys.")
-
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -135,7 +128,7 @@ def _main_cli():
         vocab = FLAGS.vocab_size or (0 if c.model.llm.vocab_size > 0 else recipe.tokenizer_vocab_size(c))
         print(report(c, vocab, FLAGS.max_lines))
 
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semrel_jax import config as config_lib, recipe
+from semrel_jax import config as config_lib, errors, recipe
 from semrel_jax.data import pipeline
 from semrel_jax.training import checkpoint as checkpoint_lib
 from semrel_jax.training import train, train_step as train_step_lib
@@ -264,7 +264,7 @@ def test_export_loads_a_model_with_the_training_paths_logits(base_run, tmp_path)
     np.testing.assert_array_equal(
         np.asarray(k[...]), np.asarray(state.params["vision"]["encoders"]["vit"]["layers"][0]["k_proj"]["kernel"][...])
     )
-    with pytest.raises(FileExistsError):
+    with pytest.raises(errors.PathError, match="already holds an export"):
         export.export_params(base_run, str(out))
 
 

@@ -16,6 +16,7 @@ import json
 
 from absl import app, flags
 
+from semrel_jax import cli
 from semrel_jax.convert import hf
 
 FLAGS = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory (config.json + *.safetensors).")
@@ -42,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

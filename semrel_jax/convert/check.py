@@ -11,6 +11,9 @@ import numpy as np
 
 from semrel_jax.convert import hf
 
+# the reference model loads safetensors only (a pickled *.bin would run code) and never a directory's own code
+_SAFE = dict(use_safetensors=True, trust_remote_code=False, local_files_only=True)
+
 
 def _torch():
     try:
@@ -29,7 +32,7 @@ def check_llm(hf_dir: str, *, dtype: str = "float32", batch: int = 2, seq_len: i
     import transformers
 
     ours = hf.load_llm(hf_dir, dtype=dtype, param_dtype=dtype)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    ref = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, **_SAFE, dtype=torch.float32).eval()
     tokens = np.random.default_rng(seed).integers(0, ours.config.vocab_size, (batch, seq_len))
     with torch.no_grad():
         expected = ref(torch.from_numpy(tokens)).logits.numpy()
@@ -55,7 +58,7 @@ def check_vision(hf_dir: str, *, dtype: str = "float32", batch: int = 2, seed: i
         "siglip2": transformers.Siglip2VisionModel,
         "dinov2": transformers.Dinov2Model,
     }
-    ref = classes[family.model_type].from_pretrained(hf_dir, dtype=torch.float32).eval()
+    ref = classes[family.model_type].from_pretrained(hf_dir, **_SAFE, dtype=torch.float32).eval()
     pixels = np.random.default_rng(seed).standard_normal((batch, c.channels, c.image_size, c.image_size))
     pixels = pixels.astype(np.float32)
     inputs = {"pixel_values": torch.from_numpy(pixels)}

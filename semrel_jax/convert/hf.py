@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from semrel_jax import files
 from semrel_jax.convert import families, loader
 from semrel_jax.convert.safetensors_io import CheckpointError, SafetensorsCheckpoint, save_file
 from semrel_jax.models.llama import Llama, LlamaConfig, LoRALinear
@@ -41,8 +42,7 @@ def read_config(hf_dir: str) -> dict:
     path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(path):
         raise CheckpointError(f"{hf_dir}: no config.json (expected a Hugging Face model directory).")
-    with open(path) as f:
-        return json.load(f)
+    return files.read_json(path, "model config.json", error=CheckpointError)
 
 
 def is_llm(cfg: dict) -> bool:

@@ -1,12 +1,15 @@
-"""Reading and writing Hugging Face safetensors checkpoints without materialising them.
+"""Hugging Face safetensors checkpoints through the ``safetensors`` library, behind a header check.
 
-A safetensors file is an 8-byte little-endian header length, a JSON header mapping each tensor name
-to its dtype, shape and byte range, then the raw bytes. Reading through ``np.memmap`` gives zero-copy
-views, so a loader touches one tensor at a time (and, with ``jax.make_array_from_callback``, each
-device only its own shard of it); peak host memory stays near the largest single tensor.
+Reading is ``safetensors.safe_open(path, "np")`` (bfloat16 included, as ``ml_dtypes.bfloat16``: checked
+with safetensors 0.8, the pinned minimum), one tensor at a time, so a loader holds only the tensors in
+flight; writing is ``safetensors.numpy.save_file``. What the library does not do, kept here:
 
-The ``safetensors`` package's NumPy route cannot represent bfloat16, the dtype most LLM checkpoints
-ship in; ``ml_dtypes`` (a JAX dependency) can, hence this small reader/writer.
+* **the header is validated before anything is mapped or allocated**: an 8-byte length that is absurd or
+  runs past the file, JSON that does not parse, an unknown dtype, a negative or non-integer shape, byte
+  ranges that overlap the header, run past the end of the file, or disagree with shape x dtype, are all a
+  :class:`CheckpointError` naming the file (and tensor) - never a huge allocation or a crash;
+* a Hugging Face *directory* (single file or sharded with ``model.safetensors.index.json``) as one mapping;
+* pickle checkpoints (``*.bin``, ``*.pth``, ...) are refused, never loaded: unpickling runs code.
 """
 
 from __future__ import annotations
@@ -17,61 +20,75 @@ import os
 import struct
 from collections.abc import Iterator, Mapping
 
-import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 
-_DTYPES = {
-    "F64": np.dtype(np.float64),
-    "F32": np.dtype(np.float32),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype(np.int64),
-    "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16),
-    "I8": np.dtype(np.int8),
-    "U8": np.dtype(np.uint8),
-    "BOOL": np.dtype(np.bool_),
-}
-_NAMES = {v: k for k, v in _DTYPES.items()}
+from semrel_jax import errors
+
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+               "U16": 2, "U32": 4, "U64": 8}
+MAX_HEADER_BYTES = 100 * 2**20  # the reference implementation's own limit
 _PICKLE_PATTERNS = ("*.bin", "*.pth", "*.pt", "*.ckpt", "*.pkl")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as asked: names the files/tensors involved."""
+class CheckpointError(errors.CheckpointError):
+    """A checkpoint that cannot be loaded as asked: names the files/tensors involved (exit code 5)."""
 
 
-def _read_header(path: str) -> tuple[dict, int]:
+def read_header(path: str) -> tuple[dict, dict[str, str]]:
+    """``(entries, metadata)`` of a safetensors file, validated against the file's size (see module docstring)."""
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
             raise CheckpointError(f"{path}: not a safetensors file (shorter than its 8-byte header length).")
         (n,) = struct.unpack("<Q", raw)
-        if n > 100 * 2**20:
-            raise CheckpointError(f"{path}: implausible safetensors header length {n}; the file is corrupt.")
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            raise CheckpointError(f"{path}: implausible safetensors header length {n} for a file of {size} bytes; "
+                                  "the file is corrupt or truncated.")
         header = f.read(n)
-    if len(header) != n:
-        raise CheckpointError(f"{path}: truncated safetensors header.")
     try:
-        return json.loads(header), 8 + n
-    except json.JSONDecodeError as e:
+        entries = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt safetensors header ({e}).") from None
+    if not isinstance(entries, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object).")
+    metadata = entries.pop("__metadata__", None) or {}
+    data_bytes = size - 8 - n
+    for name, entry in entries.items():
+        _check_entry(path, name, entry, data_bytes)
+    return entries, metadata
+
+
+def _check_entry(path: str, name: str, entry, data_bytes: int) -> None:
+    def bad(why: str):
+        return CheckpointError(f"{path}: tensor {name!r} {why}; the file is corrupt.")
+
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+        raise bad("has no dtype/shape/data_offsets")
+    if entry["dtype"] not in _ITEM_BYTES:
+        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']}.")
+    shape, offsets = entry["shape"], entry["data_offsets"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise bad(f"has shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise bad(f"has data_offsets {offsets!r}")
+    if offsets[1] > data_bytes:
+        raise CheckpointError(f"{path}: tensor {name!r} ends at data byte {offsets[1]} but the file has {data_bytes} "
+                              "data bytes: truncated.")
+    if offsets[1] - offsets[0] != int(np.prod(shape, dtype=np.int64)) * _ITEM_BYTES[entry["dtype"]]:
+        raise bad(f"spans {offsets[1] - offsets[0]} bytes, not what shape {shape} of {entry['dtype']} needs")
 
 
 class SafetensorsFile:
-    """One ``*.safetensors`` file; ``get(name)`` returns a read-only memory-mapped view."""
+    """One ``*.safetensors`` file; ``get(name)`` reads one tensor (a fresh NumPy array)."""
 
     def __init__(self, path: str):
         self.path = path
-        header, self._data_start = _read_header(path)
-        self.metadata = header.pop("__metadata__", {}) or {}
-        self._entries = header
-        size = os.path.getsize(path)
-        for name, e in header.items():
-            if e["dtype"] not in _DTYPES:
-                raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {e['dtype']}.")
-            end = self._data_start + e["data_offsets"][1]
-            if end > size:
-                raise CheckpointError(f"{path}: tensor {name!r} ends at byte {end} but the file has {size}: truncated.")
+        self._entries, self.metadata = read_header(path)  # before the library maps anything
+        self._handle = safetensors.safe_open(path, framework="np")
 
     def keys(self) -> list[str]:
         return list(self._entries)
@@ -79,18 +96,8 @@ class SafetensorsFile:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._entries[name]["shape"])
 
-    def dtype(self, name: str) -> np.dtype:
-        return _DTYPES[self._entries[name]["dtype"]]
-
     def get(self, name: str) -> np.ndarray:
-        # One mapping per tensor: once the caller drops the view, its pages leave this process's
-        # resident set, so loading a checkpoint never holds more than the tensors in flight.
-        e = self._entries[name]
-        start, end = e["data_offsets"]
-        dtype = _DTYPES[e["dtype"]]
-        if end == start:
-            return np.zeros(e["shape"], dtype)
-        return np.memmap(self.path, dtype=dtype, mode="r", offset=self._data_start + start, shape=tuple(e["shape"]))
+        return self._handle.get_tensor(name)
 
 
 class SafetensorsCheckpoint(Mapping):
@@ -105,13 +112,16 @@ class SafetensorsCheckpoint(Mapping):
             raise CheckpointError(f"{hf_dir}: not a directory (expected a Hugging Face model directory).")
         index = os.path.join(hf_dir, "model.safetensors.index.json")
         if os.path.exists(index):
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
-            files = sorted(set(weight_map.values()))
+            from semrel_jax import files
+
+            weight_map = files.read_json(index, "safetensors index", error=CheckpointError).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index}: no 'weight_map' object (the safetensors index format).")
+            names = sorted(set(weight_map.values()))
         else:
-            files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(hf_dir, "*.safetensors")))
+            names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(hf_dir, "*.safetensors")))
             weight_map = None
-        if not files:
+        if not names:
             pickles = [os.path.basename(p) for pat in _PICKLE_PATTERNS for p in glob.glob(os.path.join(hf_dir, pat))]
             if pickles:
                 raise CheckpointError(
@@ -121,14 +131,12 @@ class SafetensorsCheckpoint(Mapping):
                     "`AutoModel.from_pretrained(dir).save_pretrained(out, safe_serialization=True)`."
                 )
             raise CheckpointError(f"{hf_dir}: no *.safetensors files found.")
-        self._files = {}
         self._where: dict[str, SafetensorsFile] = {}
-        for name in files:
+        for name in names:
             path = os.path.join(hf_dir, name)
-            if not os.path.exists(path):
-                raise CheckpointError(f"{hf_dir}: the index names {name}, which is missing.")
+            if os.path.dirname(os.path.normpath(name)) or not os.path.isfile(path):  # the index names files beside it
+                raise CheckpointError(f"{hf_dir}: the index names {name!r}, which is not a file in the directory.")
             f = SafetensorsFile(path)
-            self._files[name] = f
             for key in f.keys():
                 self._where[key] = f
         if weight_map is not None:
@@ -150,22 +158,10 @@ class SafetensorsCheckpoint(Mapping):
 
 
 def save_file(tensors: Mapping[str, np.ndarray], path: str, metadata: dict[str, str] | None = None) -> None:
-    """Writes ``tensors`` (NumPy arrays, bfloat16 included) as one safetensors file, tensor by tensor."""
-    header: dict = {"__metadata__": dict(metadata or {})}
-    offset = 0
-    for name, a in tensors.items():
-        a_dtype = np.dtype(a.dtype)
-        if a_dtype not in _NAMES:
-            raise CheckpointError(f"cannot write tensor {name!r} of dtype {a_dtype} as safetensors.")
-        nbytes = int(np.prod(a.shape, dtype=np.int64)) * a_dtype.itemsize
-        header[name] = {"dtype": _NAMES[a_dtype], "shape": list(a.shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # keep the data 8-byte aligned, as the reference writer does
+    """Writes ``tensors`` (NumPy arrays, bfloat16 included) as one safetensors file, atomically."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        for a in tensors.values():
-            f.write(np.ascontiguousarray(a).tobytes())
+    try:
+        safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+    except (TypeError, ValueError, safetensors.SafetensorError) as e:
+        raise CheckpointError(f"cannot write {path} as safetensors: {e}") from e
     os.replace(tmp, path)

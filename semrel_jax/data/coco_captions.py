@@ -27,13 +27,13 @@ entry whose ``split`` is missing cannot be assigned to a split and is malformed 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
+from semrel_jax import files
 from semrel_jax.data import records
 from semrel_jax.data.dataset import Dataset
 from semrel_jax.data.images import Malformed
@@ -70,10 +70,7 @@ class KarpathyCOCO(RecordSource):
             raise ValueError("prompt must be a non-empty string.")
         self.json_path, self.image_root, self.split, self.mode = json_path, image_root, split, mode
         self.prompt, self.include_restval = prompt, include_restval
-        if not os.path.isfile(json_path):
-            raise FileNotFoundError(f"Karpathy split file not found at {json_path!r}.")
-        with open(json_path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = files.read_json(json_path, "Karpathy split file")
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
             raise ValueError(f"{json_path!r}: expected {{'images': [...]}} (the Karpathy dataset_*.json format).")
         wanted = {"train", "restval"} if split == "train" and include_restval else {split}
@@ -113,7 +110,7 @@ class KarpathyCOCO(RecordSource):
                 entries = [(meta, refs, k, sentids[k]) for k in range(len(refs))]
             else:
                 entries = [(meta, refs, 0, sentids[0])]
-            return os.path.join(image_root, filepath, filename), entries
+            return records.path_inside(image_root, filepath, filename), entries
 
         images = data["images"]
         self._admit(((record_id(i, e), e) for i, e in enumerate(images) if selected(e)), parse)

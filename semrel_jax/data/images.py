@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from semrel_jax import errors
+
 MISSING_FILE = "missing_file"
 CORRUPT_IMAGE = "corrupt_image"
 MALFORMED_RECORD = "malformed_record"
@@ -43,7 +45,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
 _MISSING_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
 
 
-class BadDataError(ValueError):
+class BadDataError(errors.DataError):
     """A bad record under ``on_bad_data='error'``; the message names dataset, record id, path and reason."""
 
     def __init__(self, dataset: str, record_id: Any, path: str | None, reason: str, detail: str = ""):

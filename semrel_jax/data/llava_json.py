@@ -36,14 +36,13 @@ supported).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from semrel_jax import errors
+from semrel_jax import errors, files
 from semrel_jax.data import records
 from semrel_jax.data.dataset import Dataset
 from semrel_jax.data.images import Malformed
@@ -70,12 +69,11 @@ class LLaVAInstruct(RecordSource):
     def __init__(self, json_path: str, image_root: str, on_bad_data: str = "error", verify_images: bool = False) -> None:
         super().__init__(on_bad_data, verify_images)
         self.json_path, self.image_root = json_path, image_root
-        if not os.path.isfile(json_path):
-            raise FileNotFoundError(f"LLaVA instruction file not found at {json_path!r}.")
-        with open(json_path, encoding="utf-8") as f:
-            records = json.load(f)
-        if not isinstance(records, list):
-            raise ValueError(f"{json_path!r}: expected a JSON list of conversations.")
+        conversations = files.read_json(json_path, "LLaVA instruction file")
+        if not isinstance(conversations, list):
+            raise errors.DataError(
+                f"{json_path}: expected a JSON list of conversations, got a {type(conversations).__name__}."
+            )
 
         def record_id(i: int, r: Any) -> Any:
             if isinstance(r, dict) and r.get("id") is not None:
@@ -114,9 +112,9 @@ class LLaVAInstruct(RecordSource):
                 raise Malformed(f"{placeholders} {IMAGE_TOKEN} placeholders; one image per conversation is supported")
             pairs = list(zip(texts[0::2], texts[1::2]))
             entries = [(rid, k, len(pairs), pairs[:k], h, g) for k, (h, g) in enumerate(pairs)]
-            return (os.path.join(image_root, image) if image is not None else None), entries
+            return (records.path_inside(image_root, image) if image is not None else None), entries
 
-        self._admit(((record_id(i, r), r) for i, r in enumerate(records)), parse)
+        self._admit(((record_id(i, r), r) for i, r in enumerate(conversations)), parse)
 
     def __repr__(self) -> str:
         return (f"LLaVAInstruct(json_path={self.json_path!r}, image_root={self.image_root!r}, "

@@ -11,10 +11,10 @@ complete; an interrupted or damaged copy is prepared again. No TensorFlow needed
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from semrel_jax import cli
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/vqa.py); its data section names the sources.")
 _OUT = flags.DEFINE_string("out", None, "Directory for the prepared copy (what data.prepared_dir then points to).")
@@ -26,16 +26,12 @@ flags.mark_flags_as_required(["config", "out"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from semrel_jax.data import registry, tfds_copy
+    from semrel_jax.data import registry
 
-    logging.set_verbosity(logging.INFO)
     c = flags.FLAGS.config
-    try:
-        directory = registry.prepare(c, _OUT.value, overwrite=_OVERWRITE.value, threads=_THREADS.value)
-    except tfds_copy.PreparedDataError as e:
-        sys.exit(f"FATAL: {e}")
+    directory = registry.prepare(c, _OUT.value, overwrite=_OVERWRITE.value, threads=_THREADS.value)
     print(f"{c.data.name}: prepared copy at {directory}; train with --config.data.prepared_dir={_OUT.value}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

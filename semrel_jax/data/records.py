@@ -7,7 +7,9 @@ conversation); one record may give several examples (captions, turns). Bad recor
 * ``missing_file``: the record names an image file that does not exist;
 * ``corrupt_image``: the file exists but does not decode (truncated, not an image, decompression bomb);
 * ``malformed_record``: the record itself is unusable (missing or mistyped fields, answer index out of
-  range, unknown roles, a placeholder without an image, ...).
+  range, unknown roles, a placeholder without an image, ...), or its image path leaves the image root
+  (``..``, an absolute path, a symlink pointing outside: :func:`path_inside`; a dataset file never makes
+  a reader open a file outside the directory the config names for its images).
 
 ``"error"`` (the default) raises :class:`BadDataError` naming the dataset, the record id, the image path
 (when there is one) and the reason. ``"skip"``:
@@ -31,6 +33,7 @@ raise whatever the policy.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -43,6 +46,32 @@ from semrel_jax.data.images import (
     CORRUPT_IMAGE, MALFORMED_RECORD, MISSING_FILE, POLICIES, REASONS, BadDataError, Malformed, UnreadableImage,
     as_index, check_policy, read_image,
 )
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_directory(directory: str) -> str:
+    """``realpath`` of a directory, once per directory (images share few): one ``lstat`` per record, not per component."""
+    return os.path.realpath(directory)
+
+
+def path_inside(root: str, *parts: str) -> str:
+    """``root/part/...`` for a path taken from a dataset file; :class:`Malformed` when it leaves ``root``.
+
+    Refused: absolute parts, ``..`` that climbs out, and symlinks (anywhere on the path) that resolve
+    outside ``root``. The returned path is the joined one (not resolved), so messages show what the file said.
+    """
+    relative = os.path.join(*parts) if parts else ""
+    if any(os.path.isabs(p) for p in parts):
+        raise Malformed(f"image path {relative!r} is absolute; it must be relative to the image root {root!r}")
+    joined = os.path.join(root, relative)
+    head, tail = os.path.split(joined)
+    resolved = os.path.normpath(os.path.join(_real_directory(head), tail))
+    if os.path.islink(resolved):
+        resolved = os.path.realpath(resolved)
+    inside = _real_directory(root).rstrip(os.sep) + os.sep
+    if not (resolved + os.sep).startswith(inside):
+        raise Malformed(f"image path {relative!r} resolves to {resolved!r}, outside the image root {root!r}")
+    return joined
 
 
 def policies(on_bad_data: str) -> tuple[dict, dict]:

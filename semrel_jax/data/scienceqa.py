@@ -51,14 +51,13 @@ pids=source.problems)``. ``family`` and ``kind`` (subject and category) are the 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from semrel_jax import errors
+from semrel_jax import errors, files
 from semrel_jax.data import records
 from semrel_jax.data.dataset import Dataset
 from semrel_jax.data.images import Malformed
@@ -120,10 +119,7 @@ def build_prompt(problem: dict, prompt_format: str, caption: str = "") -> tuple[
 
 
 def _load_json(path: str, what: str) -> Any:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ScienceQA {what} not found at {path!r}.")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return files.read_json(path, f"ScienceQA {what}")
 
 
 class ScienceQA(RecordSource):
@@ -179,7 +175,8 @@ class ScienceQA(RecordSource):
             if not isinstance(caption, str):
                 raise Malformed(f"caption is not a string: {caption!r}")
             question, answer_text = build_prompt(p, prompt_format, caption)
-            path = os.path.join(root, "images", p.get("split") or split, pid, image) if image else None
+            images = os.path.join(root, "images")
+            path = records.path_inside(images, p.get("split") or split, pid, image) if image else None
             hint = p.get("hint") or ""
             entry = (pid, question, answer_text, tuple(choices), answer, p.get("subject", ""), p.get("grade", ""),
                      p.get("topic", ""), p.get("category", ""), p.get("skill", ""), bool(hint))

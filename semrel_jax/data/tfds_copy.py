@@ -80,7 +80,7 @@ from PIL import Image
 
 from semrel_jax.data import images as images_lib
 from semrel_jax.data.records import RecordSource
-from semrel_jax.errors import UserError
+from semrel_jax.errors import DataError
 
 BUILDER_NAME = "semrel_prepared"
 VERSION = "1.0.0"
@@ -91,7 +91,7 @@ _META_KEY = "semrel_prepared"
 _CACHE = 8  # decoded images / parsed metadata rows kept per source (neighbouring examples share them)
 
 
-class PreparedDataError(UserError):
+class PreparedDataError(DataError):
     """A prepared copy that is missing, incomplete, or made with other settings; the message names the path."""
 
 

@@ -12,6 +12,8 @@ import os
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from semrel_jax import errors
+
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
@@ -28,8 +30,16 @@ def train_word_level(words: list[str]) -> PreTrainedTokenizerFast:
 def load(path: str) -> PreTrainedTokenizerBase:
     """Loads a tokenizer saved with ``save_pretrained`` (never reaches the network)."""
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"Tokenizer directory {path!r} does not exist.")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        raise errors.MissingFileError(f"Tokenizer directory {path!r} does not exist.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - transformers/tokenizers raise many types for a damaged file
+        names = ", ".join(sorted(os.listdir(path))) or "nothing"
+        raise errors.DataError(
+            f"Tokenizer directory {path!r} cannot be loaded ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
+            f"it holds {names}. A file is damaged or missing: restore it, or delete the directory when it is a "
+            "run's own <workdir>/tokenizer (it is trained again from the same data, with the same ids)."
+        ) from e
     if tokenizer.eos_token_id is None:
         raise ValueError(f"Tokenizer at {path!r} has no eos_token; answers must end with one.")
     if tokenizer.pad_token_id is None:

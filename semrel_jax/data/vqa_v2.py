@@ -29,14 +29,13 @@ Bad data (``on_bad_data``): a record is one question; see ``semrel_jax.data.imag
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from semrel_jax import errors
+from semrel_jax import errors, files
 from semrel_jax.data import records
 from semrel_jax.data.dataset import Dataset
 from semrel_jax.data.images import Malformed
@@ -73,12 +72,9 @@ def format_question(question: str, prompt_format: str) -> str:
 
 
 def _load(path: str, what: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"VQA v2 {what} not found at {path!r}.")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    data = files.read_json(path, f"VQA v2 {what}")
     if not isinstance(data, dict):
-        raise ValueError(f"{path!r}: expected a JSON object (the official {what} format).")
+        raise errors.DataError(f"{path}: expected a JSON object (the official {what} format).")
     return data
 
 
@@ -160,7 +156,7 @@ class VQAv2(RecordSource):
                 if not all(isinstance(k, str) for k in kinds):
                     raise Malformed(f"'answer_type' / 'question_type' must be strings, got {kinds!r}")
                 labels = (intern(mc), tuple(intern(x["answer"]) for x in answers), intern(kinds[0]), intern(kinds[1]))
-            path = os.path.join(image_dir, image_filename(image_split, image_id))
+            path = records.path_inside(image_dir, image_filename(image_split, image_id))
             return path, [(qid, image_id, format_question(text, prompt_format), labels)]
 
         self._admit(

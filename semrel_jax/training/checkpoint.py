@@ -23,6 +23,8 @@ to ``<checkpoints>.unreadable/`` (never deleted) so the run can save those steps
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -34,15 +36,37 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from semrel_jax.errors import UserError
+from semrel_jax import errors
 
 
-class CheckpointRestoreError(UserError):
+class CheckpointRestoreError(errors.CheckpointError):
     """Checkpoints exist but none of them restores (the run refuses to silently start from scratch)."""
 
 
-class IncompatibleCheckpointError(UserError):
+class IncompatibleCheckpointError(errors.CheckpointError):
     """The workdir's checkpoints were written with another model/data config."""
+
+
+def prepare_workdir(workdir: str) -> str:
+    """Creates ``workdir`` (absolute path returned) and checks it can be written, before any work starts.
+
+    Raises PathError when it is a file or not writable, DiskError when its filesystem is read-only or full.
+    """
+    workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise errors.PathError(f"--workdir={workdir} is not a directory (a file is there); give a directory path.")
+    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        user = errors.from_os_error(e, f"checking that --workdir={workdir} can be written")
+        if user is None:
+            raise
+        raise user from e
+    return workdir
 
 
 class Checkpointer:
@@ -67,6 +91,9 @@ class Checkpointer:
             self.directory, options=options, item_names=("state", "config", "frozen")
         )
         self.frozen = None  # set to the frozen parameters to save them with every checkpoint
+        # which directory this is (device, inode): a save into a vanished or replaced one is refused (Orbax
+        # would silently recreate it, losing the run's earlier checkpoints)
+        self._identity = None if read_only else _identity(self.directory)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -79,12 +106,46 @@ class Checkpointer:
         return step % self.save_every == 0 or bool(self.keep_every and step % self.keep_every == 0)
 
     def save(self, step: int, state, config_json: str, *, force: bool = False) -> bool:
-        """Saves when ``due(step)`` or ``force``; returns whether a save started."""
+        """Saves when ``due(step)`` or ``force``; returns whether a save started.
+
+        A failing disk (full, read-only, I/O error, gone) raises one DiskError naming the last committed step.
+        """
         force = force or bool(self.keep_every and step % self.keep_every == 0)
         items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(json.loads(config_json)))
         if self.frozen is not None:
             items["frozen"] = ocp.args.StandardSave(self.frozen)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        with self._disk_errors(f"saving checkpoints (at step {step}; a save finishes in the background)"):
+            if (force or self.due(step)) and _identity(self.directory) != self._identity:
+                raise FileNotFoundError(errno.ENOENT, "the checkpoint directory vanished", self.directory)
+            return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    @contextlib.contextmanager
+    def _disk_errors(self, doing: str):
+        """Turns a failing disk (an errno anywhere in the chain: Orbax and tensorstore wrap them) into one
+        DiskError (or PathError) naming the checkpoint directory and the last committed step."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - re-raised unless it is the disk's fault
+            code = errors.os_error_code(e)
+            cls = errors.errno_class(code)
+            if cls is None or isinstance(e, errors.UserError):
+                raise
+            what = os.strerror(code)
+            if self._identity is not None and _identity(self.directory) != self._identity:
+                cls, what = errors.DiskError, (
+                    "no longer exists (its filesystem was unmounted, or it was deleted)"
+                    if not os.path.isdir(self.directory) else "was replaced since the run started (deleted and recreated, "
+                    "or another filesystem mounted over it)"
+                )
+            raise cls(f"{self.directory}: {what}, while {doing}. {self.last_committed()}") from e
+
+    def last_committed(self) -> str:
+        """A sentence naming the newest complete checkpoint on disk (what a rerun resumes from)."""
+        steps = sorted(int(n) for n in _listdir(self.directory) if n.isdigit())
+        if not steps:
+            return f"No checkpoint was committed in {self.directory}."
+        return (f"The last committed checkpoint, step {steps[-1]} ({os.path.join(self.directory, str(steps[-1]))}), "
+                "is intact: free space (or fix the filesystem) and rerun to resume from it.")
 
     def restore_frozen(self, step: int, abstract_frozen=None):
         """The frozen parameters saved with ``step`` (``train.checkpoint_frozen``)."""
@@ -126,11 +187,29 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._disk_errors("finishing a checkpoint save"):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:  # gone, or its filesystem fails: either way not the directory the run started with
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:  # the filesystem is gone: nothing to name
+        return []
 
 
 # ---------------------------------------------------------------------------------------- resume policy

@@ -1,6 +1,11 @@
-"""Metric sinks: a JSONL file, TensorBoard event files (tensorboardX, no TensorFlow) and a console bar.
+"""Metric sinks: a JSONL file, TensorBoard event files (tensorboardX, no TensorFlow) and a console bar, and
+the collection (``clu.metrics``, TF-free) that turns a logging interval's per-step metrics into what is logged.
 
 Only process 0 writes; other processes get a writer that drops everything.
+
+The bar shows the values of the interval that just ended (loss, throughput) and an ETA measured from the
+end of the first step: that step includes compilation, which would otherwise make the first ETAs far too
+long (tqdm's own rate counts it).
 """
 
 from __future__ import annotations
@@ -10,8 +15,36 @@ import os
 import time
 
 import numpy as np
+from clu import metrics as clu_metrics
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
+
+
+_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"  # tqdm's rate/ETA replaced by ours
+
+
+# A logging interval of training: the mean of each step's value, the learning rate of its last step, and the
+# fraction of steps whose loss or gradients were not finite (train_step's metrics). Built with ``create``
+# (this module's postponed annotations would hide the field types from a class body).
+TrainInterval = clu_metrics.Collection.create(
+    loss=clu_metrics.Average.from_output("loss"),
+    token_accuracy=clu_metrics.Average.from_output("token_accuracy"),
+    answer_tokens=clu_metrics.Average.from_output("answer_tokens"),
+    grad_norm=clu_metrics.Average.from_output("grad_norm"),
+    learning_rate=clu_metrics.LastValue.from_output("learning_rate"),
+    nonfinite_steps=clu_metrics.Average.from_output("nonfinite"),
+)
+
+
+def interval_summary(steps: list[dict]) -> dict[str, float]:
+    """The logged values of a logging interval from its steps' metrics (host NumPy values, oldest first)."""
+    collection = TrainInterval.empty()
+    for step in steps:
+        collection = collection.merge(TrainInterval.single_from_model_output(
+            **{k: np.asarray(v, np.float32) for k, v in step.items()}))
+    summary = {k: float(v) for k, v in collection.compute().items()}
+    summary["nonfinite_steps"] = float(round(summary["nonfinite_steps"] * len(steps)))
+    return summary
 
 
 def _to_float(v) -> float:
@@ -26,7 +59,9 @@ class MetricWriter:
         os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0)
+        self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0,
+                         bar_format=_BAR_FORMAT)
+        self._steady_from: tuple[int, float] | None = None  # (step, time) once the first step has finished
 
     def write_scalars(self, step: int, scalars: dict, *, prefix: str = "train") -> None:
         if not self.enabled:
@@ -39,12 +74,28 @@ class MetricWriter:
             self._tb.add_scalar(f"{prefix}/{name}", value, step)
         self._tb.flush()
 
+    def compiled(self, step: int, loss) -> None:
+        """The first step of this run finished (compiled and ran); the ETA is measured from here."""
+        self._steady_from = (step, time.monotonic())
+        self.progress(step, {"loss": loss})
+
+    def eta_seconds(self, step: int) -> float | None:
+        """Seconds to ``total_steps`` at the rate since the first step (None before two points exist)."""
+        if self._steady_from is None or step <= self._steady_from[0]:
+            return None
+        first_step, first_time = self._steady_from
+        seconds_per_step = (time.monotonic() - first_time) / (step - first_step)
+        return max(self._bar.total - step, 0) * seconds_per_step
+
     def progress(self, step: int, postfix: dict) -> None:
-        """Moves the console bar to ``step`` (its rate and ETA come from tqdm)."""
+        """Moves the console bar to ``step``, showing ``postfix`` (this interval's values) and the ETA."""
         if not self.enabled:
             return
+        shown = {k: f"{_to_float(v):.4g}" for k, v in postfix.items()}
+        eta = self.eta_seconds(step)
+        shown["eta"] = "?" if eta is None else tqdm.format_interval(eta)
+        self._bar.set_postfix(shown, refresh=False)  # before update, whose redraw must show these values
         self._bar.update(step - self._bar.n)
-        self._bar.set_postfix({k: f"{_to_float(v):.4g}" for k, v in postfix.items()}, refresh=False)
 
     def log(self, message: str) -> None:
         if self.enabled:

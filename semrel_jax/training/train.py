@@ -14,7 +14,6 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 
 from semrel_jax import recipe
 from semrel_jax.data import pipeline
@@ -37,9 +36,8 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     """Trains, checkpoints, evaluates; returns the evaluation metrics (also in ``results.json``)."""
     t0 = time.time()
     filled = recipe.prepare_config(c)  # config errors before anything touches the workdir
-    workdir = os.path.abspath(workdir)
+    workdir = checkpoint_lib.prepare_workdir(workdir)  # made and writable (PathError / DiskError naming it)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
     mesh = recipe.create_mesh(c)
     with jax.set_mesh(mesh), partitioning.axis_rules(c.mesh.rules):  # one table for parameters and activations
         return _run(c, workdir, mesh, is_main, t0, filled)
@@ -143,6 +141,8 @@ def _train_loop(
         state, metrics = step_fn(state, frozen, batch)
         pending.append(metrics)
         done = step + 1
+        if step == start_step:  # the bar's rate and ETA start after the first step, which includes compilation
+            writer.compiled(done, jax.block_until_ready(metrics)["loss"])
         if done % c.train.log_every == 0 or done == c.train.num_steps or checkpointer.due(done):
             # Also at checkpoint steps: the non-finite check runs before anything is saved.
             summary = _summarize(jax.device_get(pending), c.train.nonfinite, done, checkpointer)
@@ -179,6 +179,4 @@ def _summarize(metrics: list[dict], policy: str, step: int, checkpointer) -> dic
             f"nothing saved after it). Last checkpoint: step {last_good}; rerunning resumes from there. "
             "Lower train.learning_rate, or set train.nonfinite='skip' to skip such steps."
         )
-    summary = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k != "nonfinite"}
-    summary["nonfinite_steps"] = float(bad)
-    return summary
+    return metric_writers.interval_summary(metrics)
