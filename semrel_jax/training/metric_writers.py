@@ -10,6 +10,7 @@ import os
 import time
 
 import numpy as np
+from PIL import Image
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
@@ -37,6 +38,24 @@ class MetricWriter:
         self._jsonl.flush()
         for name, value in values.items():
             self._tb.add_scalar(f"{prefix}/{name}", value, step)
+        self._tb.flush()
+
+    def write_samples(self, step: int, gallery_dir: str) -> None:
+        """An evaluation's examples with their heatmaps (``evaluation.explain_plot.write_gallery``'s directory):
+        each figure as a TensorBoard image, question / truth / prediction as TensorBoard text and a JSONL row."""
+        if not self.enabled:
+            return
+        with open(os.path.join(gallery_dir, "samples.json")) as f:
+            samples = json.load(f)
+        self._jsonl.write(json.dumps({"step": step, "split": "eval_samples", "time": time.time(), "samples": samples}) + "\n")
+        self._jsonl.flush()
+        for k, sample in enumerate(samples):
+            with Image.open(os.path.join(gallery_dir, sample["figure"])) as figure:
+                self._tb.add_image(f"eval_samples/{k}", np.asarray(figure.convert("RGB")), step, dataformats="HWC")
+        table = "| question | truth | prediction |\n|---|---|---|\n" + "\n".join(
+            f"| {s['question']} | {s['answer']} | {s['prediction']} |" for s in samples
+        )
+        self._tb.add_text("eval_samples", table, step)
         self._tb.flush()
 
     def progress(self, step: int, postfix: dict) -> None:
