@@ -9,14 +9,11 @@ is generated as evaluation does (the checkpoint's ``eval`` section: greedy, samp
 override it). ``--explain`` writes a figure: the image and, for every generated token, the ICA weights alpha and the
 inherited mask M of each chosen block (``--blocks``; default: up to six spread over the decoder) over each encoder's
 patch grid (the prefix preset: the attention over the image tokens). ``semrel_jax.evaluation.explain`` says which
-position's weights belong to a token.
+position's weights belong to a token; ``semrel_jax.evaluation.predictor.Predictor`` is the same from Python.
 """
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
 from absl import app, flags
 
 from semrel_jax.errors import UserError
@@ -34,62 +31,6 @@ _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None, "Override eval.ma
 flags.mark_flags_as_required(["checkpoint", "image", "question"])
 
 
-def load_model(checkpoint: str, step: int | None = None):
-    """``(model, config, tokenizer)`` of a training workdir's checkpoint or of an export directory."""
-    from semrel_jax import export
-
-    if not os.path.isdir(checkpoint):
-        raise UserError(f"--checkpoint={checkpoint}: no such directory (a training workdir or an export directory)")
-    if os.path.exists(os.path.join(checkpoint, "export.json")):
-        exported = export.load_exported(checkpoint)
-        return exported.model, exported.config, exported.tokenizer
-    try:
-        model, c, tokenizer, _ = export.restore_model(checkpoint, step)
-    except FileNotFoundError as e:
-        raise UserError(f"--checkpoint={checkpoint}: {e} Train into it first, or point at an export directory.") from None
-    return model, c, tokenizer
-
-
-class Predictor:
-    """A loaded model that answers questions about images as evaluation does, and explains its answers."""
-
-    def __init__(self, model, config, tokenizer):
-        from flax import nnx
-
-        from semrel_jax import recipe
-        from semrel_jax.config import model as model_config
-        from semrel_jax.method.vlm import slot_layout
-
-        self.config, self.tokenizer = config, tokenizer
-        self.graphdef, state = nnx.split(model)
-        self.states = (state,)
-        self.featurizer = recipe.build_featurizer(config, tokenizer)
-        self.layout = slot_layout(model_config.model_config(config, len(tokenizer)).vision)
-
-    @classmethod
-    def load(cls, checkpoint: str, step: int | None = None) -> "Predictor":
-        return cls(*load_model(checkpoint, step))
-
-    def explain(self, image: np.ndarray, question: str):
-        """The answer to ``question`` about ``image`` (uint8 ``[H, W, 3]``) as an ``Explanation`` (its
-        ``prediction`` is the answer text; its readouts the per-block weights of every generated token)."""
-        from semrel_jax.evaluation import explain as explain_lib
-        from semrel_jax.evaluation import loop as eval_loop
-        from semrel_jax.data import pipeline
-
-        example = {"image": np.asarray(image), "question": question, "answer": None, "index": 0}
-        try:
-            inputs = pipeline.stack([self.featurizer.prompt(example)])
-        except ValueError as e:  # a word the closed vocabulary lacks, or a prompt over data.max_text_len
-            raise UserError(f"--question={question!r}: {e}") from None
-        inputs = {k: inputs[k] for k in ("images", "has_image", "prompt", "prompt_valid")}
-        ids = np.asarray(eval_loop.generate_ids(self.config, self.graphdef, self.states, inputs, self.tokenizer.eos_token_id))
-        (explanation,) = explain_lib.explain_batch(self.graphdef, self.states, inputs, ids, self.tokenizer, self.layout, [example])
-        stops = tuple(self.config.eval.stop_strings)
-        explanation.prediction = eval_loop.generate.decode_texts(self.tokenizer, ids, stops)[0]
-        return explanation
-
-
 def _override_eval(c) -> None:
     from semrel_jax import config as config_lib
 
@@ -103,6 +44,7 @@ def main(argv):
     del argv
     from semrel_jax.data.images import UnreadableImage, read_image
     from semrel_jax.evaluation import explain_plot
+    from semrel_jax.evaluation.predictor import Predictor
 
     try:
         image = read_image(_IMAGE.value)

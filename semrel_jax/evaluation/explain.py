@@ -33,11 +33,12 @@ class Explanation:
     image: np.ndarray | None  # uint8 [H, W, 3] as the dataset gave it (None: a text-only example)
     question: str
     prediction: str
-    tokens: list[str]
+    tokens: list[str]  # the generated tokens' texts
     readouts: dict[str, np.ndarray]
     layout: tuple[SlotGroup, ...]
     answer: str | None = None
     index: int | None = None
+    token_ids: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def num_blocks(self) -> int:
@@ -78,6 +79,7 @@ def explain_batch(graphdef, states, inputs: dict, generated: np.ndarray, tokeniz
                 layout=tuple(layout),
                 answer=example.get("answer"),
                 index=example.get("index"),
+                token_ids=ids[:n],
             )
         )
     return explanations
