@@ -81,7 +81,8 @@ def evaluate(
             inputs = _global_batch(inputs, mesh)
         ids = _fetch(generate_ids(c, graphdef, states, inputs, tokenizer.eos_token_id, len(predictions)))
         if len(explained) < explain:
-            examples = [data.eval[int(i)] for i in batch["index"][: explain - len(explained)]]
+            rows = batch["index"][batch["example_valid"]][: explain - len(explained)]  # not the padding rows
+            examples = [data.eval[int(i)] for i in rows]
             layout = slot_layout(model_config.model_config(c, len(tokenizer)).vision)
             explained += explain_lib.explain_batch(graphdef, states, inputs, ids, tokenizer, layout, examples)
         texts = generate.decode_texts(tokenizer, ids, tuple(c.eval.stop_strings))
