@@ -89,7 +89,8 @@ def test_the_figure_draws_each_panel_from_the_readouts_over_its_patches():
             expected = explain.patch_grids(expl.readouts[name][block, t], expl.layout)[encoder]
             np.testing.assert_array_equal(heatmap.get_array(), expected)
             assert tuple(heatmap.get_extent()) == (0, 20, 20, 0)  # cell (i, j) covers patch (i, j) of the image
-        assert axes[r * columns + 2].images[-1].get_clim() == ((0.0, 1.0) if name == "mask" else axes[r * columns + 1].images[-1].get_clim())
+        shared = (0.0, 1.0) if name == "mask" else axes[r * columns + 1].images[-1].get_clim()
+        assert axes[r * columns + 2].images[-1].get_clim() == shared  # one colour scale per readout
 
 
 def test_gallery_writes_figures_samples_and_html(tmp_path):

@@ -17,7 +17,11 @@ from matplotlib.figure import Figure
 from semrel_jax.evaluation import explain as explain_lib
 
 # what each readout is called on the figure, and its colour map
-_READOUTS = {"alpha": ("ICA weight α", "viridis"), "mask": ("inherited mask M", "magma"), "attention": ("attention", "viridis")}
+_READOUTS = {
+    "alpha": ("ICA weight α", "viridis"),
+    "mask": ("inherited mask M", "magma"),
+    "attention": ("attention", "viridis"),
+}
 
 
 def explanation_figure(explanation: explain_lib.Explanation, blocks: tuple[int, ...] = ()) -> Figure:

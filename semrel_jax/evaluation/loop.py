@@ -80,12 +80,15 @@ def evaluate(
         if mesh is not None:
             inputs = _global_batch(inputs, mesh)
         ids = _fetch(generate_ids(c, graphdef, states, inputs, tokenizer.eos_token_id, len(predictions)))
+        texts = generate.decode_texts(tokenizer, ids, tuple(c.eval.stop_strings))
         if len(explained) < explain:
             rows = batch["index"][batch["example_valid"]][: explain - len(explained)]  # not the padding rows
             examples = [data.eval[int(i)] for i in rows]
             layout = slot_layout(model_config.model_config(c, len(tokenizer)).vision)
-            explained += explain_lib.explain_batch(graphdef, states, inputs, ids, tokenizer, layout, examples)
-        texts = generate.decode_texts(tokenizer, ids, tuple(c.eval.stop_strings))
+            new = explain_lib.explain_batch(graphdef, states, inputs, ids, tokenizer, layout, examples)
+            for text, explanation in zip(texts, new):
+                explanation.prediction = text  # as predictions.json has it (stop strings applied)
+            explained += new
         for index, keep, text in zip(batch["index"], batch["example_valid"], texts):
             if keep:
                 row = {"index": int(index), **registry.describe(data.eval, int(index))}

@@ -66,8 +66,11 @@ class Predictor:
         except ValueError as e:  # a word the closed vocabulary lacks, or a prompt over data.max_text_len
             raise UserError(f"question {question!r}: {e}") from None
         inputs = {k: inputs[k] for k in ("images", "has_image", "prompt", "prompt_valid")}
-        ids = np.asarray(eval_loop.generate_ids(self.config, self.graphdef, self.states, inputs, self.tokenizer.eos_token_id))
-        (explanation,) = explain_lib.explain_batch(self.graphdef, self.states, inputs, ids, self.tokenizer, self.layout, [example])
+        eos = self.tokenizer.eos_token_id
+        ids = np.asarray(eval_loop.generate_ids(self.config, self.graphdef, self.states, inputs, eos))
+        (explanation,) = explain_lib.explain_batch(
+            self.graphdef, self.states, inputs, ids, self.tokenizer, self.layout, [example]
+        )
         stops = tuple(self.config.eval.stop_strings)
         explanation.prediction = generate.decode_texts(self.tokenizer, ids, stops)[0]
         return explanation

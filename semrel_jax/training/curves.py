@@ -24,7 +24,8 @@ def read_metrics(path: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
 def _headline(eval_series: dict) -> list[str]:
     """The evaluation metrics worth a line: overall accuracy, else every accuracy/caption score at the top level."""
     if "accuracy" in eval_series:
-        return ["accuracy"] + [k for k in ("accuracy/relational", "accuracy/non_relational") if k in eval_series]  # Sort-of-CLEVR
+        families = ("accuracy/relational", "accuracy/non_relational")  # Sort-of-CLEVR's
+        return ["accuracy"] + [k for k in families if k in eval_series]
     return [k for k in eval_series if k.split("/")[0] in ("CIDEr", "BLEU_4", "exact_match", "accuracy")][:4]
 
 

@@ -47,7 +47,8 @@ class MetricWriter:
             return
         with open(os.path.join(gallery_dir, "samples.json")) as f:
             samples = json.load(f)
-        self._jsonl.write(json.dumps({"step": step, "split": "eval_samples", "time": time.time(), "samples": samples}) + "\n")
+        row = {"step": step, "split": "eval_samples", "time": time.time(), "samples": samples}
+        self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
         for k, sample in enumerate(samples):
             with Image.open(os.path.join(gallery_dir, sample["figure"])) as figure:
