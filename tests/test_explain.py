@@ -110,3 +110,10 @@ def test_chosen_blocks():
     assert explain.chosen_blocks(32, (0, -1)) == (0, 31)
     with pytest.raises(UserError, match="blocks \\[4\\] do not exist"):
         explain.chosen_blocks(4, (4,))
+
+
+def test_long_answers_draw_only_their_first_tokens():
+    fig = explain_plot.explanation_figure(_explanation(tokens=("a", "long", "caption")), max_tokens=2)
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(axes) == (1 + 3 * 2) * (2 * 2)  # (image + 3 blocks x 2 encoders) x (2 tokens x alpha, M)
+    assert "'long'" in axes[2 * 7].get_title() and all("caption" not in ax.get_title() for ax in axes)

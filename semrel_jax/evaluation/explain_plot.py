@@ -24,15 +24,16 @@ _READOUTS = {
 }
 
 
-def explanation_figure(explanation: explain_lib.Explanation, blocks: tuple[int, ...] = ()) -> Figure:
-    """Rows: every generated token × readout; columns: the image, then every chosen block × encoder.
+def explanation_figure(explanation: explain_lib.Explanation, blocks: tuple[int, ...] = (), max_tokens: int = 8) -> Figure:
+    """Rows: every generated token (the first ``max_tokens``: captions run long) × readout; columns: the image,
+    then every chosen block × encoder.
 
     Each readout shares one colour scale over its panels (M: [0, 1]), so blocks and tokens compare directly.
     """
     chosen = explain_lib.chosen_blocks(explanation.num_blocks, blocks)
     encoders = [g.encoder for g in explanation.layout]
     names = list(explanation.readouts)
-    rows = [(t, name) for t in range(len(explanation.tokens)) for name in names]
+    rows = [(t, name) for t in range(min(len(explanation.tokens), max_tokens)) for name in names]
     cols = [(b, e) for b in chosen for e in encoders]
     fig = Figure(figsize=(1.9 * (len(cols) + 1), 1.9 * len(rows) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
@@ -41,7 +42,8 @@ def explanation_figure(explanation: explain_lib.Explanation, blocks: tuple[int, 
     if explanation.answer is not None:
         title += f"   (truth: {explanation.answer})"
     fig.suptitle(title, fontsize=9)
-    scales = {name: _scale(name, explanation.readouts[name][list(chosen)]) for name in names}
+    shown_tokens = slice(0, rows[-1][0] + 1)
+    scales = {name: _scale(name, explanation.readouts[name][list(chosen), shown_tokens]) for name in names}
     for r, (t, name) in enumerate(rows):
         label, cmap = _READOUTS[name]
         image_axis = axes[r, 0]
