@@ -46,6 +46,9 @@ def test_training_evaluates_every_eval_every_steps_and_logs_samples_and_curves(r
     assert samples[0]["samples"][0]["answer"] == predictions[0]["answer"]
     for path in ("evals/step_1/explain/example_0.png", "explain/example_0.png", "explain/index.html", "curves.png"):
         assert os.path.getsize(os.path.join(run_dir, path)) > 0, path
+    events = [os.path.join(run_dir, "tensorboard", f) for f in os.listdir(os.path.join(run_dir, "tensorboard"))]
+    logged = b"".join(open(path, "rb").read() for path in events)
+    assert b"eval_samples/0" in logged and b"eval/accuracy" in logged  # the figure and the metrics in TensorBoard
     final = json.load(open(os.path.join(run_dir, "predictions.json")))
     assert final[3]["image"] == "sort_of_clevr:eval[3]"
 
