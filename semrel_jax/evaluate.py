@@ -4,10 +4,12 @@
     python -m semrel_jax.evaluate --checkpoint=/tmp/export --out=/tmp/eval    # a `semrel_jax.export` directory
     python -m semrel_jax.evaluate --checkpoint=/tmp/run --config=configs/vqa.py:demo \\
         --config.data.eval_images=2000 --config.eval.batch_size=500           # other data/eval settings
+    python -m semrel_jax.evaluate --checkpoint=/tmp/run --explain=8           # + heatmaps of 8 examples
 
 The model is the checkpoint's (its saved config); ``--config`` only supplies the ``data`` and ``eval``
 sections (another split, more examples, another batch size). Writes ``predictions.json`` and
-``results.json`` to ``--out`` (default ``<checkpoint>/eval``).
+``results.json`` to ``--out`` (default ``<checkpoint>/eval``); ``--explain=N`` also ``explain/index.html``, the
+image, question, truth, prediction and ICA heatmaps of the first N examples (``semrel_jax.evaluation.explain``).
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ config_flags.DEFINE_config_file("config", None, "Optional config whose data/eval
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir or a semrel_jax.export directory.")
 _STEP = flags.DEFINE_integer("step", -1, "Checkpoint step of a training workdir (-1: the latest).")
 _OUT = flags.DEFINE_string("out", "", "Where predictions.json and results.json go (default <checkpoint>/eval).")
+_EXPLAIN = flags.DEFINE_integer("explain", 0, "Heatmaps of the first N examples in <out>/explain/ (index.html).")
 flags.mark_flags_as_required(["checkpoint"])
 
 
-def evaluate_checkpoint(checkpoint: str, out_dir: str = "", config=None, step: int | None = None) -> dict:
-    """Returns the metrics (also written to ``out_dir/results.json``)."""
+def evaluate_checkpoint(
+    checkpoint: str, out_dir: str = "", config=None, step: int | None = None, explain: int = 0
+) -> dict:
+    """Returns the metrics (also written to ``out_dir/results.json``); ``explain = N``: the heatmaps of the
+    first N examples too (``out_dir/explain/``)."""
     import jax
     from flax import nnx
 
@@ -57,7 +63,7 @@ def evaluate_checkpoint(checkpoint: str, out_dir: str = "", config=None, step: i
     data = recipe.build_data(c)
     featurizer = recipe.build_featurizer(c, tokenizer)
     graphdef, state = nnx.split(model)
-    results = eval_loop.evaluate(c, graphdef, (state,), featurizer, tokenizer, data, out_dir)
+    results = eval_loop.evaluate(c, graphdef, (state,), featurizer, tokenizer, data, out_dir, explain=explain)
     results["wall_seconds"] = time.time() - t0  # restore + generation + scoring
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -70,7 +76,7 @@ def main(argv):
     from semrel_jax.evaluation import loop as eval_loop
 
     results = evaluate_checkpoint(
-        _CHECKPOINT.value, _OUT.value, flags.FLAGS.config, _STEP.value if _STEP.value >= 0 else None
+        _CHECKPOINT.value, _OUT.value, flags.FLAGS.config, _STEP.value if _STEP.value >= 0 else None, _EXPLAIN.value
     )
     print(eval_loop.format_results(results))
 

@@ -133,6 +133,9 @@ def base_config() -> ml_collections.ConfigDict:
         frozen_dtype="float32",
         nonfinite="stop",  # 'stop' | 'skip' the update when loss or gradients are NaN/Inf
         log_every=100,
+        eval_every=0,  # > 0: evaluate every this many steps too (0: only at the end)
+        eval_examples=500,  # examples of each evaluation during training (0: eval.num_examples)
+        eval_samples=4,  # examples shown with their heatmaps (TensorBoard, <workdir>/evals/) at every evaluation
         peak_tflops_per_device=0.0,  # > 0: log MFU against it (e.g. 989 for an H100's dense bf16)
         checkpoint_every=1_000,
         keep_checkpoints=2,  # the newest N checkpoints ...

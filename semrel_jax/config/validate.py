@@ -121,6 +121,8 @@ def _validate_train(c) -> None:
     for key in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         positive_int(c, f"train.{key}")
     positive_int(c, "train.warmup_steps", allow_zero=True)
+    for key in ("eval_every", "eval_examples", "eval_samples"):
+        positive_int(c, f"train.{key}", allow_zero=True)
     positive_int(c, "train.keep_every", allow_zero=True)
     positive_int(c, "train.grad_accum_steps")
     for key in ("force_restart", "checkpoint_frozen"):

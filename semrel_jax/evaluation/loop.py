@@ -12,10 +12,14 @@ import os
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from semrel_jax import config as config_lib
+from semrel_jax.config import model as model_config
 from semrel_jax.data import pipeline, registry
-from semrel_jax.evaluation import generate
+from semrel_jax.evaluation import explain as explain_lib
+from semrel_jax.evaluation import explain_plot, generate
+from semrel_jax.method.vlm import slot_layout
 from semrel_jax.training import mesh as mesh_lib
 
 
@@ -35,41 +39,73 @@ def _fetch(ids) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(ids, tiled=True))
 
 
-def evaluate(c, graphdef, states, featurizer, tokenizer, data, out_dir: str, mesh=None) -> dict:
-    """Generates the answers of ``data.eval`` (``eval.num_examples`` of them; 0: all) and scores them.
+def generate_ids(c, graphdef, states, inputs: dict, eos_id: int, key_offset: int = 0) -> jax.Array:
+    """Generated ids ``[B, eval.max_new_tokens]`` as the ``eval`` section says: beam search
+    (``eval.num_beams > 1``), sampling (``eval.temperature > 0``, key folded from ``seed`` and ``key_offset``)
+    or greedy decoding."""
+    temperature, top_p = float(c.eval.temperature), float(c.eval.top_p)
+    if int(c.eval.num_beams) > 1:
+        return generate.beam_search(
+            graphdef, states, inputs, c.eval.max_new_tokens, int(c.eval.num_beams), float(c.eval.length_penalty),
+            eos_id=eos_id,
+        )
+    key = jax.random.fold_in(jax.random.PRNGKey(c.seed), key_offset) if temperature > 0 else None
+    return generate.generate(graphdef, states, inputs, c.eval.max_new_tokens, key, temperature, top_p)
+
+
+def evaluate(
+    c, graphdef, states, featurizer, tokenizer, data, out_dir: str, mesh=None, *, num_examples: int | None = None,
+    explain: int = 0, blocks: tuple[int, ...] = (),
+) -> dict:
+    """Generates the answers of ``data.eval`` (``num_examples``, default ``eval.num_examples``; 0: all) and
+    scores them.
 
     ``states``: the model's state pieces for ``nnx.merge(graphdef, *states)``. Writes ``predictions.json``
-    (each example's metadata and prediction) to ``out_dir``; returns the metrics.
+    (each example's metadata, image reference and prediction) to ``out_dir``, and with ``explain = N`` the
+    heatmaps of the first N examples (``out_dir/explain/``: a PNG each, ``samples.json``, ``index.html``);
+    returns the metrics.
     """
     config_lib.validate_eval(c)
-    temperature, top_p = float(c.eval.temperature), float(c.eval.top_p)
-    num_beams, length_penalty = int(c.eval.num_beams), float(c.eval.length_penalty)
-    predictions = []
-    n = c.eval.num_examples or len(data.eval)
+    predictions, explained = [], []
+    n = c.eval.num_examples if num_examples is None else num_examples
+    n = min(n or len(data.eval), len(data.eval))
     batch_size = c.eval.batch_size
     if mesh is not None:
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         batch_size = -(-batch_size // shards) * shards
-    for batch in pipeline.evaluation_batches(data.eval, featurizer.prompt, batch_size, n):
+    is_main = jax.process_index() == 0
+    batches = pipeline.evaluation_batches(data.eval, featurizer.prompt, batch_size, n)
+    for batch in tqdm(batches, total=-(-n // batch_size), desc="evaluation", unit="batch", disable=not is_main, leave=False):
         inputs = {k: batch[k] for k in ("images", "has_image", "prompt", "prompt_valid")}
         if mesh is not None:
             inputs = _global_batch(inputs, mesh)
-        if num_beams > 1:
-            ids = generate.beam_search(
-                graphdef, states, inputs, c.eval.max_new_tokens, num_beams, length_penalty, eos_id=tokenizer.eos_token_id
-            )
-        else:
-            key = jax.random.fold_in(jax.random.PRNGKey(c.seed), len(predictions)) if temperature > 0 else None
-            ids = generate.generate(graphdef, states, inputs, c.eval.max_new_tokens, key, temperature, top_p)
-        texts = generate.decode_texts(tokenizer, _fetch(ids), tuple(c.eval.stop_strings))
+        ids = _fetch(generate_ids(c, graphdef, states, inputs, tokenizer.eos_token_id, len(predictions)))
+        texts = generate.decode_texts(tokenizer, ids, tuple(c.eval.stop_strings))
+        if len(explained) < explain:
+            rows = batch["index"][batch["example_valid"]][: explain - len(explained)]  # not the padding rows
+            examples = [data.eval[int(i)] for i in rows]
+            layout = slot_layout(model_config.model_config(c, len(tokenizer)).vision)
+            new = explain_lib.explain_batch(graphdef, states, inputs, ids, tokenizer, layout, examples)
+            for text, explanation in zip(texts, new):
+                explanation.prediction = text  # as predictions.json has it (stop strings applied)
+            explained += new
         for index, keep, text in zip(batch["index"], batch["example_valid"], texts):
             if keep:
-                predictions.append({"index": int(index), **registry.describe(data.eval, int(index)), "prediction": text})
+                row = {"index": int(index), **registry.describe(data.eval, int(index))}
+                predictions.append({**row, "image": image_reference(c, int(index)), "prediction": text})
     results = registry.score(c, predictions, data.train, data.eval)
-    if jax.process_index() == 0:
+    if is_main:
         with open(os.path.join(out_dir, "predictions.json"), "w") as f:
             json.dump(predictions, f, indent=1, default=str)
+        if explained:
+            explain_plot.write_gallery(explained, os.path.join(out_dir, "explain"), blocks)
     return results
+
+
+def image_reference(c, index: int) -> str:
+    """Where example ``index``'s image comes from: ``<data.name>:<data.eval_split>[<index>]`` (``eval``: the
+    dataset's usual evaluation split), which ``recipe.build_data(c).eval[index]['image']`` reads back."""
+    return f"{c.data.name}:{c.data.eval_split or 'eval'}[{index}]"
 
 
 def format_results(results: dict) -> str:

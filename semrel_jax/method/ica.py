@@ -14,6 +14,8 @@ forward pass: generation needs no mask state beyond the current tokens.
 
 In the decoder ICA is a side branch (``semrel_jax.models.llama.SideBranch``): ``InheritableCrossAttention``
 computes ``s·ICA(u)`` next to each block's FFN, and ``M`` is the state the decoder carries from block to block.
+With ``capture=True`` (static) the carried state is a ``BlockWeights`` holding this block's ``alpha`` beside
+``M``, so the decoder's per-block trace yields both; off, the state is ``M`` alone and nothing extra is traced.
 
 The release's setup code never forwards delta/lam (a no-op mask); here they are always applied
 when masking is enabled (``model.ica.release_noop_mask=True`` builds this config with delta=0, lam=1 to
@@ -72,7 +74,9 @@ def inheritable_cross_attention(
     inherited_mask: Array,
     config: ICAConfig,
     dropout_key: Array | None = None,
-) -> tuple[Array, Array]:
+    *,
+    return_alpha: bool = False,
+) -> tuple[Array, Array] | tuple[Array, Array, Array]:
     """One block's ICA.
 
     Args:
@@ -83,7 +87,8 @@ def inheritable_cross_attention(
       dropout_key: PRNG key, or None for deterministic evaluation.
 
     Returns:
-      ``(out [B, T, d] already multiplied by config.scale, new_mask [B, T, N_mem])``.
+      ``(out [B, T, d] already multiplied by config.scale, new_mask [B, T, N_mem])``, and with
+      ``return_alpha`` also ``alpha [B, T, N_mem]`` (float32, before the mask).
     """
     keys = memory.keys.astype(query.dtype)
     values = memory.values.astype(query.dtype)
@@ -98,24 +103,50 @@ def inheritable_cross_attention(
         mask = inherited_mask
     weights = layers.dropout(mask * alpha, config.dropout, dropout_key).astype(query.dtype)
     out = jnp.einsum("btn,bnd->btd", weights, values)
+    if return_alpha:
+        return config.scale * out, mask, alpha
     return config.scale * out, mask
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["memory"], meta_fields=["config"])
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class BlockWeights:
+    """The state ICA carries with ``capture=True``: ``alpha`` ``[B, T, N_mem]`` of the block that produced it
+    and the inherited mask ``M`` ``[B, T, N_mem]`` after that block (the one the next block starts from)."""
+
+    alpha: Array
+    mask: Array
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["memory"], meta_fields=["config", "capture"])
 @dataclasses.dataclass(frozen=True)
 class InheritableCrossAttention:
     """ICA as the decoder's side branch: ``(u, M, key) -> (s·ICA(u, memory, M), M')``.
 
-    A pytree (the config static) so that it crosses the decoder's remat as an argument.
+    A pytree (the config and ``capture`` static) so that it crosses the decoder's remat as an argument.
+    ``capture``: carry ``BlockWeights`` (this block's alpha and M') instead of ``M`` alone.
     """
 
     memory: Memory
     config: ICAConfig
+    capture: bool = False
 
     def initial_mask(self, length: int) -> Array:
         """The mask ``M`` entering block 0: ones ``[B, T, N_mem]`` for ``T = length`` text tokens."""
         batch, slots = self.memory.keys.shape[:2]
         return jnp.ones((batch, length, slots), jnp.float32)
 
-    def __call__(self, query: Array, inherited_mask: Array, dropout_key: Array | None) -> tuple[Array, Array]:
-        return inheritable_cross_attention(query, self.memory, inherited_mask, self.config, dropout_key)
+    def initial_state(self, length: int) -> Array | BlockWeights:
+        """The state entering block 0: ``M`` = ones, wrapped in ``BlockWeights`` (alpha zeros) with capture."""
+        mask = self.initial_mask(length)
+        return BlockWeights(alpha=jnp.zeros_like(mask), mask=mask) if self.capture else mask
+
+    def __call__(
+        self, query: Array, state: Array | BlockWeights, dropout_key: Array | None
+    ) -> tuple[Array, Array | BlockWeights]:
+        if not self.capture:
+            return inheritable_cross_attention(query, self.memory, state, self.config, dropout_key)
+        out, mask, alpha = inheritable_cross_attention(
+            query, self.memory, state.mask, self.config, dropout_key, return_alpha=True
+        )
+        return out, BlockWeights(alpha=alpha, mask=mask)

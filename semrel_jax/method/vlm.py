@@ -22,6 +22,11 @@ sample without an image sees an all-zero memory plus the slot embeddings).
 
 In training (a ``dropout_key``) the key drives the ICA dropout in the LLM as is and the towers' adapter
 dropout as ``fold_in(dropout_key, VISION_DROPOUT_STREAM)``.
+
+What the model looks at can be read out of a teacher-forced pass with ``capture=True`` (a static Python
+argument; off, the traced computation is the plain one): the ICA weights ``alpha`` and inherited masks ``M`` of
+every block (``ica``), or every block's attention over the image tokens (``prefix``), as ``Intermediates``;
+``slot_layout`` says which slots hold which encoder's patch grid.
 """
 
 from __future__ import annotations
@@ -70,6 +75,50 @@ class VLMConfig:
                 f"num_memory_slots={self.num_memory_slots} is smaller than the {self.vision.num_tokens} fused "
                 "visual tokens; raise it (or set 0 for exactly that many)."
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotGroup:
+    """The visual slots of one encoder: ``start`` is its first slot; an optional class token comes first, then
+    its (pooled) patch grid ``grid × grid`` row-major. All its taps are fused into these same slots."""
+
+    encoder: str
+    taps: tuple[int, ...]
+    start: int
+    grid: int
+    class_token: bool
+
+    @property
+    def patch_slots(self) -> range:
+        first = self.start + int(self.class_token)
+        return range(first, first + self.grid * self.grid)
+
+
+def slot_layout(vision: EnsembleConfig) -> tuple[SlotGroup, ...]:
+    """Which visual slot (memory slot with ``ica``, image token with ``prefix``) holds which encoder's patch;
+    the encoders are concatenated in config order (``method/ensemble.py``), padding slots come after them."""
+    groups, start = [], 0
+    for spec in vision.encoders:
+        class_token = bool(spec.vit.class_token and not spec.drop_cls)
+        groups.append(SlotGroup(spec.name, tuple(spec.taps), start, spec.grid // spec.pool, class_token))
+        start += spec.num_tokens
+    return tuple(groups)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Intermediates:
+    """Per-block readouts of a ``capture=True`` pass (text positions ``T``; the other injection's fields None).
+
+    alpha: ``[L, B, T, N_mem]`` ICA weights SiLU(u Kᵀ) of every block, before the mask (``ica``).
+    mask: ``[L, B, T, N_mem]`` the inherited mask M after every block (``ica``).
+    image_attention: ``[L, B, T, N_vis]`` every block's self-attention (mean over heads) from the text
+      positions to the image tokens (``prefix``).
+    """
+
+    alpha: Array | None = None
+    mask: Array | None = None
+    image_attention: Array | None = None
 
 
 def share_images(x: Array, rows: int) -> Array:
@@ -134,15 +183,18 @@ class VisionLanguageModel(nnx.Module):
         valid = jnp.concatenate([jnp.ones(prefix.shape[:2], bool), valid], axis=1)
         return embeddings, valid
 
-    def _read_memory(
-        self, memory: ica.Memory, tokens: Array, valid: Array, **llm_kwargs
-    ) -> tuple[Array, KVCache | None]:
+    def slot_layout(self) -> tuple[SlotGroup, ...]:
+        return slot_layout(self.config.vision)
+
+    def _read_memory(self, memory: ica.Memory, tokens: Array, valid: Array, capture: bool = False, **llm_kwargs):
         """Runs the LLM on text tokens ``[B, T]`` with ICA over ``memory`` as every block's side branch.
 
         The inheritance mask starts from ones ``[B, T, N_mem]`` and is carried block to block by the LLM.
+        Returns ``(logits, cache)``, plus the LLM's ``DecoderTrace`` with ``capture``.
         """
-        side = ica.InheritableCrossAttention(memory, self.config.ica)
-        return self.llm(tokens, valid=valid, side=side, side_state=side.initial_mask(tokens.shape[1]), **llm_kwargs)
+        side = ica.InheritableCrossAttention(memory, self.config.ica, capture)
+        state = side.initial_state(tokens.shape[1])
+        return self.llm(tokens, valid=valid, side=side, side_state=state, capture=capture, **llm_kwargs)
 
     def __call__(
         self,
@@ -153,15 +205,28 @@ class VisionLanguageModel(nnx.Module):
         *,
         mask_enabled: Array | bool = True,
         dropout_key: Array | None = None,
-    ) -> Array:
-        """Teacher-forced logits ``[B, T, vocab]`` for the text tokens ``[B, T]``."""
+        capture: bool = False,
+    ) -> Array | tuple[Array, Intermediates]:
+        """Teacher-forced logits ``[B, T, vocab]`` for the text tokens ``[B, T]``.
+
+        ``capture`` (static): return ``(logits, Intermediates)``; off, only the logits and nothing extra traced.
+        """
         if self.config.injection == "prefix":
             embeddings, full_valid = self._prefixed(images, has_image, tokens, valid, dropout_key)
-            logits, _ = self.llm(valid=full_valid, embeddings=embeddings)
-            return logits[:, self.config.num_prefix_tokens :]
+            p = self.config.num_prefix_tokens
+            if not capture:
+                logits, _ = self.llm(valid=full_valid, embeddings=embeddings)
+                return logits[:, p:]
+            logits, _, trace = self.llm(valid=full_valid, embeddings=embeddings, capture=True)
+            return logits[:, p:], Intermediates(image_attention=trace.attention[:, :, p:, :p])
         memory = share_memory(self.memory(images, has_image, mask_enabled, dropout_key), tokens.shape[0])
-        logits, _ = self._read_memory(memory, tokens, valid, dropout_key=dropout_key)
-        return logits
+        if not capture:
+            logits, _ = self._read_memory(memory, tokens, valid, dropout_key=dropout_key)
+            return logits
+        logits, _, trace = self._read_memory(memory, tokens, valid, capture=True, dropout_key=dropout_key)
+        alpha = jnp.stack([weights.alpha for weights in trace.side_states])
+        mask = jnp.stack([weights.mask for weights in trace.side_states])
+        return logits, Intermediates(alpha=alpha, mask=mask)
 
     def prefill(
         self, images: dict[str, Array], has_image: Array, tokens: Array, valid: Array, max_new_tokens: int

@@ -13,6 +13,10 @@ Each block can run an optional side branch in parallel with its FFN, carrying a 
 The decoder knows nothing of what the branch computes or what its state holds (the method layer,
 ``semrel_jax.method``, plugs in through it); without one the block is the plain Llama block. Decoding uses an
 explicit ``KVCache`` pytree that is passed in and returned, so generation loops stay pure functions.
+
+``capture=True`` (a static Python argument: with it False, the default, the traced computation is exactly the
+plain one) also returns a ``DecoderTrace``: the side branch's state after every block and every block's
+self-attention probabilities, averaged over heads, for inspection (e.g. heatmaps of what a token attends to).
 """
 
 from __future__ import annotations
@@ -165,12 +169,14 @@ class Attention(nnx.Module):
         positions: Array,
         mask: Array,
         kv: tuple[Array, Array, Array] | None = None,
-    ) -> tuple[Array, tuple[Array, Array]]:
+        capture: bool = False,
+    ) -> tuple[Array, tuple[Array, Array], Array | None]:
         """x: ``[B, T, d]``; positions ``[B, T]``; mask ``[B, 1, T, S]``.
 
         kv: optional ``(cached_keys, cached_values, write_index)`` with caches ``[B, S, K, hd]``;
         the new keys/values are written at ``write_index`` and attention runs over the cache.
-        Returns the output and the (possibly updated) keys/values ``[B, S, K, hd]``.
+        Returns the output, the (possibly updated) keys/values ``[B, S, K, hd]`` and, with ``capture``, the
+        attention probabilities averaged over heads ``[B, T, S]`` (else None).
         """
         c = self.config
         b, t, _ = x.shape
@@ -196,7 +202,20 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), (0, index, 0, 0))
             v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), (0, index, 0, 0))
         out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
-        return self.o_proj(out.reshape(b, t, c.n_heads * hd)), (k, v)
+        probabilities = attention_probabilities(q, k.astype(q.dtype), mask) if capture else None
+        return self.o_proj(out.reshape(b, t, c.n_heads * hd)), (k, v), probabilities
+
+
+def attention_probabilities(q: Array, k: Array, mask: Array) -> Array:
+    """Softmax attention weights averaged over heads ``[B, T, S]`` (what ``dot_product_attention`` applies).
+
+    q ``[B, T, H, hd]``, k ``[B, S, K, hd]`` (grouped-query: each of the K heads serves H / K query heads),
+    mask ``[B, 1, T, S]``. A query row with no visible key (padding) gets uniform weights, not NaN.
+    """
+    k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)
+    logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(q.shape[-1])
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1).mean(axis=1)
 
 
 class MLP(nnx.Module):
@@ -241,19 +260,35 @@ class DecoderLayer(nnx.Module):
         side: SideBranch | None = None,
         side_state: Any = None,
         dropout_key: Array | None = None,
-    ) -> tuple[Array, tuple[Array, Array], Any]:
-        """x ``[B, T, d]`` -> ``(out [B, T, d], keys/values, side_state after this block)``.
+        capture: bool = False,
+    ) -> tuple[Array, tuple[Array, Array], Any, Array | None]:
+        """x ``[B, T, d]`` -> ``(out [B, T, d], keys/values, side_state after this block, attention [B, T, S]
+        averaged over heads with ``capture``, else None)``.
 
         The block itself has no dropout: ``dropout_key`` is the side branch's.
         """
-        attn_out, new_kv = self.self_attn(self.input_layernorm(x), positions, mask, kv)
+        attn_out, new_kv, attention = self.self_attn(self.input_layernorm(x), positions, mask, kv, capture)
         h = x + attn_out
         u = self.post_attention_layernorm(h)
         out = h + self.mlp(u)
         if side is not None:
             delta, side_state = side(u, side_state, dropout_key)
             out = out + delta.astype(out.dtype)
-        return out, new_kv, side_state
+        return out, new_kv, side_state, attention
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecoderTrace:
+    """What ``Llama(..., capture=True)`` records of one forward pass.
+
+    side_states: the side branch's state after each block (a tuple of ``n_layers`` pytrees; Nones without one).
+    attention: ``[L, B, T, S]`` each block's self-attention probabilities averaged over heads (``S`` keys:
+    the ``T`` positions, or the cache's slots when decoding).
+    """
+
+    side_states: tuple
+    attention: Array
 
 
 class Llama(nnx.Module):
@@ -287,7 +322,8 @@ class Llama(nnx.Module):
         side_state: Any = None,
         dropout_key: Array | None = None,
         cache: KVCache | None = None,
-    ) -> tuple[Array, KVCache | None]:
+        capture: bool = False,
+    ) -> tuple[Array, KVCache | None] | tuple[Array, KVCache | None, DecoderTrace]:
         """Runs the decoder.
 
         Args:
@@ -297,9 +333,11 @@ class Llama(nnx.Module):
           side_state: the side branch's state entering block 0; each block's output state enters the next.
           dropout_key: block ``i`` hands ``fold_in(dropout_key, i)`` to the side branch (None: deterministic).
           cache: decode with (and update) this KV cache; prompts must be left-padded.
+          capture: static; also return a ``DecoderTrace`` of every block (off: the plain computation).
 
         Returns:
-          logits ``[B, T, vocab]`` in float32, and the updated cache (None without one).
+          logits ``[B, T, vocab]`` in float32, the updated cache (None without one) and, with ``capture``,
+          the ``DecoderTrace``.
         """
         c = self.config
         x = self.embed(tokens) if embeddings is None else embeddings.astype(jnp.dtype(c.dtype))
@@ -312,20 +350,22 @@ class Llama(nnx.Module):
             key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.index))
             query_slots = cache.index + jnp.broadcast_to(jnp.arange(t), (b, t))
             mask = layers.causal_mask(query_slots, key_valid, c.sliding_window)
-        new_keys, new_values = [], []
+        new_keys, new_values, side_states, attentions = [], [], [], []
 
         def run_layer(layer, x, positions, mask, kv, side, side_state, key):
-            return layer(x, positions, mask, kv, side, side_state, key)
+            return layer(x, positions, mask, kv, side, side_state, key, capture)
 
         # Remat wraps the whole block, side branch included; the side branch crosses it as a pytree argument.
         call = layers.remat(run_layer, c.remat)
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-            x, (k, v), side_state = call(layer, x, positions, mask, kv, side, side_state, key)
+            x, (k, v), side_state, attention = call(layer, x, positions, mask, kv, side, side_state, key)
             x = layers.constrain(x, ("batch", None, None))
             new_keys.append(k)
             new_values.append(v)
+            side_states.append(side_state)
+            attentions.append(attention)
         x = self.norm(x)
         if c.tie_embeddings:
             logits = self.embed_tokens.attend(x)
@@ -339,4 +379,7 @@ class Llama(nnx.Module):
                 lengths=cache.lengths + valid.sum(-1).astype(jnp.int32),
                 index=cache.index + t,
             )
-        return layers.constrain(logits.astype(jnp.float32), ("batch", None, "vocab")), cache
+        logits = layers.constrain(logits.astype(jnp.float32), ("batch", None, "vocab"))
+        if capture:
+            return logits, cache, DecoderTrace(tuple(side_states), jnp.stack(attentions))
+        return logits, cache

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 from clu import metrics as clu_metrics
+from PIL import Image
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
@@ -86,6 +87,25 @@ class MetricWriter:
         first_step, first_time = self._steady_from
         seconds_per_step = (time.monotonic() - first_time) / (step - first_step)
         return max(self._bar.total - step, 0) * seconds_per_step
+
+    def write_samples(self, step: int, gallery_dir: str) -> None:
+        """An evaluation's examples with their heatmaps (``evaluation.explain_plot.write_gallery``'s directory):
+        each figure as a TensorBoard image, question / truth / prediction as TensorBoard text and a JSONL row."""
+        if not self.enabled:
+            return
+        with open(os.path.join(gallery_dir, "samples.json")) as f:
+            samples = json.load(f)
+        row = {"step": step, "split": "eval_samples", "time": time.time(), "samples": samples}
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        for k, sample in enumerate(samples):
+            with Image.open(os.path.join(gallery_dir, sample["figure"])) as figure:
+                self._tb.add_image(f"eval_samples/{k}", np.asarray(figure.convert("RGB")), step, dataformats="HWC")
+        table = "| question | truth | prediction |\n|---|---|---|\n" + "\n".join(
+            f"| {s['question']} | {s['answer']} | {s['prediction']} |" for s in samples
+        )
+        self._tb.add_text("eval_samples", table, step)
+        self._tb.flush()
 
     def progress(self, step: int, postfix: dict) -> None:
         """Moves the console bar to ``step``, showing ``postfix`` (this interval's values) and the ETA."""

@@ -21,6 +21,7 @@ from semrel_jax.errors import UserError
 from semrel_jax.evaluation import loop as eval_loop
 from semrel_jax.models import partitioning
 from semrel_jax.training import checkpoint as checkpoint_lib
+from semrel_jax.training import curves
 from semrel_jax.training import flops as flops_lib
 from semrel_jax.training import mesh as mesh_lib
 from semrel_jax.training import metric_writers, partition, preemption
@@ -46,7 +47,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 def _run(c, workdir, mesh, is_main, t0, filled):
     replaced = checkpoint_lib.force_restart(c, workdir, is_main) if c.train.force_restart else None
     run = recipe.build(c, workdir, mesh)
-    data, tokenizer, featurizer, model = run.data, run.tokenizer, run.featurizer, run.model
+    data, featurizer, model = run.data, run.featurizer, run.model
     state, frozen = run.train.state, run.train.frozen
 
     config_json = c.to_json_best_effort(indent=2)
@@ -102,9 +103,13 @@ def _run(c, workdir, mesh, is_main, t0, filled):
     try:
         with preemption.PreemptionGuard() as guard:
             flops_per_example = flops_lib.count_for_run(c, model.config).training
+            def evaluate_during_training(step, state):
+                out_dir = os.path.join(workdir, "evals", f"step_{step}")
+                _evaluate_and_log(c, run, (state.params, frozen), out_dir, mesh, writer, step, c.train.eval_examples or None)
+
             state, last_step = _train_loop(
                 c, state, frozen, step_fn, batches, mesh_lib.batch_sharding(mesh), start_step, checkpointer, writer,
-                config_json, guard, flops_per_example,
+                config_json, guard, flops_per_example, evaluate_during_training,
             )
     finally:
         # Whatever stops the loop (an error, Ctrl-C, a NaN), committed and in-flight saves complete.
@@ -116,23 +121,40 @@ def _run(c, workdir, mesh, is_main, t0, filled):
     train_seconds = time.time() - t0
     writer.log(f"training finished in {train_seconds:.1f}s")
 
-    results = eval_loop.evaluate(c, model.graphdef, (state.params, frozen), featurizer, tokenizer, data, workdir, mesh)
+    results = _evaluate_and_log(c, run, (state.params, frozen), workdir, mesh, writer, c.train.num_steps)
     results["wall_seconds"] = time.time() - t0
     results["train_seconds"] = train_seconds
-    writer.write_scalars(c.train.num_steps, results, prefix="eval")
     writer.close()
     if is_main:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
+        curves.plot_training_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
         print(eval_loop.format_results(results))
+    return results
+
+
+def _evaluate_and_log(c, run, states, out_dir, mesh, writer, step, num_examples=None) -> dict:
+    """Evaluates into ``out_dir`` (predictions, and the heatmaps of ``train.eval_samples`` examples in
+    ``out_dir/explain``) and logs the metrics and those samples at ``step``."""
+    os.makedirs(out_dir, exist_ok=True)
+    results = eval_loop.evaluate(
+        c, run.model.graphdef, states, run.featurizer, run.tokenizer, run.data, out_dir, mesh,
+        num_examples=num_examples, explain=c.train.eval_samples,
+    )
+    writer.write_scalars(step, results, prefix="eval")
+    if c.train.eval_samples:
+        writer.write_samples(step, os.path.join(out_dir, "explain"))
     return results
 
 
 def _train_loop(
     c, state, frozen, step_fn, batches, batch_sharding, start_step, checkpointer, writer, config_json, guard,
-    flops_per_example=0.0,
+    flops_per_example=0.0, evaluate=None,
 ):
-    """Runs steps until ``num_steps`` or a preemption request; returns the state and the last finished step."""
+    """Runs steps until ``num_steps`` or a preemption request; returns the state and the last finished step.
+
+    ``evaluate(step, state)`` runs every ``train.eval_every`` steps before the last (which the caller evaluates).
+    """
     pending: list[dict] = []
     interval_start, interval_step = time.time(), start_step
     for step in range(start_step, c.train.num_steps):
@@ -164,6 +186,8 @@ def _train_loop(
         checkpointer.save(done, state, config_json, force=done == c.train.num_steps or stopping)
         if stopping:
             return state, done
+        if evaluate is not None and c.train.eval_every and done % c.train.eval_every == 0 and done < c.train.num_steps:
+            evaluate(done, state)
     return state, c.train.num_steps
 
 

@@ -1,0 +1,105 @@
+"""What the model looked at for each token it generated: ICA weights alpha and inherited masks M per block (or,
+for the prefix preset, attention over the image tokens), mapped back onto each encoder's patch grid.
+
+Generation runs as in evaluation (KV cache, greedy / sampling / beam search); the readouts come from one
+teacher-forced ``capture=True`` pass over ``prompt + generated`` with the inference semantics of decoding (mask
+on, no dropout), which equals cached decoding (``tests/test_models.py``). Generated token ``i`` was chosen from
+the output at the position before it (the last prompt token for ``i = 0``), so its row of alpha / M is that
+position's: what the model read while choosing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from semrel_jax.errors import UserError
+from semrel_jax.method.vlm import SlotGroup
+
+
+@dataclasses.dataclass
+class Explanation:
+    """One example's readouts for its ``n`` generated tokens (up to its first EOS, at least one).
+
+    readouts: name -> ``[L, n, N]`` per block and token: ``alpha`` and ``mask`` over the ``N_mem`` memory slots
+    (``ica``) or ``attention`` over the ``N_vis`` image tokens (``prefix``).
+    """
+
+    image: np.ndarray | None  # uint8 [H, W, 3] as the dataset gave it (None: a text-only example)
+    question: str
+    prediction: str
+    tokens: list[str]  # the generated tokens' texts
+    readouts: dict[str, np.ndarray]
+    layout: tuple[SlotGroup, ...]
+    answer: str | None = None
+    index: int | None = None
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_blocks(self) -> int:
+        return next(iter(self.readouts.values())).shape[0]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def captured_readouts(graphdef, states: tuple, inputs: dict, generated: jax.Array) -> dict[str, jax.Array]:
+    """Readouts ``[L, B, n, N]`` for the ``n`` generated tokens ``[B, n]`` of left-padded prompts ``[B, P]``."""
+    model = nnx.merge(graphdef, *states)
+    n = generated.shape[1]
+    tokens = jnp.concatenate([inputs["prompt"], generated[:, :-1]], axis=1)
+    valid = jnp.concatenate([inputs["prompt_valid"], jnp.ones(generated[:, :-1].shape, bool)], axis=1)
+    _, captured = model(inputs["images"], inputs["has_image"], tokens, valid, mask_enabled=True, capture=True)
+    if captured.alpha is not None:
+        return {"alpha": captured.alpha[:, :, -n:], "mask": captured.mask[:, :, -n:]}
+    return {"attention": captured.image_attention[:, :, -n:]}
+
+
+def explain_batch(graphdef, states, inputs: dict, generated: np.ndarray, tokenizer, layout, examples: list[dict]):
+    """An ``Explanation`` per row of ``examples`` (raw dataset examples: ``image``, ``question``, ``answer``).
+
+    ``inputs``: the featurized batch the ids ``generated [B, max_new_tokens]`` came from (rows beyond
+    ``len(examples)`` are ignored).
+    """
+    readouts = jax.device_get(captured_readouts(graphdef, states, inputs, jnp.asarray(generated)))
+    explanations = []
+    for row, example in enumerate(examples):
+        ids = np.asarray(generated[row]).tolist()
+        n = max(1, ids.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in ids else len(ids))
+        explanations.append(
+            Explanation(
+                image=example.get("image"),
+                question=example["question"],
+                prediction=tokenizer.decode(ids[:n], skip_special_tokens=True).strip(),
+                tokens=[tokenizer.decode([i]).strip() or repr(tokenizer.convert_ids_to_tokens(i)) for i in ids[:n]],
+                readouts={name: values[:, row, :n] for name, values in readouts.items()},
+                layout=tuple(layout),
+                answer=example.get("answer"),
+                index=example.get("index"),
+                token_ids=ids[:n],
+            )
+        )
+    return explanations
+
+
+def patch_grids(values: np.ndarray, layout: tuple[SlotGroup, ...]) -> dict[str, np.ndarray]:
+    """One row of slot values ``[N]`` -> each encoder's ``[grid, grid]`` map (row-major, as the patches were
+    flattened); class-token and padding slots are left out."""
+    values = np.asarray(values)
+    return {g.encoder: values[g.patch_slots.start : g.patch_slots.stop].reshape(g.grid, g.grid) for g in layout}
+
+
+def chosen_blocks(num_blocks: int, blocks: tuple[int, ...] = (), most: int = 6) -> tuple[int, ...]:
+    """The blocks to draw: ``blocks`` if given (negative counts from the end), else all up to ``most`` of them
+    spread evenly from the first to the last."""
+    if blocks:
+        wrong = [b for b in blocks if not -num_blocks <= b < num_blocks]
+        if wrong:
+            raise UserError(f"blocks {wrong} do not exist: the model has blocks 0..{num_blocks - 1} (or -1 for the last)")
+        return tuple(b % num_blocks for b in blocks)
+    if num_blocks <= most:
+        return tuple(range(num_blocks))
+    return tuple(int(round(x)) for x in np.linspace(0, num_blocks - 1, most))
