@@ -50,6 +50,7 @@ def evaluate(c, graphdef, states, featurizer, tokenizer, data, out_dir: str, mes
     if mesh is not None:
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         batch_size = -(-batch_size // shards) * shards
+    prefix_ids = featurizer.answer_prefix_ids()  # eval.answer_prefix, placed after every prompt by the featurizer
     for batch in pipeline.evaluation_batches(data.eval, featurizer.prompt, batch_size, n):
         inputs = {k: batch[k] for k in ("images", "has_image", "prompt", "prompt_valid")}
         if mesh is not None:
@@ -61,7 +62,10 @@ def evaluate(c, graphdef, states, featurizer, tokenizer, data, out_dir: str, mes
         else:
             key = jax.random.fold_in(jax.random.PRNGKey(c.seed), len(predictions)) if temperature > 0 else None
             ids = generate.generate(graphdef, states, inputs, c.eval.max_new_tokens, key, temperature, top_p)
-        texts = generate.decode_texts(tokenizer, _fetch(ids), tuple(c.eval.stop_strings))
+        ids = _fetch(ids)
+        if prefix_ids:  # the prediction is the whole answer: the forced prefix, then what was generated
+            ids = np.concatenate([np.tile(np.asarray(prefix_ids, ids.dtype), (len(ids), 1)), ids], axis=1)
+        texts = generate.decode_texts(tokenizer, ids, tuple(c.eval.stop_strings))
         for index, keep, text in zip(batch["index"], batch["example_valid"], texts):
             if keep:
                 predictions.append({"index": int(index), **registry.describe(data.eval, int(index)), "prediction": text})
