@@ -23,10 +23,10 @@ import hf_fixtures
 from semrel_jax.data import scienceqa
 
 # Sizes the dry run overrides (the model sizes come from the directories' config.json).
-OVERRIDES = {
-    "model.encoders.clip.taps": "(1,3)",  # a 3-block tower: the middle and the last block
-    "model.num_memory_slots": "16",  # the 4x4 patch grid of a 32 px image (the release pads 256 tokens to 320)
-    "data.max_text_len": "96",
+SIZES = {
+    "model.encoders.clip.taps": (1, 3),  # a 3-block tower: the middle and the last block
+    "model.num_memory_slots": 16,  # the 4x4 patch grid of a 32 px image (the release pads 256 tokens to 320)
+    "data.max_text_len": 128,
     "model.llm.dtype": "float32",  # XLA:CPU emulates bfloat16 matmuls slowly; accelerators keep the recipe's
     "train.frozen_dtype": "float32",
 }
@@ -56,6 +56,7 @@ def pretrain_llm(directory: str, pairs: list[tuple[str, str]], steps: int = 150,
     labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows])
     generator = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    torch.set_num_threads(1)  # a 64-wide model: threads only contend
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):
@@ -67,9 +68,9 @@ def pretrain_llm(directory: str, pairs: list[tuple[str, str]], steps: int = 150,
     model.save_pretrained(directory)
 
 
-def write_assets(root: str, num_train: int = 320, num_test: int = 96) -> dict:
-    """``root/ScienceQA`` (dataset_fixtures.write_scienceqa_colours), ``root/llama`` (tokenizer + pretrained
-    tiny LLaMA), ``root/clip`` (tiny random CLIP vision tower, 32 px); returns their paths."""
+def write_assets(root: str, num_train: int = 320, num_test: int = 96, pretrain_steps: int = 150) -> dict:
+    """``root/ScienceQA`` (dataset_fixtures.write_scienceqa_colours), ``root/llama`` (tokenizer + tiny LLaMA,
+    pretrained for ``pretrain_steps``), ``root/clip`` (tiny random CLIP vision tower, 32 px); returns their paths."""
     data = dataset_fixtures.write_scienceqa_colours(os.path.join(root, "ScienceQA"), num_train, num_test)
     llm = os.path.join(root, "llama")
     pairs = _lm_texts(data["root"], "train")
@@ -77,24 +78,32 @@ def write_assets(root: str, num_train: int = 320, num_test: int = 96) -> dict:
     hf_fixtures.save_bpe_tokenizer(llm, words, vocab_size=200)
     vocab = len(transformers.AutoTokenizer.from_pretrained(llm))
     hf_fixtures.save_llm(llm, "llama2", vocab_size=vocab)
-    pretrain_llm(llm, pairs)
+    if pretrain_steps:
+        pretrain_llm(llm, pairs, pretrain_steps)
     clip = hf_fixtures.save_vision(os.path.join(root, "clip"), "clip")
     return {"root": data["root"], "llm": llm, "clip": clip}
 
 
-def overrides(assets: dict) -> dict[str, str]:
-    """Every ``--config.<key>`` the dry run sets: the paths, then the sizes."""
+def overrides(assets: dict) -> dict:
+    """Every config key the dry run sets (``ConfigDict.update_from_flattened_dict``): the paths, then the sizes."""
     paths = {
         "data.root": assets["root"],
         "data.tokenizer": assets["llm"],
         "model.llm.hf_dir": assets["llm"],
         "model.encoders.clip.hf_dir": assets["clip"],
     }
-    return paths | OVERRIDES
+    return paths | SIZES
+
+
+def command_line(assets: dict, workdir: str) -> str:
+    """The ``python -m semrel_jax.main`` command of the dry run."""
+    def flag(value):
+        return "'(" + ",".join(map(str, value)) + ")'" if isinstance(value, tuple) else value
+
+    flags = " ".join(f"--config.{k}={flag(v)}" for k, v in overrides(assets).items())
+    return f"python -m semrel_jax.main --config=configs/scienceqa.py:lsrm_7b --workdir={workdir} {flags}"
 
 
 if __name__ == "__main__":
     target = sys.argv[1]
-    written = write_assets(target)
-    flags = " ".join(f"--config.{k}={v}" for k, v in overrides(written).items())
-    print(f"python -m semrel_jax.main --config=configs/scienceqa.py:lsrm_7b --workdir={target}/run {flags}")
+    print(command_line(write_assets(target), os.path.join(target, "run")))
