@@ -74,8 +74,10 @@ def write_assets(root: str, num_train: int = 320, num_test: int = 96, pretrain_s
     data = dataset_fixtures.write_scienceqa_colours(os.path.join(root, "ScienceQA"), num_train, num_test)
     llm = os.path.join(root, "llama")
     pairs = _lm_texts(data["root"], "train")
-    words = [w for prompt, answer in pairs for w in (prompt + " " + answer).split()]
-    hf_fixtures.save_bpe_tokenizer(llm, words, vocab_size=200)
+    words = [w for prompt, answer in pairs for w in (prompt + " " + answer).split()] + "A picture of a square.".split()
+    # 400 entries: enough merges that " A", " B", " C" are single tokens, as in LLaMA's vocabulary; the
+    # release's protocol decodes exactly one token after "The answer is"
+    hf_fixtures.save_bpe_tokenizer(llm, words, vocab_size=400)
     vocab = len(transformers.AutoTokenizer.from_pretrained(llm))
     hf_fixtures.save_llm(llm, "llama2", vocab_size=vocab)
     if pretrain_steps:

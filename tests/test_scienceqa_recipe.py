@@ -21,12 +21,17 @@ RELEASE_TRAIN_PROBLEMS = 12_726  # ScienceQA's train split
 
 @pytest.mark.parametrize("preset", scienceqa.PRESETS)
 def test_every_recipe_preset_validates_with_paths_only(preset):
+    from semrel_jax.config import defaults
+
+    schema = defaults.schema_keys(config_lib.base_config())
     c = scienceqa.get_config(preset)
     c.data.root = "/data/ScienceQA"
     config_lib.validate(c)
-    c = coco.get_config(preset)
-    c.data.update(train_file="/data/coco/dataset_coco.json", image_root="/data/coco")
-    config_lib.validate(c)
+    c2 = coco.get_config(preset)
+    c2.data.update(train_file="/data/coco/dataset_coco.json", image_root="/data/coco")
+    config_lib.validate(c2)
+    for config in (c, c2):  # no key the schema lacks
+        assert {k for k in defaults.schema_keys(config) if not k.startswith("model.encoders.")} <= schema
 
 
 def test_release_schedule_in_steps():
