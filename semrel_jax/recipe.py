@@ -10,6 +10,7 @@ through here; nothing else wires these parts together.
     model = recipe.build_model(c, len(tokenizer), mesh)  # created already sharded
     train = recipe.build_train_state(c, model, mesh)      # optimizer state initialised into its shardings
     step = recipe.build_step(c, model, train, mesh, mask_start)
+    # recipe.build(c, workdir) does all of it (and derive_schedule: train.epochs -> steps) in one call
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def build_featurizer(c: ml_collections.ConfigDict, tokenizer) -> pipeline.VQAFea
         name: ImagePreprocessor(e.image_size, e.normalization, e.resample, e.crop, e.resize)
         for name, e in c.model.encoders.items()
     }
-    return pipeline.VQAFeaturizer(tokenizer, preprocessors, c.data.max_text_len, c.data.prompt_format)
+    return pipeline.VQAFeaturizer(tokenizer, preprocessors, c.data.max_text_len, c.data.prompt_format, c.eval.answer_prefix)
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -161,7 +162,8 @@ class TrainSetup:
 
 
 def build_optimizer(c: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    schedule = optimizer_lib.learning_rate_schedule(c.train.learning_rate, c.train.warmup_steps, c.train.num_steps)
+    peak = optimizer_lib.peak_learning_rate(c.train)
+    schedule = optimizer_lib.learning_rate_schedule(peak, c.train.warmup_steps, c.train.num_steps)
     return optimizer_lib.make_optimizer(c.train), schedule
 
 
@@ -221,10 +223,20 @@ def build_step(
     )
 
 
+def steps_per_epoch(c: ml_collections.ConfigDict, data: Data) -> int:
+    """Full batches per epoch of ``data.train``: ``len(train) // (batch · its share of the batch)``, as the release
+    counts them (its loader drops the last partial batch). ``train.epochs`` and ``model.ica.start=epoch:N`` use it."""
+    return optimizer_lib.steps_per_epoch(len(data.train), c.train.batch_size, data.steps_per_epoch_divisor)
+
+
+def derive_schedule(c: ml_collections.ConfigDict, data: Data) -> list[str]:
+    """``train.epochs`` / ``warmup_epochs`` / ``base_learning_rate`` -> steps and a rate, in place; what was derived."""
+    return optimizer_lib.derive_schedule(c.train, steps_per_epoch(c, data))
+
+
 def mask_start_step(c: ml_collections.ConfigDict, data: Data) -> int:
-    """``model.ica.start`` in steps: an epoch of ``data.name`` is ``len(train) / (batch · its share of the batch)``."""
-    steps_per_epoch = len(data.train) / (c.train.batch_size * data.steps_per_epoch_divisor)
-    return config_lib.parse_start(c.model.ica.start, steps_per_epoch)
+    """``model.ica.start`` in steps (``epoch:N`` is the first step of epoch N, ``steps_per_epoch``)."""
+    return config_lib.parse_start(c.model.ica.start, steps_per_epoch(c, data))
 
 
 def abstract_batch(c: ml_collections.ConfigDict, mesh) -> dict:
@@ -261,6 +273,7 @@ class Run:
     featurizer: pipeline.VQAFeaturizer
     model: ModelState
     train: TrainSetup
+    derived: list[str] = dataclasses.field(default_factory=list)  # what derive_schedule filled (logged by the run)
 
     def step_fn(self, mask_start: int | None = None, *, donate: bool = True):
         """The jitted train step; ``mask_start`` defaults to the config's ``model.ica.start``."""
@@ -274,7 +287,9 @@ def build(c: ml_collections.ConfigDict, workdir: str, mesh=None, *, optimizer=No
     prepare_config(c)
     mesh = mesh if mesh is not None else create_mesh(c)
     data = build_data(c)
+    derived = derive_schedule(c, data)  # before the optimizer: its schedule reads the derived steps
     tokenizer = build_tokenizer(c, workdir, data)
     featurizer = build_featurizer(c, tokenizer)
     model = build_model(c, len(tokenizer), mesh)
-    return Run(c, mesh, data, tokenizer, featurizer, model, build_train_state(c, model, mesh, optimizer=optimizer))
+    train = build_train_state(c, model, mesh, optimizer=optimizer)
+    return Run(c, mesh, data, tokenizer, featurizer, model, train, derived)

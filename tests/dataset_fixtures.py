@@ -256,3 +256,51 @@ def write_all(root) -> dict:
         "coco_captions": write_coco_karpathy(os.path.join(root, "coco")),
         "llava_json": write_llava(os.path.join(root, "llava")),
     }
+
+
+# ---------------------------------------------------------------- ScienceQA-shaped data that needs the image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 50, 220)}
+
+
+def write_scienceqa_colours(root: str, num_train: int = 320, num_test: int = 96, seed: int = 0, size: int = 32) -> dict:
+    """A ScienceQA release (problems.json, pid_splits.json, captions.json, images/<split>/<pid>/image.png)
+    whose answers depend on the image, for dry runs of the ScienceQA recipe on tiny models.
+
+    Three problems in four show a noisy square of one colour and ask "Which color is the square?" with the
+    options always ``(A) red (B) green (C) blue``: only the image tells the answer (chance 1/3). The rest are
+    text-only (``image`` null; with or without a hint) with a fixed answer, so every breakdown category has
+    problems. Captions (evaluation context, as the release uses them) say nothing about the colour.
+    Subjects and grades cycle so NAT / SOC / LAN and G1-6 / G7-12 are all present. ``num_val = num_test``.
+    """
+    rng = np.random.default_rng(seed)
+    names = list(COLOURS)
+    subjects = ("natural science", "social science", "language science")
+    problems, splits, captions = {}, {"train": [], "val": [], "test": []}, {}
+    counts = {"train": num_train, "val": num_test, "test": num_test}
+    pid = 0
+    for split, count in counts.items():
+        for i in range(count):
+            pid += 1
+            key = str(pid)
+            with_image = i % 4 != 3
+            common = dict(task="closed choice", grade=f"grade{1 + i % 12}", subject=subjects[i % 3], topic="colours",
+                          category="Colours", skill="Identify colours", lecture="Colours have names.", split=split)
+            if with_image:
+                colour = int(rng.integers(len(names)))
+                problems[key] = dict(common, question="Which color is the square?", choices=names, answer=colour,
+                                     hint="", image="image.png", solution=f"The square is {names[colour]}.")
+                pixels = np.clip(np.asarray(COLOURS[names[colour]]) + rng.integers(-25, 26, (size, size, 3)), 0, 255)
+                path = os.path.join(root, "images", split, key, "image.png")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                Image.fromarray(pixels.astype(np.uint8)).save(path)
+                captions[key] = "A picture of a square."
+            else:
+                problems[key] = dict(common, question="Is this question about words?", choices=["yes", "no"], answer=0,
+                                     hint="It is about words." if i % 8 == 3 else "", image=None, solution="It is.")
+            splits[split].append(key)
+    _dump(os.path.join(root, "problems.json"), problems)
+    _dump(os.path.join(root, "pid_splits.json"), splits)
+    _dump(os.path.join(root, "captions.json"), {"captions": captions})
+    words = sorted({w for p in problems.values() for w in (p["question"] + " " + " ".join(p["choices"])).split()})
+    return {"root": root, "counts": counts, "words": words}

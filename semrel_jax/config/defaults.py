@@ -124,6 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
         num_steps=4_000,
         learning_rate=2e-3,
         warmup_steps=100,
+        # The release's units (training/optimizer.py derive_schedule; the run logs what it derived):
+        epochs=0.0,  # > 0: num_steps = epochs x full batches of the training split per epoch (overrides num_steps)
+        warmup_epochs=0.0,  # with epochs > 0: warmup_steps = warmup_epochs x steps per epoch (overrides warmup_steps)
+        base_learning_rate=0.0,  # > 0: learning_rate = base_learning_rate x batch_size / 256 (overrides learning_rate)
         weight_decay=0.02,
         b1=0.9,
         b2=0.95,
@@ -159,6 +163,9 @@ def base_config() -> ml_collections.ConfigDict:
         num_beams=1,  # > 1: beam search (needs temperature=0)
         length_penalty=1.0,  # beam score = sum logprob / length**length_penalty (0: raw sum; > 0 favours longer)
         stop_strings=(),  # generated text is cut at the first of these (and at EOS)
+        # text put after every evaluation prompt, as the start of the answer (ScienceQA's release: "The answer
+        # is" + 1 greedy token); the prediction scored is this prefix followed by the generated text
+        answer_prefix="",
     )
     return c
 

@@ -137,7 +137,13 @@ def _validate_train(c) -> None:
     check(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
     for key in ("b1", "b2"):
         check(0.0 <= t[key] < 1.0, f"train.{key}", f"expected 0 <= {key} < 1, got {t[key]}")
-    check(t.warmup_steps < t.num_steps, "train.warmup_steps", "must be smaller than train.num_steps")
+    for key in ("epochs", "warmup_epochs", "base_learning_rate"):
+        check(_number(t[key]) and t[key] >= 0, f"train.{key}", f"expected a number >= 0, got {t[key]!r}")
+    if t.epochs > 0:  # num_steps / warmup_steps are derived from these once the data is built
+        check(t.warmup_epochs < t.epochs, "train.warmup_epochs", f"must be smaller than train.epochs={t.epochs}")
+    else:
+        check(t.warmup_epochs == 0, "train.warmup_epochs", "counts in epochs: set train.epochs too (or use train.warmup_steps)")
+        check(t.warmup_steps < t.num_steps, "train.warmup_steps", "must be smaller than train.num_steps")
     one_of(c, "train.nonfinite", ("stop", "skip"))
     one_of(c, "train.frozen_dtype", DTYPES)
     for key in ("trainable", "frozen"):
@@ -146,6 +152,10 @@ def _validate_train(c) -> None:
                 re.compile(pattern)
             except re.error as e:
                 raise ConfigError(f"config.train.{key}: bad regex {pattern!r}: {e}") from None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _validate_mesh(c) -> None:
@@ -181,6 +191,7 @@ def validate_eval(c: ml_collections.ConfigDict) -> None:
     positive_int(c, "eval.batch_size")
     positive_int(c, "eval.num_examples", allow_zero=True)
     positive_int(c, "eval.max_new_tokens")
+    check(isinstance(c.eval.answer_prefix, str), "eval.answer_prefix", f"expected a string, got {c.eval.answer_prefix!r}")
     check(float(c.eval.temperature) >= 0.0, "eval.temperature", f"must be >= 0, got {c.eval.temperature}")
     check(0.0 < float(c.eval.top_p) <= 1.0, "eval.top_p", f"expected 0 < top_p <= 1, got {c.eval.top_p}")
     num_beams = c.eval.num_beams

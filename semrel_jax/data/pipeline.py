@@ -26,13 +26,16 @@ class VQAFeaturizer:
     Training features (right-padded to ``max_len``): ``tokens``, ``targets`` (next token),
     ``loss_mask`` (1 on targets that belong to the answer or its EOS), ``valid``.
     Generation features: ``prompt`` / ``prompt_valid`` LEFT-padded to ``max_len`` so every row's
-    next token is at the same slot. Images: ``images[encoder]`` float32, per-encoder preprocessed.
+    next token is at the same slot; a non-empty ``answer_prefix`` follows the prompt, tokenized as the
+    start of a training answer (``answer_prefix_ids``). Images: ``images[encoder]`` float32, per-encoder
+    preprocessed.
     """
 
     tokenizer: Any
     preprocessors: Mapping[str, ImagePreprocessor]
     max_len: int
     prompt_format: str = "qa"
+    answer_prefix: str = ""
 
     def _images(self, example) -> dict[str, Any]:
         if example.get("image") is None:  # text-only example: a blank image the model masks out (has_image=0)
@@ -116,8 +119,14 @@ class VQAFeaturizer:
         valid = np.arange(self.max_len) < n
         return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask, "valid": valid}
 
+    def answer_prefix_ids(self) -> list[int]:
+        """``answer_prefix`` as the first tokens of an answer (the same text the training answers start with)."""
+        if not self.answer_prefix:
+            return []
+        return list(self._encode(prompts.answer_text(self.answer_prefix, self.prompt_format), {"index": "answer_prefix"}))
+
     def prompt(self, example) -> dict[str, Any]:
-        ids = self._prompt_ids(example)
+        ids = self._prompt_ids(example) + self.answer_prefix_ids()
         self._check_length(len(ids), example)
         pad = self.max_len - len(ids)
         return {

@@ -6,7 +6,8 @@ Files (the release as downloaded, under ``root``)::
                               subject, topic, category, skill, lecture, solution, split}}
     pid_splits.json    {"train": [pid, ...], "val": [...], "test": [...], "minival": [...], ...}
     images/<split>/<pid>/image.png       (<split> is the problem's own "split" field: train | val | test)
-    captions.json      optional, {"captions": {pid: caption}} (pass ``captions_path``)
+    captions.json      optional, {"captions": {pid: caption}} (pass ``captions_path``; in a config
+                       ``data.captions``, and ``data.captions_for`` = both | eval | train)
 
 Any key of ``pid_splits.json`` is a split (``minival``, ``trainval``, ... too). Problems whose ``image`` is
 null are text-only examples: ``'image'`` None, ``'has_image'`` 0 (about half of ScienceQA).
@@ -223,24 +224,37 @@ class ScienceQA(RecordSource):
 # ---------------------------------------------------------------------------------------------- the dataset
 
 
+CAPTIONS_FOR: tuple[str, ...] = ("both", "eval", "train")
+
+
 def _validate(c: ml_collections.ConfigDict) -> None:
     records.validate(c, "scienceqa", ("root",))
     errors.one_of(c, "data.scienceqa_format", PROMPT_FORMATS)
+    errors.one_of(c, "data.captions_for", CAPTIONS_FOR)
+
+
+def captions_paths(d: ml_collections.ConfigDict) -> tuple[str | None, str | None]:
+    """The captions file of the (train, eval) sources: ``data.captions`` (relative to ``data.root``), each
+    side only when ``data.captions_for`` names it (the release: evaluation only)."""
+    path = os.path.join(d.root, d.captions) if d.captions else None
+    return (path if d.captions_for in ("both", "train") else None, path if d.captions_for in ("both", "eval") else None)
 
 
 def _build(c: ml_collections.ConfigDict) -> tuple[ScienceQA, ScienceQA]:
     d = c.data
     train_policy, eval_policy = records.policies(d.on_bad_data)
     train, evaluation = DATASET.split_names(d)
-    fmt, captions = d.scienceqa_format, d.captions or None
-    return ScienceQA(d.root, train, fmt, captions, **train_policy), ScienceQA(d.root, evaluation, fmt, captions, **eval_policy)
+    fmt, (train_captions, eval_captions) = d.scienceqa_format, captions_paths(d)
+    return (ScienceQA(d.root, train, fmt, train_captions, **train_policy),
+            ScienceQA(d.root, evaluation, fmt, eval_captions, **eval_policy))
 
 
 def _record_settings(c: ml_collections.ConfigDict) -> dict:
     d = c.data
     train, evaluation = DATASET.split_names(d)
     return dict(on_bad_data=d.on_bad_data, train_split=train, eval_split=evaluation,
-                scienceqa_format=d.scienceqa_format, captions=bool(d.captions))  # whether a captions file was used
+                scienceqa_format=d.scienceqa_format, captions=bool(d.captions),  # whether a captions file was used
+                captions_for=d.captions_for)
 
 
 def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
@@ -252,7 +266,9 @@ def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
 
 DATASET = Dataset(
     name="scienceqa",
-    defaults=dict(scienceqa_format="QCM-A", captions=""),
+    # captions: a captions.json ({"captions": {pid: text}}; a relative path is under data.root) whose caption
+    # joins each problem's context; captions_for: the sources that use it ('eval' is the release's protocol)
+    defaults=dict(scienceqa_format="QCM-A", captions="", captions_for="both"),
     build=_build,
     record_settings=_record_settings,
     score=_score,

@@ -74,13 +74,17 @@ def evaluate(
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         batch_size = -(-batch_size // shards) * shards
     is_main = jax.process_index() == 0
+    prefix_ids = featurizer.answer_prefix_ids()  # eval.answer_prefix, placed after every prompt by the featurizer
     batches = pipeline.evaluation_batches(data.eval, featurizer.prompt, batch_size, n)
     for batch in tqdm(batches, total=-(-n // batch_size), desc="evaluation", unit="batch", disable=not is_main, leave=False):
         inputs = {k: batch[k] for k in ("images", "has_image", "prompt", "prompt_valid")}
         if mesh is not None:
             inputs = _global_batch(inputs, mesh)
         ids = _fetch(generate_ids(c, graphdef, states, inputs, tokenizer.eos_token_id, len(predictions)))
-        texts = generate.decode_texts(tokenizer, ids, tuple(c.eval.stop_strings))
+        answer_ids = ids
+        if prefix_ids:  # the prediction is the whole answer: the forced prefix, then what was generated
+            answer_ids = np.concatenate([np.tile(np.asarray(prefix_ids, ids.dtype), (len(ids), 1)), ids], axis=1)
+        texts = generate.decode_texts(tokenizer, answer_ids, tuple(c.eval.stop_strings))
         if len(explained) < explain:
             rows = batch["index"][batch["example_valid"]][: explain - len(explained)]  # not the padding rows
             examples = [data.eval[int(i)] for i in rows]

@@ -1,5 +1,9 @@
 """AdamW with linear warm-up then cosine decay to zero; no weight decay on biases, norms or 1-D params.
 
+The schedule can be written in the release's units (``train.epochs``, ``train.warmup_epochs``,
+``train.base_learning_rate``); ``derive_schedule`` turns them into steps and an absolute rate once the
+training split's size is known, and says what it derived.
+
 Gradients are clipped to a global norm of ``train.grad_clip`` first; ``grad_clip=0`` means no clipping
 (the release's ``clip_grad=None``), not a clip to norm 0.
 """
@@ -9,11 +13,56 @@ from __future__ import annotations
 import jax
 import optax
 
+from semrel_jax.errors import ConfigError
+
+# The release (MAE / LaVIN lineage) scales its base rate by the global batch over this reference batch.
+REFERENCE_BATCH = 256
+
 
 def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+    """0 -> ``peak`` linearly over ``warmup_steps``, then a half cosine to 0 at ``total_steps``.
+
+    Per step, exactly the release's per-iteration ``util/lr_sched.py`` (epoch = step / steps_per_epoch).
+    """
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak, warmup_steps=warmup_steps, decay_steps=total_steps, end_value=0.0
     )
+
+
+def peak_learning_rate(train_config) -> float:
+    """``base_learning_rate · batch_size / 256`` when a base rate is set (the release's ``blr``), else ``learning_rate``."""
+    t = train_config
+    return t.base_learning_rate * t.batch_size / REFERENCE_BATCH if t.base_learning_rate > 0 else t.learning_rate
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, share: float = 1.0) -> int:
+    """Full batches per pass over ``num_examples`` (the release's DataLoader drops the last partial batch).
+
+    ``share``: the fraction of each batch drawn from this split (the rest is a mixed-in source).
+    """
+    return int(num_examples // (batch_size * share))
+
+
+def derive_schedule(train_config, epoch_steps: int) -> list[str]:
+    """Fills ``num_steps`` / ``warmup_steps`` from ``epochs`` / ``warmup_epochs`` and ``learning_rate`` from
+    ``base_learning_rate``, in place; returns one line per derived key (empty when nothing is derived).
+
+    Idempotent: a saved, already derived config derives the same values again.
+    """
+    t, lines = train_config, []
+    if t.base_learning_rate > 0:
+        t.learning_rate = peak_learning_rate(t)
+        lines.append(f"config.train.learning_rate={t.learning_rate:.6g} = base_learning_rate {t.base_learning_rate:g} "
+                     f"x batch_size {t.batch_size} / {REFERENCE_BATCH}")
+    if t.epochs > 0:
+        if epoch_steps < 1:
+            raise ConfigError(f"config.train.epochs: an epoch of the training split is less than one batch of "
+                              f"{t.batch_size}; lower train.batch_size or set train.num_steps instead")
+        t.num_steps = max(1, round(t.epochs * epoch_steps))
+        t.warmup_steps = round(t.warmup_epochs * epoch_steps)
+        lines.append(f"config.train.num_steps={t.num_steps}, warmup_steps={t.warmup_steps} from train.epochs="
+                     f"{t.epochs:g}, warmup_epochs={t.warmup_epochs:g} at {epoch_steps} steps per epoch")
+    return lines
 
 
 def decay_mask(params):
@@ -23,7 +72,7 @@ def decay_mask(params):
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
     t = train_config
-    schedule = learning_rate_schedule(t.learning_rate, t.warmup_steps, t.num_steps)
+    schedule = learning_rate_schedule(peak_learning_rate(t), t.warmup_steps, t.num_steps)
     adamw = optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask)
     if t.grad_clip == 0:
         return adamw

@@ -81,7 +81,7 @@ def _run(c, workdir, mesh, is_main, t0, filled):
         f"({partition.count_params(params):,} trainable), mesh {dict(mesh.shape)}, "
         f"{len(data.train):,} train examples, start step {start_step}"
     )
-    for line in filled:
+    for line in filled + run.derived:
         writer.log(f"config: {line}")
     device_bytes = sharding_lib.per_device_bytes((state, frozen))
     writer.log(

@@ -110,7 +110,8 @@ def train_step(
         # data stream moves past the offending batch.
         keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
         params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-    metrics.update(grad_norm=grad_norm, learning_rate=schedule(state.step), nonfinite=1 - finite.astype(jnp.int32))
+    metrics.update(grad_norm=grad_norm, learning_rate=schedule(state.step), nonfinite=1 - finite.astype(jnp.int32),
+                   ica_mask=mask_enabled.astype(jnp.float32))  # 1 from model.ica.start on: the logs show the switch
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
     return new_state, metrics
 
