@@ -14,6 +14,7 @@ Presets (the model part is ``semrel_jax.presets``):
   memvp_7b                      MemVP, the baseline LSRM is a fork of; its release uses this same recipe
   llava_7b                      the LLaVA-style prefix baseline, trained with this PEFT recipe (projector only)
                                 for a like-for-like comparison; not LLaVA's own full fine-tune
+  <preset>+siglip+dinov2        any of these with encoders added or removed (semrel_jax.presets.change_encoders)
   lsrm_<llm>                    lsrm_7b's recipe on each of the paper's 8 LLMs: llama_7b, llama_13b, llama2_7b,
                                 llama2_13b, llama3.2_1b, llama3.2_3b, llama3_8b, vicuna_7b (N_mem 320; the release
                                 only has scripts for LLaMA-7B/13B, so the other six are the 7B recipe unchanged)
@@ -33,7 +34,7 @@ PRESETS = model_presets.RELEASE_PRESETS + model_presets.LSRM_ON_LLM_PRESETS
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset = arg or "lsrm_7b"
-    if preset not in PRESETS:
+    if model_presets.split_encoder_changes(preset)[0] not in PRESETS:  # lsrm_7b+siglip: encoders added/removed
         raise ValueError(f"Unknown preset {preset!r} for configs/scienceqa.py; choose one of {PRESETS}.")
     c = config_defaults.base_config()  # every key and its default: semrel_jax/config/defaults.py
     # Model: CLIP-L/14 taps, SRProj, N_mem, ICA (delta 0.3, lambda 0.85, scale 0.1, dropout 0.1), the PEFT
@@ -64,8 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         captions_for="eval",
         on_bad_data="error",
     )
-    # Release preprocessing (util/datasets.py, eval.py): squash to 224x224 bicubic, ImageNet mean/std; no crop.
-    c.model.encoders.clip.update(normalization="imagenet", resample="bicubic", crop=False, resize=0)
+    # Release preprocessing (util/datasets.py, eval.py: squash to 224x224 bicubic, ImageNet mean/std, no crop)
+    # comes with the CLIP-L/14 encoder of the model preset (semrel_jax/presets.py).
 
     c.train.update(
         batch_size=32,  # --batch_size 4 per GPU x 8 GPUs x --accum_iter 1
