@@ -30,6 +30,8 @@ def load(path: str) -> PreTrainedTokenizerBase:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"Tokenizer directory {path!r} does not exist.")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.eos_token_id is None and tokenizer.sep_token_id is not None:
+        tokenizer.eos_token = tokenizer.sep_token  # WordPiece (BERT): [SEP] is what ends a sequence
     if tokenizer.eos_token_id is None:
         raise ValueError(f"Tokenizer at {path!r} has no eos_token; answers must end with one.")
     if tokenizer.pad_token_id is None:
