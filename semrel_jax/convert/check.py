@@ -100,7 +100,10 @@ def check_bert(hf_dir: str, *, dtype: str = "float32", batch: int = 2, seq_len: 
         )
     got = ours(jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(token_types))
     # padding positions carry no meaning (and HF computes them differently): compare the valid tokens
-    diffs = [float(np.max(np.abs(np.asarray(g, np.float32) - e.numpy())[valid])) for g, e in zip(got, out.hidden_states, strict=True)]
+    diffs = [
+        float(np.max(np.abs(np.asarray(g, np.float32) - e.numpy())[valid]))
+        for g, e in zip(got, out.hidden_states, strict=True)
+    ]
     pooled = np.asarray(ours.pool(got[-1]), np.float32)
     return {
         "max_abs_diff": max(diffs),

@@ -24,7 +24,9 @@ from semrel_jax.data.sort_of_clevr_captions import describe
 
 ANSWERS: tuple[str, ...] = tuple(sorted({a for answers in sort_of_clevr.answer_space().values() for a in answers}))
 NUM_VISUAL_CLASSES = 1 + len(sort_of_clevr.COLORS) * len(sort_of_clevr.SHAPES)
-BERT_SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+BERT_SPECIAL_TOKENS = {
+    "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"
+}
 
 
 def word_tokenizer() -> PreTrainedTokenizerFast:

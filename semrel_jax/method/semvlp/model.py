@@ -116,6 +116,19 @@ class SemVLP(nnx.Module):
         self.cross_attention = nnx.List([BertAttention(t, rngs=rngs) for _ in range(config.cross_layers)])
         self.heads = Heads(config, self.bert.embeddings.word_embeddings, rngs=rngs)
 
+    def load_text_encoder(self, bert: Bert) -> None:
+        """Starts the shared encoder from a pretrained BERT (e.g. ``convert.hf.load_bert(hf_dir)``), in place.
+
+        The MLM head's decoder is tied to the word embeddings, so it starts pretrained too; the visual
+        projections, cross-attention and the other heads keep their initialisation.
+        """
+        if bert.config.vocab_size != self.config.text.vocab_size or bert.config.dim != self.config.text.dim:
+            raise ValueError(
+                f"pretrained BERT (vocab {bert.config.vocab_size}, dim {bert.config.dim}) does not fit this model's "
+                f"text config (vocab {self.config.text.vocab_size}, dim {self.config.text.dim}): build the config from it."
+            )
+        nnx.update(self.bert, nnx.state(bert, nnx.Param))
+
     # ------------------------------------------------------------------------------------ visual side
 
     def visual_inputs(self, inputs: dict, visual_mask: Array) -> tuple[Array, Array]:
