@@ -109,6 +109,11 @@ class SceneBatches:
             "answer": answer, "visual_labels": patch_labels(scene, self.patch_size),
         }
 
+    def pair(self, seed: int, image_index: int, text_index: int) -> dict:
+        """A caption row pairing image ``image_index`` with the description of scene ``text_index`` (retrieval)."""
+        row = self.row(seed, image_index, kind="caption", matched=True)
+        return dict(row, text=describe(self.scene(seed, text_index)), matched=int(image_index == text_index))
+
     def collate(self, rows: list[dict]) -> dict[str, np.ndarray]:
         """Rows -> ``tokens, text_valid [B, T]``, ``images [B, H, W, 3]``, ``visual_valid, visual_labels [B, N]``,
         ``matched, is_question, answer [B]``."""
