@@ -200,3 +200,50 @@ def test_starts_from_the_real_minilm_with_its_wordpiece_tokenizer():
     np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(expected)[valid], atol=1e-5)
     tied = model.heads.word_embeddings.embedding[...]
     np.testing.assert_array_equal(np.asarray(tied), np.asarray(bert.embeddings.word_embeddings.embedding[...]))
+
+
+def test_recall_at_k_counts_ranks_both_ways():
+    from semrel_jax.evaluation import retrieval
+
+    scores = np.array([[0.9, 0.1, 0.0], [0.8, 0.5, 0.1], [0.0, 0.2, 0.1]])
+    r = retrieval.recall_at_k(scores, ks=(1, 2))
+    # image->text ranks of the matches: 1st, 2nd, 2nd; text->image: 1st, 1st, 2nd (a tie counts against)
+    assert r["image_to_text_r@1"] == pytest.approx(1 / 3) and r["image_to_text_r@2"] == pytest.approx(1.0)
+    assert r["text_to_image_r@1"] == pytest.approx(2 / 3) and r["text_to_image_r@2"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [("schedule", "s,q", "model.semvlp.schedule"), ("cross_layers", 9, "model.semvlp.cross_layers"),
+     ("weights", {"mlm": 1.0, "captioning": 1.0}, "model.semvlp.weights"), ("eval_mode", "both", "model.semvlp.eval_mode")],
+)
+def test_bad_semvlp_keys_are_named(key, value, match):
+    import pretrain  # configs/pretrain.py (configs/ is on the path: tests/conftest.py)
+
+    from semrel_jax import config as config_lib
+
+    c = pretrain.get_config("tiny")
+    config_lib.prepare(c)  # the preset itself is valid
+    c = pretrain.get_config("tiny")
+    c.model.semvlp[key] = value
+    with pytest.raises(errors.ConfigError, match=match):
+        config_lib.prepare(c)
+
+
+@pytest.mark.slow
+def test_main_pretrains_then_fine_tunes_from_the_checkpoint(tmp_path):
+    import json
+
+    import pretrain
+
+    from semrel_jax.training import train
+
+    results = train.train_and_evaluate(pretrain.get_config("tiny"), str(tmp_path / "pre"))
+    for key in ("vqa_accuracy", "itm_accuracy", "image_to_text_r@1", "text_to_image_r@10"):
+        assert 0.0 <= results[key] <= 1.0
+    assert json.loads((tmp_path / "pre" / "results.json").read_text())["vqa_accuracy"] == results["vqa_accuracy"]
+    c = pretrain.get_config("tiny")
+    c.model.semvlp.update(weights={k: float(k == "vqa") for k in objectives.LOSSES}, question_rate=1.0,
+                          init_from=str(tmp_path / "pre"))
+    tuned = train.train_and_evaluate(c, str(tmp_path / "vqa"))
+    assert "vqa_accuracy" in tuned
