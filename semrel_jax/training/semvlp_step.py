@@ -59,7 +59,7 @@ class SemVLPSteps:
         (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {f"loss_{k}": v for k, v in losses.items()} | {"loss": total, "grad_norm": optax.global_norm(grads)}
+        metrics = {f"loss_{k}": v for k, v in losses.items()} | {"loss": total, "grad_norm": optax.tree.norm(grads)}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
 
     def __call__(self, state: TrainState, batch: dict, mode: str):
