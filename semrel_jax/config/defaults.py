@@ -97,12 +97,35 @@ def llm_defaults() -> dict:
     )
 
 
+def semvlp_defaults() -> dict:
+    """SemVLP (``model.method='semvlp'``, ``training/semvlp_train.py``): the shared BERT, the schedule, the
+    objectives. Its vision tower is ``model.encoders.vit`` (patch features; trained with the rest)."""
+    return dict(
+        # the shared BERT: a HF BERT-family directory (weights + WordPiece tokenizer), or these sizes from scratch
+        text=dict(hf_dir="", dim=64, n_layers=4, n_heads=4, mlp_dim=128, max_positions=64),
+        cross_layers=2,  # K: cross-attention in the top K layers of each stream (two-stream steps)
+        cross=True,  # False: two-stream steps run without the cross-attention (the streams never meet)
+        schedule="s,t",  # modes by step, repeating: 's' single-stream, 't' two-stream ("s,s,t", "s", "t", ...)
+        init_from="",  # a SemVLP workdir: start from its latest checkpoint's parameters (heads included)
+        eval_mode="single",  # the mode evaluation encodes in
+        # each objective's weight (0: off); fine-tuning presets keep only theirs (configs/pretrain.py)
+        weights=dict(mlm=1.0, visual_regression=1.0, visual_classification=1.0, itm=1.0, vqa=1.0),
+        text_mask_rate=0.15,
+        visual_mask_rate=0.15,
+        question_rate=0.5,  # rows that pair an image with a question (VQA) instead of a description
+        negative_rate=0.5,  # description rows whose description is another scene's (image-text matching)
+        eval_images=50,  # held-out scenes: VQA and ITM rows, and retrieval over all image x description pairs
+    )
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset = "demo"
     c.seed = 0
     c.data = dict(_DATA, **registry.all_defaults())
     c.model = dict(
+        method="lsrm",  # 'lsrm' (the VLM of method/vlm.py) | 'semvlp' (method/semvlp, its own keys below)
+        semvlp=semvlp_defaults(),
         injection="ica",  # 'ica' (LSRM/MemVP memory in every block) | 'prefix' (LLaVA)
         remat="none",  # activation rematerialisation per block: none | full | dots | dots_no_batch
         num_memory_slots=0,  # N_mem; 0 = exactly the number of fused visual tokens

@@ -13,7 +13,7 @@ import re
 import ml_collections
 
 from semrel_jax.config.defaults import DTYPES
-from semrel_jax.errors import ConfigError, check, get, is_int, one_of, positive_int
+from semrel_jax.errors import ConfigError, boolean, check, get, is_int, one_of, positive_int
 
 
 def parse_start(spec: str, steps_per_epoch: float) -> int:
@@ -54,6 +54,9 @@ def _validate_data(c) -> None:
 
 
 def _validate_model(c) -> None:
+    one_of(c, "model.method", ("lsrm", "semvlp"))
+    if c.model.method == "semvlp":
+        _validate_semvlp(c)
     one_of(c, "model.injection", ("ica", "prefix"))
     one_of(c, "model.remat", ("none", "full", "dots", "dots_no_batch"))
     positive_int(c, "model.num_memory_slots", allow_zero=True)
@@ -114,6 +117,36 @@ def _validate_encoder(c, name: str, enc) -> None:
         check(enc[key] is None or enc[key] in choices, f"{where}.{key}", f"expected one of {choices}, got {enc[key]!r}")
     check(enc.resize is None or (is_int(enc.resize) and enc.resize >= 0), f"{where}.resize",
           f"expected an integer >= 0, got {enc.resize!r}")
+
+
+def _validate_semvlp(c) -> None:
+    from semrel_jax.method.semvlp import objectives, schedule
+
+    for key in ("dim", "n_layers", "n_heads", "mlp_dim", "max_positions"):
+        positive_int(c, f"model.semvlp.text.{key}")
+    text = c.model.semvlp.text
+    n_layers = text.n_layers
+    check(text.dim % text.n_heads == 0, "model.semvlp.text.dim", f"{text.dim} is not divisible by n_heads={text.n_heads}")
+    positive_int(c, "model.semvlp.cross_layers")
+    check(
+        bool(text.hf_dir) or c.model.semvlp.cross_layers <= n_layers, "model.semvlp.cross_layers",
+        f"{c.model.semvlp.cross_layers} exceeds the BERT's {n_layers} layers",
+    )
+    schedule.parse_pattern(c.model.semvlp.schedule, "model.semvlp.schedule")
+    one_of(c, "model.semvlp.eval_mode", ("single", "two"))
+    boolean(c, "model.semvlp.cross")
+    unknown = sorted(set(c.model.semvlp.weights) - set(objectives.LOSSES))
+    check(not unknown, "model.semvlp.weights", f"unknown objectives {unknown}; known: {objectives.LOSSES}")
+    for name, weight in c.model.semvlp.weights.items():
+        check(isinstance(weight, (int, float)) and weight >= 0, f"model.semvlp.weights.{name}", f"expected >= 0, got {weight!r}")
+    for key in ("text_mask_rate", "visual_mask_rate", "question_rate", "negative_rate"):
+        value = c.model.semvlp[key]
+        check(isinstance(value, (int, float)) and 0 <= value <= 1, f"model.semvlp.{key}", f"expected 0..1, got {value!r}")
+    positive_int(c, "model.semvlp.eval_images")
+    check(
+        c.model.encoders.vit.image_size % c.model.encoders.vit.patch_size == 0, "model.encoders.vit.patch_size",
+        "must divide image_size (SemVLP's visual tokens are the patches)",
+    )
 
 
 def _validate_train(c) -> None:

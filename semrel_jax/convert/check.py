@@ -82,7 +82,44 @@ def check_vision(hf_dir: str, *, dtype: str = "float32", batch: int = 2, seed: i
     }
 
 
+def check_bert(hf_dir: str, *, dtype: str = "float32", batch: int = 2, seq_len: int = 16, seed: int = 0) -> dict:
+    """Max |difference| over every ``hidden_states[i]`` and the pooled output between our BERT and
+    transformers' ``BertModel`` in fp32, on random tokens with right padding and both token types."""
+    torch = _torch()
+    import transformers
+
+    ours = hf.load_bert(hf_dir, dtype=dtype, param_dtype=dtype)
+    ref = transformers.BertModel.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, ours.config.vocab_size, (batch, seq_len))
+    valid = np.arange(seq_len)[None, :] < rng.integers(seq_len // 2, seq_len + 1, (batch, 1))
+    token_types = (np.arange(seq_len)[None, :] >= seq_len // 2).astype(np.int64).repeat(batch, 0)
+    with torch.no_grad():
+        out = ref(
+            input_ids=torch.from_numpy(tokens),
+            attention_mask=torch.from_numpy(valid.astype(np.int64)),
+            token_type_ids=torch.from_numpy(token_types),
+            output_hidden_states=True,
+        )
+    got = ours(jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(token_types))
+    # padding positions carry no meaning (and HF computes them differently): compare the valid tokens
+    diffs = [
+        float(np.max(np.abs(np.asarray(g, np.float32) - e.numpy())[valid]))
+        for g, e in zip(got, out.hidden_states, strict=True)
+    ]
+    pooled = np.asarray(ours.pool(got[-1]), np.float32)
+    return {
+        "max_abs_diff": max(diffs),
+        "per_layer_max_abs_diff": diffs,
+        "pooled_max_abs_diff": float(np.max(np.abs(pooled - out.pooler_output.numpy()))),
+        "max_abs_feature": float(max(np.max(np.abs(e.numpy())) for e in out.hidden_states)),
+    }
+
+
 def check(hf_dir: str, *, dtype: str = "float32") -> dict:
-    if hf.is_llm(hf.read_config(hf_dir)):
+    cfg = hf.read_config(hf_dir)
+    if hf.is_llm(cfg):
         return check_llm(hf_dir, dtype=dtype)
+    if hf.is_bert(cfg):
+        return check_bert(hf_dir, dtype=dtype)
     return check_vision(hf_dir, dtype=dtype)

@@ -21,8 +21,9 @@ import numpy as np
 from flax import nnx
 
 from semrel_jax import files
-from semrel_jax.convert import families, loader
+from semrel_jax.convert import bert_family, families, loader
 from semrel_jax.convert.safetensors_io import CheckpointError, SafetensorsCheckpoint, save_file
+from semrel_jax.models.bert import Bert
 from semrel_jax.models.llama import Llama, LlamaConfig, LoRALinear
 from semrel_jax.models.vit import ViT
 
@@ -35,6 +36,7 @@ _TOKENIZER_FILES = (
     "chat_template.jinja",
     "vocab.json",
     "merges.txt",
+    "vocab.txt",  # WordPiece (BERT)
 )
 
 
@@ -47,6 +49,10 @@ def read_config(hf_dir: str) -> dict:
 
 def is_llm(cfg: dict) -> bool:
     return cfg.get("model_type") in families.LLM_TYPES
+
+
+def is_bert(cfg: dict) -> bool:
+    return cfg.get("model_type") in bert_family.BERT_TYPES
 
 
 def _restore_converted(directory: str, graphdef, state, sharding_for) -> nnx.State:
@@ -75,7 +81,12 @@ def convert_to_orbax(hf_dir: str, out_dir: str, *, dtype: str = "float32") -> st
     import orbax.checkpoint as ocp
 
     cfg = read_config(hf_dir)
-    module = load_llm(hf_dir, dtype=dtype, param_dtype=dtype) if is_llm(cfg) else load_vision(hf_dir, dtype=dtype, param_dtype=dtype)[0]
+    if is_llm(cfg):
+        module = load_llm(hf_dir, dtype=dtype, param_dtype=dtype)
+    elif is_bert(cfg):
+        module = load_bert(hf_dir, dtype=dtype, param_dtype=dtype)
+    else:
+        module = load_vision(hf_dir, dtype=dtype, param_dtype=dtype)[0]
     os.makedirs(out_dir, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.abspath(os.path.join(out_dir, "params")), nnx.to_pure_dict(nnx.state(module, nnx.Param)))
@@ -132,6 +143,47 @@ def load_vision(
         sharding_for=sharding_for,
     )
     return nnx.merge(graphdef, state), family
+
+
+def load_bert(hf_dir: str, *, dtype: str = "float32", param_dtype: str = "float32", sharding_for=None) -> Bert:
+    """A ``Bert`` holding a HF BERT-family encoder (``BertModel``, ``BertForPreTraining``, MiniLM, ...)."""
+    config = bert_family.bert_config_from_hf(read_config(hf_dir), dtype=dtype, param_dtype=param_dtype)
+    graphdef, state = _abstract(lambda: Bert(config, rngs=nnx.Rngs(0)))
+    if _is_converted(hf_dir):
+        return nnx.merge(graphdef, _restore_converted(hf_dir, graphdef, state, sharding_for))
+    ckpt = SafetensorsCheckpoint(hf_dir)
+    has_pooler = any(prefix + "pooler.dense.weight" in ckpt for prefix in ("",) + bert_family.BERT_PREFIXES)
+    if not has_pooler:  # an MLM export: the pooler keeps its initialisation (needs a concrete state)
+        graphdef, state = nnx.split(Bert(config, rngs=nnx.Rngs(0)))
+    state = loader.load_params(
+        state,
+        bert_family.bert_rows(config, has_pooler=has_pooler),
+        ckpt,
+        ignored=bert_family.BERT_IGNORED,
+        prefixes=bert_family.BERT_PREFIXES,
+        sharding_for=sharding_for,
+        allow_unmapped=not has_pooler,
+    )
+    return nnx.merge(graphdef, state)
+
+
+def export_bert(model: Bert, out_dir: str, *, like: str | None = None) -> str:
+    """Writes ``model`` as a HF ``BertModel`` directory (``config.json`` + ``model.safetensors``);
+    ``like``: the source directory, whose config fields and tokenizer files are kept."""
+    os.makedirs(out_dir, exist_ok=True)
+    flat = {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    tensors = {
+        hf: np.ascontiguousarray(loader.to_hf(t, np.asarray(jax.device_get(flat[ours]))))
+        for ours, hf, t in bert_family.bert_rows(model.config)
+    }
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"), {"format": "pt"})
+    cfg = bert_family.hf_config_for_bert(model.config, read_config(like) if like else None)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    for name in _TOKENIZER_FILES if like else ():
+        if os.path.exists(os.path.join(like, name)):
+            shutil.copy(os.path.join(like, name), os.path.join(out_dir, name))
+    return out_dir
 
 
 def llm_to_hf_tensors(model: Llama, dtype=None) -> dict[str, np.ndarray]:

@@ -40,6 +40,8 @@ def load(path: str) -> PreTrainedTokenizerBase:
             f"it holds {names}. A file is damaged or missing: restore it, or delete the directory when it is a "
             "run's own <workdir>/tokenizer (it is trained again from the same data, with the same ids)."
         ) from e
+    if tokenizer.eos_token_id is None and tokenizer.sep_token_id is not None:
+        tokenizer.eos_token = tokenizer.sep_token  # WordPiece (BERT): [SEP] is what ends a sequence
     if tokenizer.eos_token_id is None:
         raise ValueError(f"Tokenizer at {path!r} has no eos_token; answers must end with one.")
     if tokenizer.pad_token_id is None:

@@ -52,6 +52,16 @@ LOGICAL_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"layers/\d+/fc2/kernel$", ("mlp", "embed")),
     (r"patch_embedding/kernel$", (None, "embed")),
     (r"position_embedding$", (None, "embed")),
+    # BERT (models/bert.py) and SemVLP (method/semvlp): embeddings, attention blocks (shared and cross), heads
+    (r"word_embeddings/embedding$", ("vocab", "embed")),
+    (r"(position|token_type)_embeddings/embedding$", (None, "embed")),
+    (r"attention(/\d+)?/(q|k|v)_proj/kernel$", ("embed", "heads")),
+    (r"attention(/\d+)?/out_proj/kernel$", ("heads", "embed")),
+    (r"(visual|box)_projection/kernel$", (None, "embed")),
+    (r"heads/mlm_bias$", ("vocab",)),
+    (r"heads/vqa_hidden/kernel$", ("embed", "mlp")),
+    (r"heads/vqa_out/kernel$", ("mlp", None)),
+    (r"(pooler|heads/(mlm_transform|visual_regression|visual_classifier|itm))/kernel$", ("embed", None)),
     # LSRM memory and projectors
     (r"memory_(key|value)_embedding$", (None, "embed")),
     (r"projectors/.*/kernel$", ("embed", None)),

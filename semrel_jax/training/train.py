@@ -24,7 +24,7 @@ from semrel_jax.training import checkpoint as checkpoint_lib
 from semrel_jax.training import curves
 from semrel_jax.training import flops as flops_lib
 from semrel_jax.training import mesh as mesh_lib
-from semrel_jax.training import metric_writers, partition, preemption
+from semrel_jax.training import metric_writers, partition, preemption, semvlp_train
 from semrel_jax.training import sharding as sharding_lib
 from semrel_jax.training import train_step as train_step_lib
 
@@ -35,6 +35,8 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains, checkpoints, evaluates; returns the evaluation metrics (also in ``results.json``)."""
+    if c.model.method == "semvlp":  # its own model, step per mode and schedule: training/semvlp_train.py
+        return semvlp_train.train_and_evaluate(c, workdir)
     t0 = time.time()
     filled = recipe.prepare_config(c)  # config errors before anything touches the workdir
     workdir = checkpoint_lib.prepare_workdir(workdir)  # made and writable (PathError / DiskError naming it)

@@ -1,0 +1,136 @@
+"""SemVLP pre-training and fine-tuning batches from the built-in Sort-of-CLEVR scenes (offline, procedural).
+
+Each row pairs a scene's image with one text: its description (``sort_of_clevr_captions.describe``; with
+probability ``negative_rate`` another scene's description, the image-text matching negative) or one of its
+questions (with the answer's index in ``ANSWERS``). The scenes know every object, so each image patch also
+gets a class label: ``1 + 2·colour + shape`` of the object covering most of its pixels, 0 for background
+(the masked-visual classification target).
+
+    scenes = SceneBatches("train", tokenizer, image_size=75, patch_size=15, max_text_len=40)
+    batch = scenes.batch(np.arange(8), seed=0)     # a dict of NumPy arrays, see ``batch``
+
+Everything about row ``i`` of a split is a pure function of ``(seed, split, i)``, so any batch can be
+rebuilt exactly after a restart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from semrel_jax.data import sort_of_clevr
+from semrel_jax.data.sort_of_clevr_captions import describe
+
+ANSWERS: tuple[str, ...] = tuple(sorted({a for answers in sort_of_clevr.answer_space().values() for a in answers}))
+NUM_VISUAL_CLASSES = 1 + len(sort_of_clevr.COLORS) * len(sort_of_clevr.SHAPES)
+BERT_SPECIAL_TOKENS = {
+    "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"
+}
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """A BERT-style word-level tokenizer over every word of the scenes' texts ([CLS] text [SEP]), for runs
+    without a pretrained BERT (its WordPiece tokenizer covers these words too)."""
+    words = set(sort_of_clevr.vocabulary()) | set(describe_all_words())
+    vocab = {tok: i for i, tok in enumerate(BERT_SPECIAL_TOKENS.values())}
+    for word in sorted(words):
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="[SEP]", **BERT_SPECIAL_TOKENS)
+
+
+def describe_all_words() -> list[str]:
+    """Every word a description can use."""
+    places = ["top", "bottom", "left", "right"]
+    return list(sort_of_clevr.COLORS) + list(sort_of_clevr.SHAPES) + places
+
+
+def patch_labels(scene: sort_of_clevr.Scene, patch_size: int) -> np.ndarray:
+    """``[grid²]`` int: ``1 + 2·colour + shape`` of the object with most pixels in each patch, 0 if none."""
+    image = sort_of_clevr.render(scene)
+    size, grid = scene.image_size, scene.image_size // patch_size
+    label_map = np.zeros((size, size), np.int64)
+    for index, color in enumerate(sort_of_clevr.COLORS):
+        shape = sort_of_clevr.SHAPES.index(scene.shapes[index])
+        label_map[np.all(image == sort_of_clevr.COLOR_RGB[color], axis=-1)] = 1 + 2 * index + shape
+    cells = label_map[: grid * patch_size, : grid * patch_size].reshape(grid, patch_size, grid, patch_size)
+    cells = cells.transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+    counts = np.stack([(cells == k).sum(-1) for k in range(NUM_VISUAL_CLASSES)], axis=-1)
+    counts[:, 0] = np.where(counts[:, 1:].sum(-1) > 0, 0, counts[:, 0])  # any object pixel beats background
+    return counts.argmax(-1)
+
+
+class SceneBatches:
+    """Random-access SemVLP rows over one split of the procedural scenes."""
+
+    def __init__(
+        self,
+        split: str,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        image_size: int = sort_of_clevr.IMAGE_SIZE,
+        patch_size: int = 15,
+        max_text_len: int = 40,
+        question_rate: float = 0.5,
+        negative_rate: float = 0.5,
+    ):
+        self.split_id = sort_of_clevr.split_id(split)
+        self.tokenizer = tokenizer
+        self.image_size, self.patch_size, self.max_text_len = image_size, patch_size, max_text_len
+        self.question_rate, self.negative_rate = question_rate, negative_rate
+
+    def scene(self, seed: int, index: int) -> sort_of_clevr.Scene:
+        return sort_of_clevr.generate_scene(np.random.default_rng([seed, self.split_id, index]), self.image_size)
+
+    def row(self, seed: int, index: int, *, kind: str | None = None, matched: bool | None = None) -> dict:
+        """One row's raw fields; ``kind`` ('caption' | 'question') and ``matched`` are drawn unless given."""
+        rng = np.random.default_rng([seed, self.split_id, index, 1])
+        scene = self.scene(seed, index)
+        kind = kind or ("question" if rng.random() < self.question_rate else "caption")
+        answer = 0
+        if kind == "question":
+            q = sort_of_clevr.make_question(
+                scene, str(rng.choice(sort_of_clevr.NON_RELATIONAL_KINDS + sort_of_clevr.RELATIONAL_KINDS)),
+                str(rng.choice(sort_of_clevr.COLORS)),
+            )
+            text, answer, matched = q.text, ANSWERS.index(q.answer), True
+        else:
+            matched = bool(rng.random() >= self.negative_rate) if matched is None else matched
+            other = index if matched else int(rng.integers(1 << 30)) + 1_000_000_000
+            text = describe(self.scene(seed, other))
+        image = sort_of_clevr.render(scene).astype(np.float32) / 255.0
+        return {
+            "image": image, "text": text, "matched": int(matched), "is_question": int(kind == "question"),
+            "answer": answer, "visual_labels": patch_labels(scene, self.patch_size),
+        }
+
+    def pair(self, seed: int, image_index: int, text_index: int) -> dict:
+        """A caption row pairing image ``image_index`` with the description of scene ``text_index`` (retrieval)."""
+        row = self.row(seed, image_index, kind="caption", matched=True)
+        return dict(row, text=describe(self.scene(seed, text_index)), matched=int(image_index == text_index))
+
+    def collate(self, rows: list[dict]) -> dict[str, np.ndarray]:
+        """Rows -> ``tokens, text_valid [B, T]``, ``images [B, H, W, 3]``, ``visual_valid, visual_labels [B, N]``,
+        ``matched, is_question, answer [B]``."""
+        encoded = self.tokenizer(
+            [r["text"] for r in rows], padding="max_length", truncation=True, max_length=self.max_text_len
+        )
+        labels = np.stack([r["visual_labels"] for r in rows])
+        return {
+            "tokens": np.asarray(encoded["input_ids"], np.int32),
+            "text_valid": np.asarray(encoded["attention_mask"], bool),
+            "images": np.stack([r["image"] for r in rows]),
+            "visual_valid": np.ones(labels.shape, bool),
+            "visual_labels": labels.astype(np.int32),
+            "matched": np.asarray([r["matched"] for r in rows], np.int32),
+            "is_question": np.asarray([r["is_question"] for r in rows], np.int32),
+            "answer": np.asarray([r["answer"] for r in rows], np.int32),
+        }
+
+    def batch(self, indices, seed: int, **row_kwargs) -> dict[str, np.ndarray]:
+        return self.collate([self.row(seed, int(i), **row_kwargs) for i in indices])
