@@ -27,7 +27,6 @@ entry whose ``split`` is missing cannot be assigned to a split and is malformed 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 

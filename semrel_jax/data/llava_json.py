@@ -36,7 +36,6 @@ supported).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
