@@ -17,7 +17,6 @@ import jax.numpy as jnp  # noqa: E402
 import vqa  # noqa: E402
 
 from semrel_jax import config as config_lib, presets, recipe, summary as summary_lib  # noqa: E402
-from semrel_jax.data import prompts, sort_of_clevr  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOWERS = {"clip": transformers.CLIPVisionModel, "siglip": transformers.SiglipVisionModel,

@@ -14,7 +14,7 @@ from semrel_jax import config as config_lib
 from semrel_jax import recipe
 from semrel_jax.data import registry
 from semrel_jax.errors import ConfigError
-from semrel_jax.training import optimizer, train
+from semrel_jax.training import optimizer
 
 RELEASE_TRAIN_PROBLEMS = 12_726  # ScienceQA's train split
 

@@ -6,7 +6,6 @@ own Python code does not get it run; bfloat16 round-trips through the ``safetens
 """
 
 import json
-import os
 import struct
 
 import ml_dtypes
