@@ -35,8 +35,11 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def _tflop(n: float) -> str:
-    return f"{n / 1e12:.4g} TFLOP"
+def _flop(n: float) -> str:
+    for unit, scale in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if abs(n) >= scale:
+            return f"{n / scale:.4g} {unit}"
+    return f"{n:.4g} FLOP"
 
 
 def _ms(seconds: float) -> str:
@@ -130,8 +133,8 @@ def format_report(r: dict) -> str:
         verdict = "fits" if r["fits"] else "does NOT fit"
         lines.append(f"HBM of a {r['chip']['name']} device: {_gib(r['hbm_bytes'])}; peak {verdict}, "
                      f"headroom {100 * r['headroom']:.1f}%{'' if r['fits_with_headroom'] else ' (< 10%)'}")
-    lines.append(f"FLOPs per device per step: XLA {_tflop(r['xla_flops'])}, model (analytic, training/flops.py) "
-                 f"{_tflop(r['analytic_flops'])}; XLA's count adds rematerialised and elementwise work")
+    lines.append(f"FLOPs per device per step: XLA {_flop(r['xla_flops'])}, model (analytic, training/flops.py) "
+                 f"{_flop(r['analytic_flops'])}; XLA's count adds rematerialised and elementwise work")
     if r.get("estimate"):
         e = r["estimate"]
         lines.append(f"roofline step-time ESTIMATE (a lower bound: perfect overlap, no collectives): "

@@ -33,7 +33,7 @@ def test_fsdp_holds_a_fraction_of_the_state_per_device():
 def _tpu_report(*overrides):
     result = subprocess.run(
         [sys.executable, "-m", "semrel_jax.aot", "--config=configs/vqa.py:tiny", "--topology=v5e:2x4", "--json",
-         "--config.mesh.data=1", "--config.mesh.fsdp=8", *overrides],
+         "--config.mesh.data=1", "--config.mesh.fsdp=8", "--config.model.attention=splash", *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -41,7 +41,7 @@ def _tpu_report(*overrides):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu (pip install -e '.[tpu]')")
-def test_compiles_for_a_tpu_topology_and_reports_per_chip():
+def test_compiles_for_a_tpu_topology_with_splash_attention_and_reports_per_chip():
     r = _tpu_report()
     assert r["platform"] == "tpu" and r["num_devices"] == 8 and r["chip"]["name"] == "v5e"
     assert r["hbm_bytes"] == 16 * 2**30 and r["fits_with_headroom"]

@@ -103,6 +103,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = dict(
         injection="ica",  # 'ica' (LSRM/MemVP memory in every block) | 'prefix' (LLaVA)
         remat="none",  # activation rematerialisation per block: none | full | dots | dots_no_batch
+        scan_layers=False,  # True: the LLM's blocks run as one lax.scan over stacked parameters (compiles once)
+        attention="xla",  # the LLM's attention kernel: xla (anywhere) | cudnn (NVIDIA GPU) | splash (TPU, Pallas)
         num_memory_slots=0,  # N_mem; 0 = exactly the number of fused visual tokens
         modality_embedding=True,
         slot_key_init_std=0.02,  # P_k ~ N(0, 0.02²) as in the release
