@@ -57,3 +57,9 @@ def test_report_without_a_known_chip_has_no_verdict():
     r = aot.describe(_raw(topology="", platform="cpu", device_kind="cpu", xla_bytes_accessed=float("nan")))
     assert r["chip"] is None and "fits" not in r and "estimate" not in r
     assert "HBM" not in aot.format_report(r)
+
+
+def test_gpu_peak_from_device_kind():
+    assert chips.gpu_for("NVIDIA H100 80GB HBM3").peak_bf16_tflops == 989
+    assert chips.gpu_for("NVIDIA H200").hbm_gib == 141
+    assert chips.gpu_for("cpu") is None

@@ -1,4 +1,4 @@
-"""What one accelerator chip holds and does: the TPU generations' HBM, peak bf16 FLOP/s and HBM bandwidth,
+"""What one accelerator chip holds and does: the TPU generations' (and the usual NVIDIA GPUs') HBM, peak bf16 FLOP/s and HBM bandwidth,
 and the arithmetic that turns a compiled step's per-device figures into "fits?" and a roofline step time.
 
 Figures are Google Cloud's published per-chip specifications (cloud.google.com/tpu/docs/v4, /v5e, /v5p,
@@ -36,6 +36,23 @@ CHIPS = {
         Chip("v6e", "TPU v6 lite", hbm_gib=32, peak_bf16_tflops=918, hbm_gb_per_s=1640),
     )
 }
+
+
+# NVIDIA data-center GPUs (datasheets: A100 80GB SXM, H100 SXM, H200 SXM): dense bf16 tensor-core peak (the
+# sparsity figures are twice these), HBM and its bandwidth. Matched by a name inside Device.device_kind.
+GPUS = {
+    c.name: c
+    for c in (
+        Chip("A100", "NVIDIA A100", hbm_gib=80, peak_bf16_tflops=312, hbm_gb_per_s=2039),
+        Chip("H100", "NVIDIA H100", hbm_gib=80, peak_bf16_tflops=989, hbm_gb_per_s=3350),
+        Chip("H200", "NVIDIA H200", hbm_gib=141, peak_bf16_tflops=989, hbm_gb_per_s=4800),
+    )
+}
+
+
+def gpu_for(device_kind: str) -> Chip | None:
+    """The GPU model in a device kind such as 'NVIDIA H100 80GB HBM3' (None: not in the table)."""
+    return next((g for g in GPUS.values() if g.name in device_kind), None)
 
 
 def chip_for(device_kind: str = "", topology: str = "") -> Chip | None:
