@@ -57,7 +57,11 @@ def topology_devices(topology: str):
 
 
 def compile_report(c, devices=None, topology: str = "") -> dict:
-    """Lowers and compiles ``c``'s train step for its mesh; returns the per-device report (see ``describe``)."""
+    """Lowers and compiles ``c``'s train step for its mesh; returns the per-device report (see ``describe``).
+
+    A step the compiler refuses for lack of memory (the TPU compiler does, naming the bytes it needed) is a
+    report too: ``fits`` False and the compiler's one-line reason in ``refused``.
+    """
     import jax
 
     from semrel_jax import recipe
@@ -71,11 +75,14 @@ def compile_report(c, devices=None, topology: str = "") -> dict:
     setup = recipe.build_train_state(c, model, mesh, abstract=True)
     step = recipe.build_step(c, model, setup, mesh, mask_start=0)
     start = time.time()
-    with jax.set_mesh(mesh):
-        compiled = step.lower(setup.state, setup.frozen, recipe.abstract_batch(c, mesh)).compile()
+    try:
+        with jax.set_mesh(mesh):
+            compiled = step.lower(setup.state, setup.frozen, recipe.abstract_batch(c, mesh)).compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        compiled, refusal = None, str(e).splitlines()[0]  # the TPU compiler's "exceeds available HBM" verdict
     compile_seconds = time.time() - start
-    memory = compiled.memory_analysis()
-    cost = flops_lib.cost_analysis(compiled)
     n_devices = mesh.devices.size
     examples_per_device = c.train.batch_size / n_devices
     report = {
@@ -88,6 +95,13 @@ def compile_report(c, devices=None, topology: str = "") -> dict:
         "text_len": c.data.max_text_len,
         "remat": c.model.remat,
         "compile_seconds": compile_seconds,
+        "analytic_flops": flops_lib.count_for_run(c, model.config).training * examples_per_device,
+    }
+    if compiled is None:
+        return dict(report, refused=refusal, fits=False)
+    memory = compiled.memory_analysis()
+    cost = flops_lib.cost_analysis(compiled)
+    report.update({
         "argument_bytes": int(memory.argument_size_in_bytes),
         "output_bytes": int(memory.output_size_in_bytes),
         "alias_bytes": int(memory.alias_size_in_bytes),
@@ -95,8 +109,7 @@ def compile_report(c, devices=None, topology: str = "") -> dict:
         # XLA's counts are for the per-device (SPMD-partitioned) program; NaN where the backend gives none
         "xla_flops": float(cost.get("flops", float("nan"))),
         "xla_bytes_accessed": float(cost.get("bytes accessed", float("nan"))),
-        "analytic_flops": flops_lib.count_for_run(c, model.config).training * examples_per_device,
-    }
+    })
     return describe(report)
 
 
@@ -127,6 +140,8 @@ def describe(report: dict) -> dict:
 def format_report(r: dict) -> str:
     lines = [f"mesh {r['mesh']} on {r['num_devices']} x {r['device_kind'] or r['platform']}"
              f"{' (' + r['topology'] + ')' if r.get('topology') else ''}; compiled in {r['compile_seconds']:.1f}s"]
+    if r.get("refused"):
+        return "\n".join(lines + [f"does NOT fit: the compiler refused the step: {r['refused']}"])
     for key in MEMORY_KEYS:
         lines.append(f"per-device {key.replace('_bytes', '')}: {_gib(r[key])} ({r[key]:,} bytes)")
     if r.get("chip"):

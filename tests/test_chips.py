@@ -63,3 +63,10 @@ def test_gpu_peak_from_device_kind():
     assert chips.gpu_for("NVIDIA H100 80GB HBM3").peak_bf16_tflops == 989
     assert chips.gpu_for("NVIDIA H200").hbm_gib == 141
     assert chips.gpu_for("cpu") is None
+
+
+def test_a_refused_step_reads_as_not_fitting():
+    r = {"topology": "v5e:2x4", "device_kind": "TPU v5 lite", "num_devices": 8, "mesh": {"data": 1, "fsdp": 8, "tensor": 1},
+         "compile_seconds": 3.0, "fits": False,
+         "refused": "RESOURCE_EXHAUSTED: ... HLO temporaries (24.40G) exceeds available HBM (15.75G)."}
+    assert "does NOT fit" in aot.format_report(r) and "24.40G" in aot.format_report(r)
