@@ -53,6 +53,13 @@ def test_report_derives_peak_fit_and_estimate():
     assert "per-device peak: 14.00 GiB" in text and "ESTIMATE" in text and "headroom 12.5%" in text
 
 
+def test_estimate_never_uses_fewer_flops_than_the_model_count():
+    # a scanned decoder: XLA's cost analysis counts the loop body once
+    r = aot.describe(_raw(xla_flops=8.5e12, analytic_flops=114.36e12, scan_layers=True))
+    assert r["estimate"]["compute_seconds"] == pytest.approx(114.36 / 197)
+    assert "count the scanned block once" in aot.format_report(r)
+
+
 def test_report_without_a_known_chip_has_no_verdict():
     r = aot.describe(_raw(topology="", platform="cpu", device_kind="cpu", xla_bytes_accessed=float("nan")))
     assert r["chip"] is None and "fits" not in r and "estimate" not in r
