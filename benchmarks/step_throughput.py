@@ -90,6 +90,25 @@ def rss_bytes() -> dict[str, int]:
     return out
 
 
+def device_peak_bytes() -> float:
+    """The accelerator's peak bytes in use so far (GPU/TPU allocator statistics); NaN on CPU, which keeps none."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return float(stats.get("peak_bytes_in_use", float("nan")))
+
+
+def accelerator_peak_tflops() -> tuple[float, str] | None:
+    """The dense bf16 peak of a known GPU or TPU (``semrel_jax.training.chips``); None on CPU or an unknown chip."""
+    import jax
+
+    from semrel_jax.training import chips
+
+    kind = jax.devices()[0].device_kind
+    chip = chips.gpu_for(kind) or chips.chip_for(kind)
+    return (chip.peak_bf16_tflops, f"{kind}: dense bf16 peak {chip.peak_bf16_tflops} TFLOP/s") if chip else None
+
+
 def machine_load() -> str:
     load = os.getloadavg()
     return f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs"
@@ -232,6 +251,7 @@ def report(b: Bench, peak_tflops: float) -> dict:
         "rss_after_setup_MiB": b.rss_setup.get("VmRSS", 0) / 2**20,
         "rss_MiB": b.rss_after.get("VmRSS", 0) / 2**20,
         "peak_rss_MiB": b.rss_after.get("VmHWM", 0) / 2**20,
+        "device_peak_MiB": device_peak_bytes() / 2**20,
         "final_loss": b.last_loss,
     }
 
@@ -252,7 +272,10 @@ def main(argv):
     del argv
     import jax
 
-    peak, formula = (FLAGS.peak_tflops, f"--peak_tflops={FLAGS.peak_tflops}") if FLAGS.peak_tflops else cpu_peak_tflops()
+    if FLAGS.peak_tflops:
+        peak, formula = FLAGS.peak_tflops, f"--peak_tflops={FLAGS.peak_tflops}"
+    else:
+        peak, formula = accelerator_peak_tflops() or cpu_peak_tflops()
     names = FLAGS.compare or FLAGS.presets
     print(f"jax {jax.__version__}, devices {jax.devices()}; {machine_load()}")
     print(f"peak: {formula}")
@@ -295,7 +318,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("steps", 20, "Timed steps per preset (per round in compare mode).")
     flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
     flags.DEFINE_integer("rounds", 1, "Rounds of --steps per preset (compare mode alternates them).")
-    flags.DEFINE_float("peak_tflops", 0.0, "Peak fp32 TFLOP/s for MFU (0: estimate this CPU's; see the docstring).")
+    flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s for MFU (0: a known GPU/TPU's dense bf16 peak, else this CPU's fp32 "
+                       "estimate; see the docstring).")
     flags.DEFINE_list("config_overrides", [], "key=value pairs applied to every preset, e.g. train.batch_size=64.")
 
 

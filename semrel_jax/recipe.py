@@ -54,6 +54,7 @@ def create_mesh(c: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh
     devices = list(devices if devices is not None else jax.devices())
     shape = mesh_lib.mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, len(devices))
     config_lib.check_batch_fits_mesh(c, dict(zip(mesh_lib.AXES, shape)))
+    config_lib.check_attention_runs_on(c, devices[0].platform)
     return jax.make_mesh(shape, mesh_lib.AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(shape), devices=devices)
 
 

@@ -8,7 +8,9 @@
 from semrel_jax.config.defaults import DTYPES, base_config, encoder_defaults, from_saved
 from semrel_jax.config.model import model_config
 from semrel_jax.config.resolve import resolve
-from semrel_jax.config.validate import check_batch_fits_mesh, parse_start, validate, validate_eval
+from semrel_jax.config.validate import (
+    check_attention_runs_on, check_batch_fits_mesh, parse_start, validate, validate_eval,
+)
 from semrel_jax.errors import ConfigError
 
 
@@ -20,6 +22,6 @@ def prepare(c) -> list[str]:
 
 
 __all__ = [
-    "DTYPES", "ConfigError", "base_config", "check_batch_fits_mesh", "encoder_defaults", "from_saved", "model_config",
-    "parse_start", "prepare", "resolve", "validate", "validate_eval",
+    "DTYPES", "ConfigError", "base_config", "check_attention_runs_on", "check_batch_fits_mesh", "encoder_defaults",
+    "from_saved", "model_config", "parse_start", "prepare", "resolve", "validate", "validate_eval",
 ]

@@ -27,7 +27,8 @@ def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
 
 def _llm_config(m: ml_collections.ConfigDict, vocab_size: int) -> LlamaConfig:
     ours = dict(
-        lora_rank=m.llm.lora_rank, lora_alpha=m.llm.lora_alpha, lora_targets=tuple(m.llm.lora_targets), remat=m.remat
+        lora_rank=m.llm.lora_rank, lora_alpha=m.llm.lora_alpha, lora_targets=tuple(m.llm.lora_targets), remat=m.remat,
+        attention=m.attention, scan_layers=m.scan_layers,
     )
     if m.llm.hf_dir:  # the checkpoint's architecture (incl. what the config has no key for: biases, qk-norm, ...)
         return dataclasses.replace(llm_family(m.llm.hf_dir, m.llm.dtype, m.llm.param_dtype), **ours)

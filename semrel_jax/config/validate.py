@@ -14,6 +14,8 @@ import ml_collections
 
 from semrel_jax.config.defaults import DTYPES
 from semrel_jax.errors import ConfigError, boolean, check, get, is_int, one_of, positive_int
+from semrel_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from semrel_jax.models.attention import PLATFORM_OF as ATTENTION_PLATFORM
 
 
 def parse_start(spec: str, steps_per_epoch: float) -> int:
@@ -59,6 +61,8 @@ def _validate_model(c) -> None:
         _validate_semvlp(c)
     one_of(c, "model.injection", ("ica", "prefix"))
     one_of(c, "model.remat", ("none", "full", "dots", "dots_no_batch"))
+    one_of(c, "model.attention", ATTENTION_IMPLEMENTATIONS)
+    boolean(c, "model.scan_layers")
     positive_int(c, "model.num_memory_slots", allow_zero=True)
     for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):
         positive_int(c, f"model.llm.{key}")
@@ -205,6 +209,13 @@ def _validate_mesh(c) -> None:
         partitioning.resolve_rules(c.mesh.rules)
     except ValueError as e:
         raise ConfigError(f"config.{e}") from None
+
+
+def check_attention_runs_on(c, platform: str) -> None:
+    """``model.attention``'s fused kernels run on one platform each (cuDNN: GPU, splash: TPU)."""
+    needed = ATTENTION_PLATFORM.get(c.model.attention)
+    check(needed in (None, platform), "model.attention",
+          f"{c.model.attention!r} needs a {needed} backend, but the mesh is on {platform}; use 'xla' (runs anywhere)")
 
 
 def check_batch_fits_mesh(c, mesh_shape: dict[str, int]) -> None:

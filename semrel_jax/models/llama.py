@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from semrel_jax.models import layers
+from semrel_jax.models import attention as attention_lib
+from semrel_jax.models import layers, scan
 
 Array = jax.Array
 
@@ -58,6 +59,8 @@ class LlamaConfig:
     lora_alpha: float = 16.0  # the update is (lora_alpha / lora_rank) · x A B
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     remat: str = "none"  # rematerialisation policy per decoder layer (layers.REMAT_POLICIES)
+    scan_layers: bool = False  # training/prefill run the blocks as one lax.scan (models/scan.py): compiles once
+    attention: str = "xla"  # attention_lib.IMPLEMENTATIONS: xla | cudnn (GPU) | splash (TPU); decoding always uses xla
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
 
@@ -70,6 +73,8 @@ class LlamaConfig:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}.")
         if self.head_dim is None and self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}.")
+        if self.attention not in attention_lib.IMPLEMENTATIONS:
+            raise ValueError(f"attention={self.attention!r}; expected one of {attention_lib.IMPLEMENTATIONS}.")
         unknown = set(self.lora_targets) - set(LORA_TARGETS)
         if self.lora_rank and unknown:
             raise ValueError(f"lora_targets {sorted(unknown)} unknown; choose from {LORA_TARGETS}.")
@@ -167,11 +172,11 @@ class Attention(nnx.Module):
         self,
         x: Array,
         positions: Array,
-        mask: Array,
+        mask: attention_lib.Mask,
         kv: tuple[Array, Array, Array] | None = None,
         capture: bool = False,
     ) -> tuple[Array, tuple[Array, Array], Array | None]:
-        """x: ``[B, T, d]``; positions ``[B, T]``; mask ``[B, 1, T, S]``.
+        """x: ``[B, T, d]``; positions ``[B, T]``; mask: queries ``[B, T]`` over keys ``[B, S]``.
 
         kv: optional ``(cached_keys, cached_values, write_index)`` with caches ``[B, S, K, hd]``;
         the new keys/values are written at ``write_index`` and attention runs over the cache.
@@ -201,8 +206,10 @@ class Attention(nnx.Module):
             cached_k, cached_v, index = kv
             k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), (0, index, 0, 0))
             v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), (0, index, 0, 0))
-        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
-        probabilities = attention_probabilities(q, k.astype(q.dtype), mask) if capture else None
+        # the fused kernels serve training and prefill; a decoding step (one query over the cache) uses XLA's
+        implementation = c.attention if kv is None else "xla"
+        out = attention_lib.attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, implementation)
+        probabilities = attention_probabilities(q, k.astype(q.dtype), mask.dense()) if capture else None
         return self.o_proj(out.reshape(b, t, c.n_heads * hd)), (k, v), probabilities
 
 
@@ -255,7 +262,7 @@ class DecoderLayer(nnx.Module):
         self,
         x: Array,
         positions: Array,
-        mask: Array,
+        mask: attention_lib.Mask,
         kv: tuple[Array, Array, Array] | None = None,
         side: SideBranch | None = None,
         side_state: Any = None,
@@ -344,12 +351,12 @@ class Llama(nnx.Module):
         b, t, _ = x.shape
         if cache is None:
             positions = layers.positions_from_mask(valid)
-            mask = layers.causal_mask(jnp.broadcast_to(jnp.arange(t), (b, t)), valid, c.sliding_window)
+            mask = attention_lib.Mask(jnp.broadcast_to(jnp.arange(t), (b, t)), valid, c.sliding_window)
         else:
             positions = cache.lengths[:, None] + layers.positions_from_mask(valid)
             key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.index))
             query_slots = cache.index + jnp.broadcast_to(jnp.arange(t), (b, t))
-            mask = layers.causal_mask(query_slots, key_valid, c.sliding_window)
+            mask = attention_lib.Mask(query_slots, key_valid, c.sliding_window)
         new_keys, new_values, side_states, attentions = [], [], [], []
 
         def run_layer(layer, x, positions, mask, kv, side, side_state, key):
@@ -357,15 +364,26 @@ class Llama(nnx.Module):
 
         # Remat wraps the whole block, side branch included; the side branch crosses it as a pytree argument.
         call = layers.remat(run_layer, c.remat)
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
-            key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-            x, (k, v), side_state, attention = call(layer, x, positions, mask, kv, side, side_state, key)
-            x = layers.constrain(x, ("batch", None, None))
-            new_keys.append(k)
-            new_values.append(v)
-            side_states.append(side_state)
-            attentions.append(attention)
+
+        def block(layer, carry, index):
+            x, side_state = carry
+            key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+            x, _, side_state, _ = call(layer, x, positions, mask, None, side, side_state, key)
+            return layers.constrain(x, ("batch", None, None)), side_state
+
+        # the scan serves training and prefill; capture reads every block out, so it runs the blocks unrolled
+        if c.scan_layers and cache is None and not capture:  # the side state (ICA's mask) is carried along
+            x, side_state = scan.scan_modules(self.layers, block, (x, side_state), jnp.arange(c.n_layers))
+        else:
+            for i, layer in enumerate(self.layers):
+                kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
+                key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+                x, (k, v), side_state, attention = call(layer, x, positions, mask, kv, side, side_state, key)
+                x = layers.constrain(x, ("batch", None, None))
+                new_keys.append(k)
+                new_values.append(v)
+                side_states.append(side_state)
+                attentions.append(attention)
         x = self.norm(x)
         if c.tie_embeddings:
             logits = self.embed_tokens.attend(x)

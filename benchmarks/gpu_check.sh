@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One command on a CUDA host: the 1B and 7B LSRM train steps (bf16 compute, Sort-of-CLEVR batches generated on
+# the fly, rows padded to 512 text tokens) with each attention path, through benchmarks/step_throughput.py:
+# step time, tokens/s, model TFLOP/s, MFU against the GPU's dense bf16 peak (semrel_jax/training/chips.py),
+# compiled and peak device memory. Installs nothing: it needs what `pip install "jax[cuda12]" && pip install -e .`
+# gave. Budget ≈ 8 min on one H100/H200 (each run is capped at RUN_TIMEOUT seconds).
+#
+#   bash benchmarks/gpu_check.sh          # on the GPU host
+#   bash benchmarks/gpu_check.sh --dry    # the same loop with the tiny preset on any machine (checks the script)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--dry" ]]; then
+  runs=("tiny:8")                       # preset:batch
+  attentions=(xla)
+  steps=2; text_len=20; RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+else
+  python - <<'PY'
+import jax, sys
+if jax.default_backend() != "gpu":
+    sys.exit(f"gpu_check: no GPU visible to JAX (backend {jax.default_backend()!r}); install jax[cuda12], or use --dry")
+print("devices:", jax.devices())
+PY
+  runs=("lsrm_llama3.2_1b:32" "lsrm_7b:16")
+  attentions=(xla cudnn)
+  steps=10; text_len=512; RUN_TIMEOUT=${RUN_TIMEOUT:-110}
+fi
+
+for run in "${runs[@]}"; do
+  preset=${run%%:*}; batch=${run##*:}
+  for attention in "${attentions[@]}"; do
+    echo "=== ${preset}, batch ${batch} x ${text_len} tokens, model.attention=${attention}"
+    # a failing path (e.g. cuDNN refusing a shape) is reported and the loop goes on to the next
+    timeout "${RUN_TIMEOUT}" python benchmarks/step_throughput.py --presets="${preset}" --batch_size="${batch}" \
+      --steps="${steps}" --warmup=2 \
+      --config_overrides="model.attention=${attention},data.max_text_len=${text_len}" \
+      | grep -E "^(peak|jax|\[|step_ms_median|examples_per_s|text_tokens_per_s|model_tflop_per_s|mfu|mem_temp|device_peak|compile_s)" \
+      || echo "!!! ${preset} with ${attention} failed or ran out of time (${RUN_TIMEOUT}s)"
+  done
+done
