@@ -12,6 +12,7 @@ from flax import nnx
 from semrel_jax.method import ica
 from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
 from semrel_jax.method.vlm import VisionLanguageModel, VLMConfig, slot_layout
+from semrel_jax.models import attention as attention_lib
 from semrel_jax.models import layers
 from semrel_jax.models.llama import LlamaConfig, attention_probabilities
 from semrel_jax.models.vit import ViTConfig
@@ -42,7 +43,7 @@ def _reference_alpha_and_mask(model, images, has_image, tokens, valid):
     keys, values = np.asarray(memory.keys), np.asarray(memory.values)
     b, t = tokens.shape
     positions = layers.positions_from_mask(valid)
-    causal = layers.causal_mask(jnp.broadcast_to(jnp.arange(t), (b, t)), valid)
+    causal = attention_lib.Mask(jnp.broadcast_to(jnp.arange(t), (b, t)), valid)
     x = model.llm.embed(tokens)
     mask = np.ones((b, t, keys.shape[1]))
     alphas, masks = [], []
