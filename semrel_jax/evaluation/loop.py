@@ -12,6 +12,7 @@ import os
 
 import jax
 import numpy as np
+from absl import logging
 from tqdm import tqdm
 
 from semrel_jax import config as config_lib
@@ -74,6 +75,10 @@ def evaluate(
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         batch_size = -(-batch_size // shards) * shards
     is_main = jax.process_index() == 0
+    if explain and jax.process_count() > 1:
+        # the readouts pass gathers on one host only; a multi-process run scores and skips the gallery
+        logging.warning("evaluation: the %d explained examples are skipped on a multi-process run.", explain)
+        explain = 0
     prefix_ids = featurizer.answer_prefix_ids()  # eval.answer_prefix, placed after every prompt by the featurizer
     batches = pipeline.evaluation_batches(data.eval, featurizer.prompt, batch_size, n)
     for batch in tqdm(batches, total=-(-n // batch_size), desc="evaluation", unit="batch", disable=not is_main, leave=False):

@@ -144,8 +144,9 @@ def _evaluate_and_log(c, run, states, out_dir, mesh, writer, step, num_examples=
         num_examples=num_examples, explain=c.train.eval_samples,
     )
     writer.write_scalars(step, results, prefix="eval")
-    if c.train.eval_samples:
-        writer.write_samples(step, os.path.join(out_dir, "explain"))
+    gallery = os.path.join(out_dir, "explain")
+    if c.train.eval_samples and os.path.exists(os.path.join(gallery, "samples.json")):  # none on multi-process runs
+        writer.write_samples(step, gallery)
     return results
 
 
