@@ -57,31 +57,37 @@ SHM = "/dev/shm"
 LEAK_WARNING = "leaked shared_memory objects"
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc/<pid>/task/*/children)."""
-    found = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found += [int(c) for c in f.read().split()]
-    except OSError:  # the process exited between listing and reading
-        pass
-    return found
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process, from /proc/<pid>/stat (the field after the command's closing paren;
+    /proc/<pid>/task/*/children needs a kernel option this VM lacks)."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:  # exited between listing and reading
+                continue
+            parents[int(name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    return parents
 
 
 def tree_rss_bytes(pid: int) -> tuple[int, int]:
-    """(RSS of ``pid`` plus all its descendants, number of processes) in bytes, from /proc/<pid>/statm."""
+    """(RSS of ``pid`` plus all its descendants in bytes, number of processes), from /proc."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _parents().items():
+        children.setdefault(parent, []).append(child)
     page = os.sysconf("SC_PAGE_SIZE")
     total, count, todo = 0, 0, [pid]
     while todo:
         p = todo.pop()
         try:
             with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * page
+                total += int(f.read().split()[1]) * page  # resident pages
             count += 1
         except OSError:
             continue
-        todo += _children(p)
+        todo += children.get(p, [])
     return total, count
 
 
