@@ -116,6 +116,8 @@ def _run(c, workdir, mesh, is_main, t0, filled):
     finally:
         # Whatever stops the loop (an error, Ctrl-C, a NaN), committed and in-flight saves complete.
         checkpointer.close()
+        # grain's workers and the shared-memory batches still queued are released now (not by a warning at exit)
+        getattr(batches, "close", lambda: None)()
     if last_step < c.train.num_steps:
         writer.log(f"preempted: checkpoint saved at step {last_step}; rerun the same command to resume")
         writer.close()
