@@ -528,7 +528,8 @@ def test_the_registry_lists_every_dataset_module_once_with_consistent_defaults()
         if hasattr(module, "DATASET"):
             declared[module.DATASET.name] = module.DATASET
     assert set(declared) == set(registry.names()) == {
-        "sort_of_clevr", "sort_of_clevr_captions", "scienceqa", "vqa_v2", "coco_captions", "llava_json"}
+        "sort_of_clevr", "sort_of_clevr_captions", "scienceqa", "vqa_v2", "coco_captions", "llava_json",
+        "nlvr2", "flickr30k", "visual_genome", "gqa"}
     defaults = registry.all_defaults()
     demo = vqa.get_config("demo").data
     for name, spec in declared.items():

@@ -7,6 +7,10 @@
                           (or data.image_root)
   coco_captions           Karpathy split JSON (data.train_file) + COCO image root (data.image_root)
   llava_json              LLaVA instruction JSON (data.train_file, optional data.eval_file) + data.image_root
+  nlvr2                   NLVR2 JSON lines under data.root, image pairs in data.root/images/<split> (or data.image_root)
+  flickr30k               Karpathy split JSON (data.train_file) + Flickr30K image folder (data.image_root)
+  visual_genome           VG question_answers.json under data.root, VG_100K{,_2} under data.root (or data.image_root)
+  gqa                     GQA <split>_questions.json under data.root, images in data.root/images (or data.image_root)
 
 Adding a dataset: one module declaring ``DATASET = Dataset(...)`` (``semrel_jax.data.dataset``) whose sources
 are :class:`semrel_jax.data.source.Source`, and one line in ``_DATASETS``.
@@ -24,7 +28,10 @@ from typing import Any
 import ml_collections
 
 from semrel_jax import errors
-from semrel_jax.data import coco_captions, llava_json, scienceqa, sort_of_clevr, sort_of_clevr_captions, tfds_copy, vqa_v2
+from semrel_jax.data import (
+    coco_captions, flickr30k, gqa, llava_json, nlvr2, scienceqa, sort_of_clevr, sort_of_clevr_captions, tfds_copy,
+    visual_genome, vqa_v2,
+)
 from semrel_jax.data.dataset import Dataset
 from semrel_jax.data.source import Source
 
@@ -37,6 +44,10 @@ _DATASETS: dict[str, Dataset] = {
         vqa_v2.DATASET,
         coco_captions.DATASET,
         llava_json.DATASET,
+        nlvr2.DATASET,
+        flickr30k.DATASET,
+        visual_genome.DATASET,
+        gqa.DATASET,
     )
 }
 
