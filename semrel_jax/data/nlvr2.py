@@ -13,9 +13,11 @@ Layout implemented (the ``lil-lab/nlvr`` repository's ``nlvr2/data`` files and t
 (the sentence number): ``train-10171-0-3`` and ``train-10171-0-0`` share the pair ``train-10171-0``.
 A train line without ``directory`` (or a dev/test line with one) is read from wherever its field says.
 
-One example per line, in file order: ``left_image``, ``right_image`` (uint8 ``[H, W, 3]`` each) and
-``image``, both side by side (``side_by_side``: the shorter one zero-padded at the bottom; for models that
-take one image), ``question`` (the sentence plus ``QUESTION_SUFFIX``), ``answer`` ('true' | 'false'),
+One example per line, in file order: ``image`` (uint8), the two images side by side (``side_by_side``: the
+shorter one zero-padded at the bottom; what a model that takes one image reads), ``left_size`` /
+``right_size`` (``[H, W]`` each: :func:`split_pair` gives the two images back exactly, e.g. for a model
+that encodes each image with the statement; a prepared copy keeps all three), ``question`` (the
+sentence plus ``QUESTION_SUFFIX``), ``answer`` ('true' | 'false'),
 ``sentence``, ``label`` (1 | 0), ``identifier``, ``pair`` (the stem), ``index``, and ``family`` / ``kind``
 (``nlvr2`` / ``statement``) for ``evaluation.vqa.accuracy_report``. The score adds NLVR2's consistency:
 the fraction of sentences (``<split>-<set>-*-<n>``) right on every pair they were written for.
@@ -80,6 +82,13 @@ def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     out[: left.shape[0], : left.shape[1]] = left
     out[: right.shape[0], left.shape[1] :] = right
     return out
+
+
+def split_pair(example: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(left, right)`` uint8 ``[H, W, 3]`` back from an example's side-by-side ``image`` (exact: no resampling)."""
+    (left_h, left_w), (right_h, right_w) = example["left_size"], example["right_size"]
+    image = example["image"]
+    return image[:left_h, :left_w], image[:right_h, left_w : left_w + right_w]
 
 
 class NLVR2(RecordSource):
@@ -170,7 +179,8 @@ class NLVR2(RecordSource):
                 i = (j + 1) % len(self)
                 continue
             left = example.pop("image")
-            return {**example, "image": side_by_side(left, right), "left_image": left, "right_image": right}
+            return {**example, "image": side_by_side(left, right), "left_size": list(left.shape[:2]),
+                    "right_size": list(right.shape[:2])}
         raise BadDataError(self.name, self.record_id(index), self.image_path(index), CORRUPT_IMAGE,
                            "no example of the source has a readable image pair")
 
