@@ -312,3 +312,59 @@ def test_a_prepared_copy_reads_back_the_same_examples(data, tmp_path, name):
         left, right = nlvr2.split_pair(copy[0][0])
         np.testing.assert_array_equal(left, data["nlvr2"]["left"])
         np.testing.assert_array_equal(right, data["nlvr2"]["right"])
+
+
+# ------------------------------------------------------------------ SemVLP batches from the readers
+
+
+def test_semvlp_rows_from_captions_and_questions(data):
+    from semrel_jax.data import semvlp_records, semvlp_scenes
+
+    root = data["visual_genome"]["root"]
+    captions = visual_genome.VGRegions(os.path.join(root, visual_genome.REGIONS_FILE), root, "train", on_bad_data="skip")
+    questions = gqa.GQA.from_root(data["gqa"]["root"], "train_balanced", on_bad_data="skip")
+    answers = semvlp_records.answer_vocabulary(questions, 1)
+    assert answers == ("cup",)  # 'no' and 'cup' once each: ties by text
+    rows = semvlp_records.RecordRows(semvlp_scenes.word_tokenizer(), captions=captions, questions=questions,
+                                     answers=answers, image_size=32, patch_size=8, max_text_len=12)
+    batch = rows.batch(np.arange(16), seed=0)
+    assert batch["images"].shape == (16, 32, 32, 3) and batch["visual_valid"].shape == (16, 16)
+    assert 0 <= batch["images"].min() and batch["images"].max() <= 1 and batch["tokens"].shape == (16, 12)
+    texts = [rows.row(0, i)["text"] for i in range(16)]
+    phrases = {"a red car": 1, "a dog on grass": 2}
+    for i, text in enumerate(texts):
+        row = rows.row(0, i)
+        if text in phrases:  # a caption: matched iff the phrase is of this row's image (example i mod 2)
+            assert row["matched"] == int(phrases[text] == (1, 2)[i % 2]) and row["is_question"] == 0
+        else:  # a question: only 'cup' is in the vocabulary
+            assert text == questions.metadata(i % 2)["question"]
+            assert (row["is_question"], row["answer"]) == ((0, 0) if i % 2 == 0 else (1, 0))
+    assert {rows.row(0, i)["matched"] for i in range(16) if texts[i] in phrases} == {0, 1}  # positives, negatives
+    assert 0 < sum(text in phrases for text in texts) < 16  # and questions
+    again = rows.batch(np.arange(16), seed=0)
+    assert all(np.array_equal(batch[k], again[k]) for k in batch)  # a pure function of (seed, index)
+
+
+def test_semvlp_rows_with_region_features_and_nlvr2_pairs(data):
+    from semrel_jax.data import semvlp_records, semvlp_scenes
+    from semrel_jax.data.preprocess import ImagePreprocessor
+
+    tokenizer = semvlp_scenes.word_tokenizer()
+    questions = gqa.GQA.from_root(data["gqa"]["root"], "train_balanced", on_bad_data="skip")
+    store = region_features.RegionFeatures.from_tsv(data["features"]["tsv"], on_bad_data="skip")
+    names = {"2375429": "COCO_1", "n161313": "COCO_2"}
+    rows = semvlp_records.RecordRows(tokenizer, questions=questions, answers=("no", "cup"), regions=store,
+                                     max_regions=3, image_key=lambda example: names[example["image_id"]])
+    batch = rows.batch([0, 1], seed=0)
+    assert batch["regions"].shape == (2, 3, 2048) and batch["boxes"].shape == (2, 3, 4)
+    assert batch["visual_valid"].tolist() == [[True, True, False], [True, True, True]]
+    np.testing.assert_array_equal(batch["regions"][1], store.get("COCO_2")["features"])
+    assert batch["is_question"].tolist() == [1, 1] and batch["answer"].tolist() == [0, 1]
+
+    pairs = semvlp_records.PairRows(tokenizer, nlvr2.NLVR2.from_root(data["nlvr2"]["root"], "train", on_bad_data="skip"),
+                                    image_size=16, patch_size=8)
+    batch = pairs.batch([0, 1], seed=0)
+    assert batch["images"].shape == (2, 2, 16, 16, 3) and batch["visual_valid"].shape == (2, 2, 4)
+    assert batch["label"].tolist() == [1, 0] and batch["tokens"].shape == (2, 40)
+    resize = ImagePreprocessor(16, normalization="unit", resample="bilinear", crop=False)
+    np.testing.assert_allclose(batch["images"][0, 1], resize(data["nlvr2"]["right"]))
