@@ -343,6 +343,11 @@ def test_semvlp_rows_from_captions_and_questions(data):
     assert 0 < sum(text in phrases for text in texts) < 16  # and questions
     again = rows.batch(np.arange(16), seed=0)
     assert all(np.array_equal(batch[k], again[k]) for k in batch)  # a pure function of (seed, index)
+    # SceneBatches' evaluation interface: a kind or match forced, and retrieval pairs
+    assert rows.row(0, 1, kind="question")["text"] == "What is on the table?"
+    assert rows.row(0, 0, kind="caption", matched=True)["text"] == "a red car"
+    assert [(r["text"], r["matched"]) for r in (rows.pair(0, 0, 1), rows.pair(0, 1, 1))] == [
+        ("a dog on grass", 0), ("a dog on grass", 1)]
 
 
 def test_semvlp_rows_with_region_features_and_nlvr2_pairs(data):

@@ -115,25 +115,37 @@ class RecordRows:
                 return other["answer"]
         raise ValueError(f"{source!r}: no caption of another image in {_NEGATIVE_DRAWS} draws: too few images.")
 
-    def row(self, seed: int, index: int) -> dict:
-        """Row ``index``: ``text``, ``matched``, ``is_question``, ``answer`` and the visual input."""
-        rng = np.random.default_rng([seed, index, 3])
-        kind = self._kind(rng)
-        source = self.questions if kind == "question" else self.captions
-        for step in range(len(source)):  # an example whose region features are bad: the next one
+    def _example(self, source: Source, index: int) -> tuple[dict, dict]:
+        """``(example, visual input)`` of example ``index``; one whose region features are bad: the next one."""
+        for step in range(len(source)):
             example = source[(index + step) % len(source)]
             visual = self.visual(example["image"], self.image_key(example))
             if visual is not None:
-                break
-        else:
-            raise errors.DataError(f"{source!r}: no example has usable region features.")
+                return example, visual
+        raise errors.DataError(f"{source!r}: no example has usable region features.")
+
+    def row(self, seed: int, index: int, *, kind: str | None = None, matched: bool | None = None) -> dict:
+        """Row ``index``: ``text``, ``matched``, ``is_question``, ``answer`` and the visual input; ``kind``
+        ('caption' | 'question') and ``matched`` are drawn unless given (``SceneBatches.row``'s interface)."""
+        rng = np.random.default_rng([seed, index, 3])
+        kind = kind or self._kind(rng)
+        example, visual = self._example(self.questions if kind == "question" else self.captions, index)
         if kind == "question":
             answer = self.answer_index.get(vqa.normalize(example["answer"] or ""), -1)
             return visual | {"text": example["question"], "matched": 1, "is_question": int(answer >= 0),
                              "answer": max(answer, 0)}
-        matched = bool(rng.random() >= self.negative_rate)
+        matched = bool(rng.random() >= self.negative_rate) if matched is None else matched
         text = example["answer"] if matched else self._other_caption(rng, example)
         return visual | {"text": text, "matched": int(matched), "is_question": 0, "answer": 0}
+
+    def pair(self, seed: int, image_index: int, text_index: int) -> dict:
+        """Caption example ``image_index``'s image with caption example ``text_index``'s text (retrieval);
+        ``matched`` when both show the same image."""
+        del seed
+        example, visual = self._example(self.captions, image_index)
+        text = self.captions.metadata(text_index % len(self.captions))
+        same = self.image_key(text) == self.image_key(example)
+        return visual | {"text": text["answer"], "matched": int(same), "is_question": 0, "answer": 0}
 
     def collate(self, rows: list[dict]) -> dict[str, np.ndarray]:
         """Rows -> ``tokens, text_valid [B, T]``, the visual input, ``matched, is_question, answer [B]``."""
