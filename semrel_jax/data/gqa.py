@@ -6,7 +6,7 @@ Files as released (``questions1.2.zip`` and ``images.zip`` unpacked; ``root`` ho
                                             "answer": "no", "fullAnswer": "No, the cup is red.",
                                             "isBalanced": true, "types": {"structural": "verify",
                                             "semantic": "attr", "detailed": "verifyAttr"}, ...}, ...}
-    <root>/<split>_questions/*.json      a split released in parts (train_all): read in name order
+    <root>/<split>_questions/*.json      a split released in parts (train_all): read in part-number order
     <image_root>/<imageId>.jpg           (``image_root`` defaults to ``<root>/images``)
 
 ``<split>`` is the file's prefix: ``train_balanced``, ``val_balanced``, ``testdev_balanced``, ``train_all``,
@@ -42,12 +42,17 @@ SPLIT_NAME = re.compile(r"^[A-Za-z0-9]+(_[A-Za-z0-9]+)*$")  # a file prefix, nev
 TYPE_KEYS: tuple[str, ...] = ("structural", "semantic", "detailed")
 
 
+def _numbers_as_numbers(path: str) -> list:
+    """Sort key: ``..._2.json`` before ``..._10.json``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
 def question_files(root: str, split: str) -> list[str]:
-    """``<root>/<split>_questions.json``, or the parts in ``<root>/<split>_questions/`` (name order)."""
+    """``<root>/<split>_questions.json``, or the parts in ``<root>/<split>_questions/`` (part-number order)."""
     if not SPLIT_NAME.match(split):
         raise ValueError(f"GQA split {split!r} must be a file prefix such as 'train_balanced'.")
     single = os.path.join(root, f"{split}_questions.json")
-    parts = sorted(glob.glob(os.path.join(root, f"{split}_questions", "*.json")))
+    parts = sorted(glob.glob(os.path.join(root, f"{split}_questions", "*.json")), key=_numbers_as_numbers)
     return parts if parts and not os.path.exists(single) else [single]
 
 

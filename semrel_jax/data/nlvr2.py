@@ -162,7 +162,7 @@ class NLVR2(RecordSource):
     def __getitem__(self, index: Any) -> dict[str, Any]:
         """The base reads the left image under the policy; the right one is read here under the same policy
         (a pair whose right image does not decode is served by the next readable example, like a left one)."""
-        i = self._check_index(index)
+        first = i = self._check_index(index)
         for _ in range(len(self)):
             example = super().__getitem__(i)
             j = example["index"]
@@ -181,7 +181,7 @@ class NLVR2(RecordSource):
             left = example.pop("image")
             return {**example, "image": side_by_side(left, right), "left_size": list(left.shape[:2]),
                     "right_size": list(right.shape[:2])}
-        raise BadDataError(self.name, self.record_id(index), self.image_path(index), CORRUPT_IMAGE,
+        raise BadDataError(self.name, self.record_id(first), self.image_path(first), CORRUPT_IMAGE,
                            "no example of the source has a readable image pair")
 
 
