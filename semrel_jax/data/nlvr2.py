@@ -9,7 +9,8 @@ Layout implemented (the ``lil-lab/nlvr`` repository's ``nlvr2/data`` files and t
     <image_root>/dev/dev-850-0-img0.png                       dev / test images are flat
                    .../<stem>-img1.png                        the right image
 
-``image_root`` defaults to ``<root>/images``. ``<stem>`` is the identifier without its last ``-<n>``
+``image_root`` defaults to ``<root>/images``. Some ``.png`` files of the release are JPEGs: images are decoded by
+their content, not their extension. ``<stem>`` is the identifier without its last ``-<n>``
 (the sentence number): ``train-10171-0-3`` and ``train-10171-0-0`` share the pair ``train-10171-0``.
 A train line without ``directory`` (or a dev/test line with one) is read from wherever its field says.
 

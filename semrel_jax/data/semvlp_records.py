@@ -18,7 +18,7 @@ What each reader becomes (LXMERT's pre-training tasks, as the built-in scenes fe
 
 Visual input: ``images [B, S, S, 3]`` in [0, 1] (the image resized to ``image_size``, for the ViT), or
 with a ``region_features.RegionFeatures`` store, ``regions [B, M, D]``, ``boxes [B, M, 4]``,
-``visual_valid [B, M]`` looked up by ``image_key(example)`` (default its ``image_id``; it also tells two
+``visual_valid [B, M]`` looked up by ``image_key(example)`` (default its ``image_id`` or ``cocoid``; it also tells two
 captions' images apart for the negatives) (NLVR2: ``<pair>-img0`` / ``-img1``, LXMERT's
 ids). An image whose features are bad under ``skip`` makes its row the next example's. Real data has no
 class per visual token, so there is no ``visual_labels`` and the masked-visual classification loss is 0.
@@ -55,7 +55,8 @@ def answer_vocabulary(questions: Source, size: int) -> tuple[str, ...]:
 
 
 def image_id_key(example: dict) -> str:
-    return str(example["image_id"])
+    """The example's image id: ``image_id`` (VQA v2, GQA, Visual Genome, Flickr30K) or ``cocoid`` (COCO captions)."""
+    return str(example["image_id"] if "image_id" in example else example["cocoid"])
 
 
 class _Visual:
