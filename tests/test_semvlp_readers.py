@@ -373,3 +373,46 @@ def test_semvlp_rows_with_region_features_and_nlvr2_pairs(data):
     assert batch["label"].tolist() == [1, 0] and batch["tokens"].shape == (2, 40)
     resize = ImagePreprocessor(16, normalization="unit", resample="bilinear", crop=False)
     np.testing.assert_allclose(batch["images"][0, 1], resize(data["nlvr2"]["right"]))
+
+
+@pytest.mark.slow  # compiles a tiny SemVLP twice (~10-30 s on the shared 2-core box)
+def test_reader_batches_train_the_semvlp_objectives(data):
+    """The batches from the readers go through the SemVLP model and its losses as the scenes' do (no visual
+    labels: the masked-visual classification loss is 0), with images and with region features."""
+    import jax
+    from flax import nnx
+
+    from semrel_jax.data import semvlp_records, semvlp_scenes
+    from semrel_jax.method.semvlp import objectives
+    from semrel_jax.method.semvlp.model import SemVLP, SemVLPConfig
+    from semrel_jax.models.bert import BertConfig
+    from semrel_jax.models.vit import ViTConfig
+
+    tokenizer = semvlp_scenes.word_tokenizer()
+    questions = gqa.GQA.from_root(data["gqa"]["root"], "train_balanced", on_bad_data="skip")
+    root = data["visual_genome"]["root"]
+    captions = visual_genome.VGRegions(os.path.join(root, visual_genome.REGIONS_FILE), root, "train", on_bad_data="skip")
+    store = region_features.RegionFeatures.from_tsv(data["features"]["tsv"], on_bad_data="skip")
+    names = {"2375429": "COCO_1", "n161313": "COCO_2", "1": "COCO_1", "2": "COCO_2"}
+    bert = BertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=4, mlp_dim=64, max_positions=32)
+    vit = ViTConfig(image_size=32, patch_size=8, width=32, depth=1, heads=4, mlp_dim=64, act="gelu",
+                    class_token=False, pre_ln=False, patch_bias=True)
+    masking = objectives.MaskingConfig(mask_token=tokenizer.mask_token_id, vocab_size=len(tokenizer),
+                                       special_tokens=tuple(tokenizer.all_special_ids))
+    for vision, regions in ((vit, None), (None, store)):
+        rows = semvlp_records.RecordRows(tokenizer, captions=captions, questions=questions, answers=("no", "cup"),
+                                         image_size=32, patch_size=8, max_text_len=16, regions=regions,
+                                         max_regions=4, image_key=lambda example: names[str(example["image_id"])])
+        batch = jax.tree.map(jax.numpy.asarray, rows.batch(np.arange(8), seed=0))
+        model = SemVLP(SemVLPConfig(text=bert, vision=vision, region_dim=2048, cross_layers=1, num_answers=2),
+                       rngs=nnx.Rngs(0))
+
+        @nnx.jit
+        def losses(model, batch, key):
+            masks = objectives.draw_masks(key, batch, masking)
+            out = model(dict(batch, tokens=masks.tokens), "two", visual_mask=masks.visual)
+            return objectives.compute_losses(model, batch, out, masks)
+
+        values = {k: float(v) for k, v in losses(model, batch, jax.random.key(0)).items()}
+        assert values["visual_classification"] == 0.0, values
+        assert all(np.isfinite(v) and v > 0 for k, v in values.items() if k != "visual_classification"), values
