@@ -61,6 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.llm.update(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=64)
         c.model.encoders.vit.update(width=32, depth=2, heads=2, mlp_dim=64, taps=(1, 2), adapter_dim=4)
         c.model.projector.hidden = 16
-        c.train.update(batch_size=8, num_steps=6, warmup_steps=2, log_every=2, checkpoint_every=3)
+        # No heatmap gallery by default: its capture pass is a second compilation, and tiny runs are for tests.
+        c.train.update(batch_size=8, num_steps=6, warmup_steps=2, log_every=2, checkpoint_every=3, eval_samples=0)
         c.eval.update(batch_size=16, num_examples=40)
     return c

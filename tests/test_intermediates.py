@@ -11,30 +11,24 @@ from flax import nnx
 
 from semrel_jax.method import ica
 from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
-from semrel_jax.method.vlm import VisionLanguageModel, VLMConfig, slot_layout
+from semrel_jax.method.vlm import slot_layout
 from semrel_jax.models import attention as attention_lib
 from semrel_jax.models import layers
-from semrel_jax.models.llama import LlamaConfig, attention_probabilities
+from semrel_jax.models.llama import attention_probabilities
 from semrel_jax.models.vit import ViTConfig
 
-LLM = LlamaConfig(vocab_size=40, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, mlp_dim=48)
-VIT = ViTConfig(image_size=20, patch_size=5, width=24, depth=2, heads=3, mlp_dim=32)
+import toy_vlm
+
+LLM = toy_vlm.LLM
+VIT = toy_vlm.vit_config(depth=2)
 DELTA, LAM = 0.3, 0.5
 
 
 def _vlm(injection="ica", slots=20):
-    ens = EnsembleConfig(encoders=(EncoderSpec("vit", VIT, (1, 2)),), out_dim=LLM.dim, projector_hidden=8, memory_scale=1.0)
-    ica_config = ica.ICAConfig(scale=1.0, delta=DELTA, lam=LAM, dropout=0.0)
-    slots = slots if injection == "ica" else 0
-    cfg = VLMConfig(llm=LLM, vision=ens, injection=injection, num_memory_slots=slots, ica=ica_config)
-    return VisionLanguageModel(cfg, rngs=nnx.Rngs(0))
+    return toy_vlm.vlm(VIT, (1, 2), injection, slots if injection == "ica" else 0, delta=DELTA, lam=LAM, dropout=0.0)
 
 
-def _inputs(batch=2, t=6):
-    rng = np.random.default_rng(0)
-    images = {"vit": jnp.asarray(rng.normal(size=(batch, 20, 20, 3)), jnp.float32)}
-    tokens = jnp.asarray(rng.integers(4, 40, size=(batch, t)), jnp.int32)
-    return images, jnp.ones((batch,), jnp.int32), tokens, jnp.ones((batch, t), bool)
+_inputs = toy_vlm.inputs
 
 
 def _reference_alpha_and_mask(model, images, has_image, tokens, valid):

@@ -12,26 +12,21 @@ from flax import nnx
 from semrel_jax.method import ica
 from semrel_jax.method.ensemble import EncoderEnsemble, EncoderSpec, EnsembleConfig
 from semrel_jax.method.srproj import SRProj
-from semrel_jax.method.vlm import VisionLanguageModel, VLMConfig
 from semrel_jax.models.llama import Llama, LlamaConfig
 from semrel_jax.models.layers import activation
 from semrel_jax.models.vit import ViT, ViTConfig
 
-LLM = LlamaConfig(vocab_size=40, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, mlp_dim=48)
-VIT = ViTConfig(image_size=20, patch_size=5, width=24, depth=3, heads=3, mlp_dim=32, adapter_dim=4)
+import toy_vlm
+
+LLM = toy_vlm.LLM
+VIT = toy_vlm.vit_config(adapter_dim=4)
 
 
 def _vlm(injection="ica", slots=20, **ica_kw):
-    ens = EnsembleConfig(encoders=(EncoderSpec("vit", VIT, (1, 3)),), out_dim=LLM.dim, projector_hidden=8, memory_scale=1.0)
-    cfg = VLMConfig(llm=LLM, vision=ens, injection=injection, num_memory_slots=slots, ica=ica.ICAConfig(scale=1.0, **ica_kw))
-    return VisionLanguageModel(cfg, rngs=nnx.Rngs(0))
+    return toy_vlm.vlm(VIT, (1, 3), injection, slots, **ica_kw)
 
 
-def _inputs(batch=2, t=6):
-    rng = np.random.default_rng(0)
-    images = {"vit": jnp.asarray(rng.normal(size=(batch, 20, 20, 3)), jnp.float32)}
-    tokens = jnp.asarray(rng.integers(4, 40, size=(batch, t)), jnp.int32)
-    return images, jnp.ones((batch,), jnp.int32), tokens, jnp.ones((batch, t), bool)
+_inputs = toy_vlm.inputs
 
 
 def test_vit_taps_shapes_and_skipped_blocks():

@@ -108,12 +108,16 @@ def test_main_runs_end_to_end(tmp_path):
     assert first["tokens_per_second"] > 0 and first["tflops_per_second_per_device"] > 0
     assert first["mfu"] == pytest.approx(first["tflops_per_second_per_device"] / 0.1)
     assert len(json.loads((workdir / "predictions.json").read_text())) == 20
-    # evaluating the checkpoint afterwards reproduces the run's own evaluation
+    # evaluating the checkpoint afterwards reproduces the run's own evaluation, with heatmaps of 2 examples
     cmd = [sys.executable, "-m", "semrel_jax.evaluate", f"--checkpoint={workdir}", f"--out={tmp_path / 'eval'}",
-           "--config=configs/vqa.py:tiny", "--config.eval.num_examples=20", *mix]
+           "--config=configs/vqa.py:tiny", "--config.eval.num_examples=20", "--explain", "2", *mix]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((tmp_path / "eval" / "results.json").read_text())
+    samples = json.loads((tmp_path / "eval" / "explain" / "samples.json").read_text())
+    assert [s["figure"] for s in samples] == ["example_0.png", "example_1.png"]
+    assert all((tmp_path / "eval" / "explain" / s["figure"]).stat().st_size > 1000 for s in samples)
+    assert "example_1.png" in (tmp_path / "eval" / "explain" / "index.html").read_text()
     assert again["wall_seconds"] > 0
     assert {k: v for k, v in again.items() if k.startswith("accuracy")} == {
         k: v for k, v in results.items() if k.startswith("accuracy")

@@ -9,7 +9,7 @@ keeps our freshly initialised pooler (``has_pooler=False`` drops its rows).
 
 from __future__ import annotations
 
-from semrel_jax.convert.families import Path, Row, _get
+from semrel_jax.convert.families import Path, Row, hf_value
 from semrel_jax.convert.safetensors_io import CheckpointError
 from semrel_jax.models.bert import BertConfig
 
@@ -25,21 +25,21 @@ def bert_config_from_hf(cfg: dict, *, dtype: str = "float32", param_dtype: str =
     """Our BertConfig for a HF ``model_type: bert`` ``config.json`` (absolute position embeddings only)."""
     if cfg.get("model_type") not in BERT_TYPES:
         raise CheckpointError(f"model_type {cfg.get('model_type')!r} is not a BERT-family encoder; supported: {BERT_TYPES}.")
-    act = _get(cfg, "hidden_act", "gelu")
+    act = hf_value(cfg, "hidden_act", "gelu")
     if act not in _ACTIVATIONS:
         raise CheckpointError(f"BERT hidden_act {act!r} is not supported; supported: {sorted(_ACTIVATIONS)}.")
-    if _get(cfg, "position_embedding_type", "absolute") != "absolute":
+    if hf_value(cfg, "position_embedding_type", "absolute") != "absolute":
         raise CheckpointError(f"position_embedding_type {cfg['position_embedding_type']!r} is not supported (absolute only).")
     return BertConfig(
-        vocab_size=_get(cfg, "vocab_size", required=True),
-        dim=_get(cfg, "hidden_size", required=True),
-        n_layers=_get(cfg, "num_hidden_layers", required=True),
-        n_heads=_get(cfg, "num_attention_heads", required=True),
-        mlp_dim=_get(cfg, "intermediate_size", required=True),
-        max_positions=_get(cfg, "max_position_embeddings", 512),
-        type_vocab_size=_get(cfg, "type_vocab_size", 2),
+        vocab_size=hf_value(cfg, "vocab_size", required=True),
+        dim=hf_value(cfg, "hidden_size", required=True),
+        n_layers=hf_value(cfg, "num_hidden_layers", required=True),
+        n_heads=hf_value(cfg, "num_attention_heads", required=True),
+        mlp_dim=hf_value(cfg, "intermediate_size", required=True),
+        max_positions=hf_value(cfg, "max_position_embeddings", 512),
+        type_vocab_size=hf_value(cfg, "type_vocab_size", 2),
         act=_ACTIVATIONS[act],
-        norm_eps=float(_get(cfg, "layer_norm_eps", 1e-12)),
+        norm_eps=float(hf_value(cfg, "layer_norm_eps", 1e-12)),
         dtype=dtype,
         param_dtype=param_dtype,
     )

@@ -23,7 +23,8 @@ VISION_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model", "s
 _ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 
 
-def _get(cfg: dict, key: str, default=None, *, required: bool = False):
+def hf_value(cfg: dict, key: str, default=None, *, required: bool = False):
+    """``cfg[key]`` of a HF ``config.json`` (None counts as absent), else ``default``, or an error when required."""
     if key in cfg and cfg[key] is not None:
         return cfg[key]
     if required:
@@ -39,35 +40,35 @@ def llm_config_from_hf(cfg: dict, *, dtype: str = "float32", param_dtype: str = 
     model_type = cfg.get("model_type")
     if model_type not in LLM_TYPES:
         raise CheckpointError(f"model_type {model_type!r} is not a supported LLM family; supported: {LLM_TYPES}.")
-    if _get(cfg, "hidden_act", "silu") != "silu":
+    if hf_value(cfg, "hidden_act", "silu") != "silu":
         raise CheckpointError(f"hidden_act {cfg['hidden_act']!r} is not supported (the Llama family uses silu).")
-    if _get(cfg, "mlp_bias", False):
+    if hf_value(cfg, "mlp_bias", False):
         raise CheckpointError("mlp_bias=True is not supported.")
-    rope = _get(cfg, "rope_scaling") or _get(cfg, "rope_parameters") or {}
+    rope = hf_value(cfg, "rope_scaling") or hf_value(cfg, "rope_parameters") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "linear", "llama3"):
         raise CheckpointError(f"rope scaling type {rope_type!r} is not supported (default, linear, llama3).")
-    theta = rope.get("rope_theta", _get(cfg, "rope_theta", 10_000.0))
+    theta = rope.get("rope_theta", hf_value(cfg, "rope_theta", 10_000.0))
     sliding_window = None
     if model_type == "mistral":
-        sliding_window = _get(cfg, "sliding_window")
-    elif model_type in ("qwen2", "qwen3") and _get(cfg, "use_sliding_window", False):
+        sliding_window = hf_value(cfg, "sliding_window")
+    elif model_type in ("qwen2", "qwen3") and hf_value(cfg, "use_sliding_window", False):
         raise CheckpointError("Qwen use_sliding_window=True (per-layer windows) is not supported.")
-    n_heads = _get(cfg, "num_attention_heads", required=True)
+    n_heads = hf_value(cfg, "num_attention_heads", required=True)
     return LlamaConfig(
-        vocab_size=_get(cfg, "vocab_size", required=True),
-        dim=_get(cfg, "hidden_size", required=True),
-        n_layers=_get(cfg, "num_hidden_layers", required=True),
+        vocab_size=hf_value(cfg, "vocab_size", required=True),
+        dim=hf_value(cfg, "hidden_size", required=True),
+        n_layers=hf_value(cfg, "num_hidden_layers", required=True),
         n_heads=n_heads,
-        n_kv_heads=_get(cfg, "num_key_value_heads", n_heads),
-        mlp_dim=_get(cfg, "intermediate_size", required=True),
-        head_dim=_get(cfg, "head_dim"),
+        n_kv_heads=hf_value(cfg, "num_key_value_heads", n_heads),
+        mlp_dim=hf_value(cfg, "intermediate_size", required=True),
+        head_dim=hf_value(cfg, "head_dim"),
         rope_theta=float(theta),
-        norm_eps=float(_get(cfg, "rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(_get(cfg, "tie_word_embeddings", False)),
+        norm_eps=float(hf_value(cfg, "rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(hf_value(cfg, "tie_word_embeddings", False)),
         # Qwen2 always has q/k/v biases; LLaMA and Qwen3's attention_bias covers q/k/v and o alike.
-        attention_bias=model_type == "qwen2" or bool(_get(cfg, "attention_bias", False)),
-        o_proj_bias=model_type in ("llama", "qwen3") and bool(_get(cfg, "attention_bias", False)),
+        attention_bias=model_type == "qwen2" or bool(hf_value(cfg, "attention_bias", False)),
+        o_proj_bias=model_type in ("llama", "qwen3") and bool(hf_value(cfg, "attention_bias", False)),
         qk_norm=model_type == "qwen3",
         sliding_window=sliding_window,
         rope_scaling={"default": "none"}.get(rope_type, rope_type),
@@ -129,34 +130,34 @@ def vision_config_from_hf(cfg: dict, *, dtype: str = "float32", param_dtype: str
         raise CheckpointError(f"model_type {model_type!r} is not a supported vision encoder; supported: {VISION_TYPES}.")
     family = model_type.replace("_vision_model", "")
     vc = cfg.get("vision_config", cfg) if family in ("clip", "siglip", "siglip2") else cfg
-    act = _get(vc, "hidden_act", "quick_gelu" if family == "clip" else "gelu")
+    act = hf_value(vc, "hidden_act", "quick_gelu" if family == "clip" else "gelu")
     if act not in _ACTIVATIONS:
         raise CheckpointError(f"vision hidden_act {act!r} is not supported; supported: {sorted(_ACTIVATIONS)}.")
-    if family == "dinov2" and _get(vc, "use_swiglu_ffn", False):
+    if family == "dinov2" and hf_value(vc, "use_swiglu_ffn", False):
         raise CheckpointError("DINOv2 with a SwiGLU FFN (giant) is not supported.")
-    width = _get(vc, "hidden_size", required=True)
+    width = hf_value(vc, "hidden_size", required=True)
     if family == "siglip2":
         # NaFlex: a square grid of num_patches position embeddings; we run at that native grid
-        grid = math.isqrt(_get(vc, "num_patches", required=True))
+        grid = math.isqrt(hf_value(vc, "num_patches", required=True))
         if grid * grid != vc["num_patches"]:
             raise CheckpointError(f"SigLIP2 num_patches={vc['num_patches']} is not a square grid.")
-        image_size = grid * _get(vc, "patch_size", required=True)
+        image_size = grid * hf_value(vc, "patch_size", required=True)
     else:
-        image_size = _get(vc, "image_size", required=True)
+        image_size = hf_value(vc, "image_size", required=True)
     common = dict(
         image_size=image_size,
-        patch_size=_get(vc, "patch_size", required=True),
+        patch_size=hf_value(vc, "patch_size", required=True),
         width=width,
-        depth=_get(vc, "num_hidden_layers", required=True),
-        heads=_get(vc, "num_attention_heads", required=True),
+        depth=hf_value(vc, "num_hidden_layers", required=True),
+        heads=hf_value(vc, "num_attention_heads", required=True),
         # DINOv2 sizes its MLP by mlp_ratio (its config has no intermediate_size)
-        mlp_dim=int(width * vc["mlp_ratio"]) if family == "dinov2" else _get(vc, "intermediate_size", required=True),
-        channels=_get(vc, "num_channels", 3),
+        mlp_dim=int(width * vc["mlp_ratio"]) if family == "dinov2" else hf_value(vc, "intermediate_size", required=True),
+        channels=hf_value(vc, "num_channels", 3),
         act=_ACTIVATIONS[act],
         dtype=dtype,
         param_dtype=param_dtype,
     )
-    layout = dict(FAMILY_LAYOUTS[family], norm_eps=float(_get(vc, "layer_norm_eps", FAMILY_LAYOUTS[family]["norm_eps"])))
+    layout = dict(FAMILY_LAYOUTS[family], norm_eps=float(hf_value(vc, "layer_norm_eps", FAMILY_LAYOUTS[family]["norm_eps"])))
     vit = ViTConfig(**common, **layout)
     if family == "clip":
         mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)

@@ -7,10 +7,11 @@ the run, so evaluation and export reload the very same ids with ``AutoTokenizer`
 
 from __future__ import annotations
 
+import json
 import os
 
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from semrel_jax import errors
 
@@ -32,7 +33,14 @@ def load(path: str) -> PreTrainedTokenizerBase:
     if not os.path.isdir(path):
         raise errors.MissingFileError(f"Tokenizer directory {path!r} does not exist.")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        if _saved_class(path) == PreTrainedTokenizerFast.__name__:
+            # Our own word-level tokenizer: loaded by its class, without importing transformers' auto classes
+            # (which import PyTorch when it is installed: seconds per process).
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - transformers/tokenizers raise many types for a damaged file
         names = ", ".join(sorted(os.listdir(path))) or "nothing"
         raise errors.DataError(
@@ -48,6 +56,15 @@ def load(path: str) -> PreTrainedTokenizerBase:
         # Llama tokenizers ship without a pad token; padding positions are masked out anyway.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _saved_class(path: str) -> str | None:
+    """The ``tokenizer_class`` a saved tokenizer names in its ``tokenizer_config.json`` (None when unreadable)."""
+    try:
+        with open(os.path.join(path, "tokenizer_config.json")) as f:
+            return json.load(f).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return None  # AutoTokenizer then reports what is wrong with the directory
 
 
 def unknown_words(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[str]:

@@ -1,0 +1,33 @@
+"""A toy vision-language model and inputs shared by the model-level tests (test_models, test_intermediates)."""
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from semrel_jax.method import ica
+from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
+from semrel_jax.method.vlm import VisionLanguageModel, VLMConfig
+from semrel_jax.models.llama import LlamaConfig
+from semrel_jax.models.vit import ViTConfig
+
+LLM = LlamaConfig(vocab_size=40, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, mlp_dim=48)
+
+
+def vit_config(**overrides) -> ViTConfig:
+    """A 20x20 image in 5x5 patches: 16 patch tokens + CLS."""
+    return ViTConfig(**dict(dict(image_size=20, patch_size=5, width=24, depth=3, heads=3, mlp_dim=32), **overrides))
+
+
+def vlm(vit: ViTConfig, taps: tuple[int, ...], injection: str = "ica", slots: int = 20, **ica_kw) -> VisionLanguageModel:
+    """One ViT encoder tapped at ``taps`` into ``LLM``; ``ica_kw`` override the ICA config (scale 1.0)."""
+    ens = EnsembleConfig(encoders=(EncoderSpec("vit", vit, taps),), out_dim=LLM.dim, projector_hidden=8, memory_scale=1.0)
+    cfg = VLMConfig(llm=LLM, vision=ens, injection=injection, num_memory_slots=slots, ica=ica.ICAConfig(scale=1.0, **ica_kw))
+    return VisionLanguageModel(cfg, rngs=nnx.Rngs(0))
+
+
+def inputs(batch: int = 2, t: int = 6):
+    """``(images {"vit": [B, 20, 20, 3]}, has_image [B], tokens [B, t], valid [B, t])``, seeded."""
+    rng = np.random.default_rng(0)
+    images = {"vit": jnp.asarray(rng.normal(size=(batch, 20, 20, 3)), jnp.float32)}
+    tokens = jnp.asarray(rng.integers(4, 40, size=(batch, t)), jnp.int32)
+    return images, jnp.ones((batch,), jnp.int32), tokens, jnp.ones((batch, t), bool)
