@@ -146,6 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = dict(
         batch_size=32,  # global batch
         grad_accum_steps=1,  # > 1: the batch runs as that many micro-batches, one optimizer update
+        loss_chunk=0,  # > 0: cross-entropy over that many text positions at a time, no whole-batch fp32 logits
         num_steps=4_000,
         learning_rate=2e-3,
         warmup_steps=100,
