@@ -210,6 +210,7 @@ def build_step(
         mask_start_step=mask_start,
         skip_nonfinite=True,  # never commit a NaN update; the caller's policy decides whether to go on
         accumulation_steps=c.train.grad_accum_steps,
+        loss_chunk=c.train.loss_chunk,
     )
 
     def traced_under_the_rules(state, frozen, batch):

@@ -1,5 +1,6 @@
 """Ahead-of-time compilation for a target mesh: per-device memory before any hardware is committed."""
 
+import functools
 import importlib.util
 import json
 import os
@@ -49,3 +50,25 @@ def test_compiles_for_a_tpu_topology_with_splash_attention_and_reports_per_chip(
     # the TPU compiler's count covers every matmul we count, plus elementwise work
     assert r["xla_flops"] >= 0.9 * r["analytic_flops"] > 0
     assert r["estimate"]["step_seconds"] > 0 and r["compile_seconds"] > 0
+
+
+@functools.cache  # its absl flags may be defined once per process
+def _sweep_module():
+    spec = importlib.util.spec_from_file_location("tpu_sweep", os.path.join(ROOT, "benchmarks", "tpu_sweep.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("start, limit", [(4, 13), (4, 4), (8, 3), (4, 1000), (4, 0)])
+def test_sweep_finds_the_largest_fitting_batch_with_few_compiles(start, limit):
+    tried = []
+
+    def try_batch(b):  # a step that fits up to `limit` examples per chip
+        tried.append(b)
+        return {"fits_with_headroom": b <= limit, "batch": b}
+
+    best, report = _sweep_module().largest_fitting_batch(try_batch, start=start, largest=256)
+    assert best == min(limit, 256)
+    assert report == ({"fits_with_headroom": True, "batch": best} if best else None)
+    assert len(set(tried)) <= 12  # doubling then bisection, not a scan of every size

@@ -128,7 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
         semvlp=semvlp_defaults(),
         injection="ica",  # 'ica' (LSRM/MemVP memory in every block) | 'prefix' (LLaVA)
         remat="none",  # activation rematerialisation per block: none | full | dots | dots_no_batch
-        scan_layers=False,  # True: the LLM's blocks run as one lax.scan over stacked parameters (compiles once)
+        scan_layers=False,  # True: the LLM's and vision towers' blocks run as lax.scans (compile once)
         attention="xla",  # the LLM's attention kernel: xla (anywhere) | cudnn (NVIDIA GPU) | splash (TPU, Pallas)
         num_memory_slots=0,  # N_mem; 0 = exactly the number of fused visual tokens
         modality_embedding=True,  # a learned [2, d] embedding indexed by has_image (counted as trainable)
@@ -146,6 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = dict(
         batch_size=32,  # global batch
         grad_accum_steps=1,  # > 1: the batch runs as that many micro-batches, one optimizer update
+        loss_chunk=0,  # > 0: cross-entropy over that many text positions at a time, no whole-batch fp32 logits
         num_steps=4_000,
         learning_rate=2e-3,
         warmup_steps=100,

@@ -54,7 +54,8 @@ def _llm_config(m: ml_collections.ConfigDict, vocab_size: int) -> LlamaConfig:
 
 
 def _vit_config(name: str, e: ml_collections.ConfigDict, m: ml_collections.ConfigDict) -> ViTConfig:
-    ours = dict(adapter_dim=e.adapter_dim, adapter_scale=e.adapter_scale, adapter_dropout=e.adapter_dropout, remat=m.remat)
+    ours = dict(adapter_dim=e.adapter_dim, adapter_scale=e.adapter_scale, adapter_dropout=e.adapter_dropout, remat=m.remat,
+                scan_layers=m.scan_layers)
     if e.hf_dir:  # the architecture is the checkpoint's; the adapters are ours
         family = vision_family(name, e.hf_dir, m.llm.dtype, m.llm.param_dtype)
         bad = [t for t in e.taps if t > family.config.depth]

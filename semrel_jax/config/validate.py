@@ -162,6 +162,7 @@ def _validate_train(c) -> None:
         positive_int(c, f"train.{key}", allow_zero=True)
     positive_int(c, "train.keep_every", allow_zero=True)
     positive_int(c, "train.grad_accum_steps")
+    positive_int(c, "train.loss_chunk", allow_zero=True)
     for key in ("force_restart", "checkpoint_frozen"):
         check(isinstance(t[key], bool), f"train.{key}", f"expected True or False, got {t[key]!r}")
     check(

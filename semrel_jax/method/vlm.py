@@ -206,22 +206,25 @@ class VisionLanguageModel(nnx.Module):
         mask_enabled: Array | bool = True,
         dropout_key: Array | None = None,
         capture: bool = False,
+        head: bool = True,
     ) -> Array | tuple[Array, Intermediates]:
         """Teacher-forced logits ``[B, T, vocab]`` for the text tokens ``[B, T]``.
 
         ``capture`` (static): return ``(logits, Intermediates)``; off, only the logits and nothing extra traced.
+        ``head`` (static): False returns the LLM's final-normed hidden states ``[B, T, d]`` instead of logits
+        (``self.llm.logits`` maps them; a chunked loss applies it a slice at a time).
         """
         if self.config.injection == "prefix":
             embeddings, full_valid = self._prefixed(images, has_image, tokens, valid, dropout_key)
             p = self.config.num_prefix_tokens
             if not capture:
-                logits, _ = self.llm(valid=full_valid, embeddings=embeddings)
+                logits, _ = self.llm(valid=full_valid, embeddings=embeddings, head=head)
                 return logits[:, p:]
             logits, _, trace = self.llm(valid=full_valid, embeddings=embeddings, capture=True)
             return logits[:, p:], Intermediates(image_attention=trace.attention[:, :, p:, :p])
         memory = share_memory(self.memory(images, has_image, mask_enabled, dropout_key), tokens.shape[0])
         if not capture:
-            logits, _ = self._read_memory(memory, tokens, valid, dropout_key=dropout_key)
+            logits, _ = self._read_memory(memory, tokens, valid, dropout_key=dropout_key, head=head)
             return logits
         logits, _, trace = self._read_memory(memory, tokens, valid, capture=True, dropout_key=dropout_key)
         alpha = jnp.stack([weights.alpha for weights in trace.side_states])

@@ -319,6 +319,11 @@ class Llama(nnx.Module):
     def embed(self, tokens: Array) -> Array:
         return self.embed_tokens(tokens)
 
+    def logits(self, x: Array) -> Array:
+        """The output projection: final-normed hidden states ``[B, T, d]`` -> float32 logits ``[B, T, vocab]``."""
+        logits = self.embed_tokens.attend(x) if self.config.tie_embeddings else self.lm_head(x)
+        return layers.constrain(logits.astype(jnp.float32), ("batch", None, "vocab"))
+
     def __call__(
         self,
         tokens: Array | None = None,
@@ -330,6 +335,7 @@ class Llama(nnx.Module):
         dropout_key: Array | None = None,
         cache: KVCache | None = None,
         capture: bool = False,
+        head: bool = True,
     ) -> tuple[Array, KVCache | None] | tuple[Array, KVCache | None, DecoderTrace]:
         """Runs the decoder.
 
@@ -341,6 +347,8 @@ class Llama(nnx.Module):
           dropout_key: block ``i`` hands ``fold_in(dropout_key, i)`` to the side branch (None: deterministic).
           cache: decode with (and update) this KV cache; prompts must be left-padded.
           capture: static; also return a ``DecoderTrace`` of every block (off: the plain computation).
+          head: static; False returns the final-normed hidden states ``[B, T, d]`` (compute dtype) in place of
+            the logits, for a loss that applies ``logits`` a chunk at a time (training/chunked_loss.py).
 
         Returns:
           logits ``[B, T, vocab]`` in float32, the updated cache (None without one) and, with ``capture``,
@@ -385,10 +393,6 @@ class Llama(nnx.Module):
                 side_states.append(side_state)
                 attentions.append(attention)
         x = self.norm(x)
-        if c.tie_embeddings:
-            logits = self.embed_tokens.attend(x)
-        else:
-            logits = self.lm_head(x)
         if cache is not None:
             cache = KVCache(
                 keys=jnp.stack(new_keys),
@@ -397,7 +401,7 @@ class Llama(nnx.Module):
                 lengths=cache.lengths + valid.sum(-1).astype(jnp.int32),
                 index=cache.index + t,
             )
-        logits = layers.constrain(logits.astype(jnp.float32), ("batch", None, "vocab"))
+        logits = self.logits(x) if head else x
         if capture:
             return logits, cache, DecoderTrace(tuple(side_states), jnp.stack(attentions))
         return logits, cache

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from semrel_jax.models import layers
+from semrel_jax.models import layers, scan
 
 Array = jax.Array
 
@@ -48,6 +48,7 @@ class ViTConfig:
     adapter_scale: float = 0.1
     adapter_dropout: float = 0.0  # after the adapter's GELU, training only (release: 0.1)
     remat: str = "none"  # rematerialisation policy per block (layers.REMAT_POLICIES)
+    scan_layers: bool = False  # the blocks between two taps run as one lax.scan (models/scan.py): compiles once
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -239,8 +240,18 @@ class ViT(nnx.Module):
             x = self.pre_layrnorm(x)
         hidden = {0: x}
         call = layers.remat(EncoderLayer.__call__, c.remat)
-        for i in range(max(taps)):
-            key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-            x = layers.constrain(call(self.layers[i], x, key), ("batch", None, None))
-            hidden[i + 1] = x
+
+        def block(layer, x, index):
+            key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+            return layers.constrain(call(layer, x, key), ("batch", None, None))
+
+        if c.scan_layers:  # one scan per stretch of blocks up to the next tap: a tap reads a scan's final carry
+            start = 0
+            for end in sorted({t for t in taps if t > 0}):
+                x = scan.scan_modules(list(self.layers[start:end]), block, x, jnp.arange(start, end))
+                hidden[end], start = x, end
+        else:
+            for i in range(max(taps)):
+                x = block(self.layers[i], x, i)
+                hidden[i + 1] = x
         return [hidden[t] for t in taps]

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from semrel_jax.training import chunked_loss
+
 Array = jax.Array
 MODEL_INPUTS = ("images", "has_image", "tokens", "targets", "loss_mask", "valid")
 TEXT_INPUTS = ("tokens", "targets", "loss_mask", "valid")
@@ -49,6 +51,7 @@ def train_step(
     mask_start_step: int,
     skip_nonfinite: bool,
     accumulation_steps: int = 1,
+    loss_chunk: int = 0,
 ) -> tuple[TrainState, dict[str, Array]]:
     """One optimisation step. ``mask_start_step`` < 0 never enables the ICA inheritance mask.
 
@@ -56,6 +59,9 @@ def train_step(
     (``lax.scan``, so activations of one micro-batch at a time) with their gradients summed before the
     single optimizer update. With dropout off the result equals the full-batch step; with dropout each
     micro-batch draws its own mask.
+
+    ``loss_chunk`` > 0 computes the cross-entropy that many text positions at a time from the model's hidden
+    states (training/chunked_loss.py): the whole batch's float32 logits are never held; the loss is the same.
     """
     rng, dropout_key = jax.random.split(state.rng)
     mask_enabled = (state.step >= mask_start_step) if mask_start_step >= 0 else jnp.asarray(False)
@@ -67,18 +73,22 @@ def train_step(
         model = nnx.merge(graphdef, params, frozen)
         # Grouped batches (data.examples_per_image = G) carry text as [B_img, G, T]: rows of one image.
         micro = {k: v.reshape(-1, v.shape[-1]) if k in TEXT_INPUTS else v for k, v in micro.items()}
-        logits = model(
+        outputs = model(
             micro["images"],
             micro["has_image"],
             micro["tokens"],
             micro["valid"],
             mask_enabled=mask_enabled,
             dropout_key=key,
+            head=not loss_chunk,
         )
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, micro["targets"])
-        correct = (jnp.argmax(logits, -1) == micro["targets"]) * micro["loss_mask"]
+        if loss_chunk:
+            losses, correct = chunked_loss.chunked_token_losses(outputs, model.llm.logits, micro["targets"], loss_chunk)
+        else:
+            losses = optax.softmax_cross_entropy_with_integer_labels(outputs, micro["targets"])
+            correct = jnp.argmax(outputs, -1) == micro["targets"]
         loss = (losses * micro["loss_mask"]).sum() / total_weight
-        return loss, correct.sum() / total_weight
+        return loss, (correct * micro["loss_mask"]).sum() / total_weight
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accumulation_steps == 1:
