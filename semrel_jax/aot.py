@@ -71,15 +71,25 @@ def compile_report(c, devices=None, topology: str = "") -> dict:
     from semrel_jax.training import mesh as mesh_lib
 
     recipe.prepare_config(c)
-    vocab = c.model.llm.vocab_size or recipe.tokenizer_vocab_size(c)
     mesh = recipe.create_mesh(c, devices)
-    model = recipe.build_model(c, vocab, mesh, abstract=True)
-    setup = recipe.build_train_state(c, model, mesh, abstract=True)
-    step = recipe.build_step(c, model, setup, mesh, mask_start=0)
+    if c.model.method == "semvlp":  # its own model and step per mode: training/semvlp_aot.py
+        from semrel_jax.training import semvlp_aot
+
+        lower, analytic_per_example = semvlp_aot.lower_step(c, mesh)
+    else:
+        vocab = c.model.llm.vocab_size or recipe.tokenizer_vocab_size(c)
+        model = recipe.build_model(c, vocab, mesh, abstract=True)
+        setup = recipe.build_train_state(c, model, mesh, abstract=True)
+        step = recipe.build_step(c, model, setup, mesh, mask_start=0)
+        analytic_per_example = flops_lib.count_for_run(c, model.config).training
+
+        def lower():
+            return step.lower(setup.state, setup.frozen, recipe.abstract_batch(c, mesh))
+
     start = time.time()
     try:
         with jax.set_mesh(mesh):
-            compiled = step.lower(setup.state, setup.frozen, recipe.abstract_batch(c, mesh)).compile()
+            compiled = lower().compile()
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -98,7 +108,7 @@ def compile_report(c, devices=None, topology: str = "") -> dict:
         "remat": c.model.remat,
         "scan_layers": c.model.scan_layers,
         "compile_seconds": compile_seconds,
-        "analytic_flops": flops_lib.count_for_run(c, model.config).training * examples_per_device,
+        "analytic_flops": analytic_per_example * examples_per_device,
     }
     if compiled is None:
         return dict(report, refused=refusal, fits=False)
