@@ -57,7 +57,9 @@ SCRIPT = textwrap.dedent(
         out["x".join(map(str, shape))] = {
             "loss_diff": max(abs(a - b) for a, b in zip(ref_losses, losses)),
             "max_param_diff": max(float(np.max(np.abs(np.asarray(flat[k]) - np.asarray(ref[k])))) for k in ref),
-            "specs": {k: [None if a is None else str(a) for a in v.sharding.spec] for k, v in flat.items()},
+            # specs padded to the array's rank (PartitionSpec drops trailing unsharded dimensions)
+            "specs": {k: [None if a is None else str(a) for a in v.sharding.spec] + [None] * (v.ndim - len(v.sharding.spec))
+                      for k, v in flat.items()},
             "fractions": {k: v.addressable_shards[0].data.size / v.size for k, v in flat.items()},
             "sharded_bytes": sharding.sharded_bytes(list(flat.values())),
             "total_bytes": sum(np.asarray(v).nbytes for v in flat.values()),

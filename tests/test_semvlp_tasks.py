@@ -1,10 +1,9 @@
 """SemVLP's built-in tasks beyond pre-training: object-region visual tokens, NLVR2-style statement/image pairs
-(rows, the pair classifier, the ``nlvr2`` preset end to end), and image-text matching learning above chance."""
+(rows, the pair classifier, the ``nlvr2`` preset end to end), and why heads over [CLS] do not learn from scratch."""
 
 import dataclasses
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
