@@ -12,8 +12,9 @@
 
 Presets:
   pretrain   every objective (MLM, masked visual regression + classification, ITM, VQA), modes "s,t"; a BERT
-             of 4 x 64 and a 2-block ViT from scratch: minutes on a 2-core CPU. results.json: held-out VQA
-             accuracy, ITM accuracy, retrieval Recall@1/5/10 both ways.
+             of 4 x 64 from scratch over the scenes' object regions (model.semvlp.visual=patches: a 2-block
+             ViT's patches instead): minutes on a 2-core CPU. results.json: held-out VQA accuracy, ITM
+             accuracy, retrieval Recall@1/5/10 both ways.
   vqa        fine-tuning: question rows only, the VQA classifier's loss only, single-stream.
   retrieval  fine-tuning: description rows (half negatives), the ITM loss only, single-stream.
   nlvr2      fine-tuning: NLVR2-style rows (a statement about two scenes, true or false, balanced), the pair
