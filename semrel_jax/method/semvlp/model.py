@@ -20,9 +20,10 @@ paper leaves open, chosen here (our design, configurable):
 * **Pooled output** (``pool``; ITM, VQA and the pair head read it): BERT's pooler (dense + tanh) over the
   mean of every valid text and visual token (``'mean'``, the default), or over the text's first token
   (``'cls'``, BERT's and LXMERT's choice). Measured: from scratch the [CLS] state barely varies across rows
-  (at init its per-row std is ~1e-3 of the other tokens', its attention averaging over the whole sequence),
-  so the heads reading it do not leave chance in a short run — ITM stayed at 0.69 nats for 800 steps and
-  the pair head could not fit 8 rows in 20 steps; over the mean both learn (``tests/test_semvlp_tasks.py``).
+  (at init its per-row std is 0.0013 against 0.35 for the next token: its attention averages the whole sequence),
+  so the heads reading it get almost no row-dependent input: the pair head cannot fit 8 rows in 30 steps
+  over it, and does over the mean (``tests/test_semvlp_tasks.py``). ITM still plateaus at chance in short
+  runs with either pooling (``docs/semvlp.md``).
 * **Pairs** (NLVR2-style, ``encode_pair``): the statement with each image encoded separately by the same
   encoder, the two pooled vectors concatenated and classified by an MLP (LXMERT's and UNITER's head).
 """
