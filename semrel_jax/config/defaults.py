@@ -99,10 +99,18 @@ def llm_defaults() -> dict:
 
 def semvlp_defaults() -> dict:
     """SemVLP (``model.method='semvlp'``, ``training/semvlp_train.py``): the shared BERT, the schedule, the
-    objectives. Its vision tower is ``model.encoders.vit`` (patch features; trained with the rest)."""
+    objectives. Its visual tokens are the scenes' object regions, or ``model.encoders.vit``'s patch features."""
     return dict(
         # the shared BERT: a HF BERT-family directory (weights + WordPiece tokenizer), or these sizes from scratch
         text=dict(hf_dir="", dim=64, n_layers=4, n_heads=4, mlp_dim=128, max_positions=64),
+        # 'regions': one token per object (crop + box, as a detector gives them); 'patches': the ViT's patches
+        visual="regions",
+        # 'pretrain': scene rows, the weighted objectives (also VQA / retrieval fine-tuning, by weights);
+        # 'nlvr2': NLVR2-style rows (a statement about two scenes, true or false) and the pair classifier
+        task="pretrain",
+        # the pooled output the ITM / VQA / pair heads read: 'mean' of the valid text + visual tokens, or 'cls'
+        # (BERT's [CLS]; from scratch it stays near-constant across rows and those heads do not learn: model.py)
+        pool="mean",
         cross_layers=2,  # K: cross-attention in the top K layers of each stream (two-stream steps)
         cross=True,  # False: two-stream steps run without the cross-attention (the streams never meet)
         schedule="s,t",  # modes by step, repeating: 's' single-stream, 't' two-stream ("s,s,t", "s", "t", ...)

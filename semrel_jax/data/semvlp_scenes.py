@@ -2,9 +2,16 @@
 
 Each row pairs a scene's image with one text: its description (``sort_of_clevr_captions.describe``; with
 probability ``negative_rate`` another scene's description, the image-text matching negative) or one of its
-questions (with the answer's index in ``ANSWERS``). The scenes know every object, so each image patch also
-gets a class label: ``1 + 2·colour + shape`` of the object covering most of its pixels, 0 for background
-(the masked-visual classification target).
+questions (with the answer's index in ``ANSWERS``). The visual tokens are one of two kinds (``visual``):
+
+* ``"regions"``: one token per object, as a detector would give them (the paper's and LXMERT's input): the
+  object's ``(2·object_size+1)²`` RGB crop flattened (``region_dim``) and its box ``[x0, y0, x1, y1]`` in
+  [0, 1], in a per-row shuffled order (so a token's index says nothing about its colour);
+* ``"patches"``: the image itself, for the ViT; its patches are the visual tokens.
+
+The scenes know every object, so each visual token also gets a class label, ``1 + 2·colour + shape``: the
+region's object, or the object covering most of a patch's pixels (0 for background) — the masked-visual
+classification target.
 
     scenes = SceneBatches("train", tokenizer, image_size=75, patch_size=15, max_text_len=40)
     batch = scenes.batch(np.arange(8), seed=0)     # a dict of NumPy arrays, see ``batch``
@@ -24,15 +31,17 @@ from semrel_jax.data.sort_of_clevr_captions import describe
 
 ANSWERS: tuple[str, ...] = tuple(sorted({a for answers in sort_of_clevr.answer_space().values() for a in answers}))
 NUM_VISUAL_CLASSES = 1 + len(sort_of_clevr.COLORS) * len(sort_of_clevr.SHAPES)
+VISUAL_KINDS = ("regions", "patches")
 BERT_SPECIAL_TOKENS = {
     "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"
 }
 
 
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    """A BERT-style word-level tokenizer over every word of the scenes' texts ([CLS] text [SEP]), for runs
-    without a pretrained BERT (its WordPiece tokenizer covers these words too)."""
-    words = set(sort_of_clevr.vocabulary()) | set(describe_all_words())
+def word_tokenizer(extra_words: tuple[str, ...] | list[str] = ()) -> PreTrainedTokenizerFast:
+    """A BERT-style word-level tokenizer over every word of the scenes' texts ([CLS] text [SEP]) and
+    ``extra_words`` (e.g. ``semvlp_pairs.vocabulary()``), for runs without a pretrained BERT (its WordPiece
+    tokenizer covers these words too)."""
+    words = set(sort_of_clevr.vocabulary()) | set(describe_all_words()) | set(extra_words)
     vocab = {tok: i for i, tok in enumerate(BERT_SPECIAL_TOKENS.values())}
     for word in sorted(words):
         vocab.setdefault(word, len(vocab))
@@ -65,6 +74,25 @@ def patch_labels(scene: sort_of_clevr.Scene, patch_size: int) -> np.ndarray:
     return counts.argmax(-1)
 
 
+def region_dim(object_size: int = sort_of_clevr.OBJECT_SIZE) -> int:
+    """Width of one region token's features: the object's RGB crop, flattened."""
+    return (2 * object_size + 1) ** 2 * 3
+
+
+def object_regions(scene: sort_of_clevr.Scene, image: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The scene's objects as detector-style regions, in ``order`` (a permutation of the objects):
+    ``features [6, region_dim]`` (crops of ``image [H, W, 3]`` in [0, 1]), ``boxes [6, 4]`` in [0, 1],
+    ``labels [6]`` (``1 + 2·colour + shape``)."""
+    s, size = scene.object_size, scene.image_size
+    features, boxes, labels = [], [], []
+    for index in order:
+        x, y = scene.centers[index]
+        features.append(image[y - s : y + s + 1, x - s : x + s + 1].reshape(-1))
+        boxes.append(np.asarray([x - s, y - s, x + s + 1, y + s + 1], np.float32) / size)
+        labels.append(1 + 2 * int(index) + sort_of_clevr.SHAPES.index(scene.shapes[index]))
+    return np.stack(features), np.stack(boxes), np.asarray(labels, np.int64)
+
+
 class SceneBatches:
     """Random-access SemVLP rows over one split of the procedural scenes."""
 
@@ -78,7 +106,11 @@ class SceneBatches:
         max_text_len: int = 40,
         question_rate: float = 0.5,
         negative_rate: float = 0.5,
+        visual: str = "patches",
     ):
+        if visual not in VISUAL_KINDS:
+            raise ValueError(f"visual must be one of {VISUAL_KINDS}, got {visual!r}.")
+        self.visual = visual
         self.split_id = sort_of_clevr.split_id(split)
         self.tokenizer = tokenizer
         self.image_size, self.patch_size, self.max_text_len = image_size, patch_size, max_text_len
@@ -104,10 +136,11 @@ class SceneBatches:
             other = index if matched else int(rng.integers(1 << 30)) + 1_000_000_000
             text = describe(self.scene(seed, other))
         image = sort_of_clevr.render(scene).astype(np.float32) / 255.0
-        return {
-            "image": image, "text": text, "matched": int(matched), "is_question": int(kind == "question"),
-            "answer": answer, "visual_labels": patch_labels(scene, self.patch_size),
-        }
+        row = {"text": text, "matched": int(matched), "is_question": int(kind == "question"), "answer": answer}
+        if self.visual == "patches":
+            return row | {"image": image, "visual_labels": patch_labels(scene, self.patch_size)}
+        regions, boxes, labels = object_regions(scene, image, rng.permutation(sort_of_clevr.NUM_OBJECTS))
+        return row | {"regions": regions, "boxes": boxes, "visual_labels": labels}
 
     def pair(self, seed: int, image_index: int, text_index: int) -> dict:
         """A caption row pairing image ``image_index`` with the description of scene ``text_index`` (retrieval)."""
@@ -115,16 +148,19 @@ class SceneBatches:
         return dict(row, text=describe(self.scene(seed, text_index)), matched=int(image_index == text_index))
 
     def collate(self, rows: list[dict]) -> dict[str, np.ndarray]:
-        """Rows -> ``tokens, text_valid [B, T]``, ``images [B, H, W, 3]``, ``visual_valid, visual_labels [B, N]``,
-        ``matched, is_question, answer [B]``."""
+        """Rows -> ``tokens, text_valid [B, T]``, ``images [B, H, W, 3]`` (patches) or ``regions [B, 6, region_dim]``
+        + ``boxes [B, 6, 4]`` (regions), ``visual_valid, visual_labels [B, N]``, ``matched, is_question, answer [B]``."""
         encoded = self.tokenizer(
             [r["text"] for r in rows], padding="max_length", truncation=True, max_length=self.max_text_len
         )
         labels = np.stack([r["visual_labels"] for r in rows])
-        return {
+        if self.visual == "patches":
+            visual = {"images": np.stack([r["image"] for r in rows])}
+        else:
+            visual = {"regions": np.stack([r["regions"] for r in rows]), "boxes": np.stack([r["boxes"] for r in rows])}
+        return visual | {
             "tokens": np.asarray(encoded["input_ids"], np.int32),
             "text_valid": np.asarray(encoded["attention_mask"], bool),
-            "images": np.stack([r["image"] for r in rows]),
             "visual_valid": np.ones(labels.shape, bool),
             "visual_labels": labels.astype(np.int32),
             "matched": np.asarray([r["matched"] for r in rows], np.int32),

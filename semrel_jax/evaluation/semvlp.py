@@ -1,7 +1,9 @@
 """SemVLP evaluation on held-out built-in scenes: VQA accuracy (classifier head), image-text matching accuracy,
-and retrieval Recall@1/5/10 both ways (ITM scores over every image x description pair).
+and retrieval Recall@1/5/10 both ways (ITM scores over every image x description pair); NLVR2-style accuracy
+on held-out statement/image pairs.
 
     results = evaluate(model, scenes, mode="single", num_images=50, seed=0, batch_size=50)
+    results = evaluate_pairs(model, pairs, mode="single", num_pairs=50, seed=0, batch_size=50)
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from semrel_jax.data.semvlp_pairs import PairBatches
 from semrel_jax.data.semvlp_scenes import SceneBatches
 from semrel_jax.evaluation import retrieval
 
@@ -45,3 +48,20 @@ def evaluate(model, scenes: SceneBatches, *, mode: str, num_images: int, seed: i
     _, scores = run(pairs)
     results |= retrieval.recall_at_k(scores.reshape(num_images, num_images))
     return results
+
+
+def _pair_predictions(model, batch: dict, mode: str):
+    return jnp.argmax(model.heads.pair_logits(model.encode_pair(batch, mode)), -1)
+
+
+def evaluate_pairs(model, pairs: PairBatches, *, mode: str, num_pairs: int, seed: int, batch_size: int) -> dict[str, float]:
+    """``{"nlvr2_accuracy"}`` over held-out pairs ``0..num_pairs-1`` (balanced: chance is 0.5)."""
+    predict = nnx.jit(_pair_predictions, static_argnames="mode")
+    rows = [pairs.row(seed, i) for i in range(num_pairs)]
+    predicted = []
+    for start in range(0, num_pairs, batch_size):
+        chunk = rows[start : start + batch_size]
+        chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one shape: one compilation
+        predicted.append(np.asarray(predict(model, jax.tree.map(jnp.asarray, pairs.collate(chunk)), mode=mode)))
+    correct = np.concatenate(predicted)[:num_pairs] == np.asarray([r["label"] for r in rows])
+    return {"nlvr2_accuracy": float(np.mean(correct))}

@@ -23,8 +23,14 @@ from semrel_jax.training.train_step import TrainState, init_train_state
 __all__ = ["SemVLPSteps", "TrainState", "init_train_state"]
 
 
-def _loss_fn(params, graphdef, batch, key, mode, cross, weights, masking):
+TASKS = ("pretrain", "nlvr2")
+
+
+def _loss_fn(params, graphdef, batch, key, mode, cross, weights, masking, task):
     model = nnx.merge(graphdef, params)
+    if task == "nlvr2":  # fine-tuning on statement/image-pair rows: one loss, nothing masked
+        losses = objectives.pair_losses(model, batch, mode, cross)
+        return losses["nlvr2"], losses
     masks = objectives.draw_masks(key, batch, masking)
     out = model(dict(batch, tokens=masks.tokens), mode, cross=cross, visual_mask=masks.visual)
     losses = objectives.compute_losses(model, batch, out, masks)
@@ -32,7 +38,11 @@ def _loss_fn(params, graphdef, batch, key, mode, cross, weights, masking):
 
 
 class SemVLPSteps:
-    """``steps(state, batch, mode) -> (state, metrics)``; metrics hold every loss separately and the total."""
+    """``steps(state, batch, mode) -> (state, metrics)``; metrics hold every loss separately and the total.
+
+    ``task``: 'pretrain' (the weighted objectives over scene rows; also VQA/retrieval fine-tuning, by weights)
+    or 'nlvr2' (statement/image-pair rows, ``objectives.pair_losses``).
+    """
 
     def __init__(
         self,
@@ -42,7 +52,11 @@ class SemVLPSteps:
         masking: objectives.MaskingConfig,
         *,
         cross: bool = True,
+        task: str = "pretrain",
     ):
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+        self.task = task
         self.graphdef = graphdef
         self.optimizer = optimizer
         self.weights = dict(weights)
@@ -54,7 +68,7 @@ class SemVLPSteps:
         key = jax.random.fold_in(state.rng, state.step)
         loss_fn = functools.partial(
             _loss_fn, graphdef=self.graphdef, batch=batch, key=key, mode=mode,
-            cross=self.cross, weights=self.weights, masking=self.masking,
+            cross=self.cross, weights=self.weights, masking=self.masking, task=self.task,
         )
         (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
@@ -64,6 +78,10 @@ class SemVLPSteps:
 
     def __call__(self, state: TrainState, batch: dict, mode: str):
         return self._jitted(state, batch, mode=mode)
+
+    def lower(self, state, batch: dict, mode: str):
+        """The step for ``mode`` lowered on (abstract) ``state`` and ``batch``, for ahead-of-time compilation."""
+        return self._jitted.lower(state, batch, mode=mode)
 
     def compiled_modes(self) -> int:
         """How many traces the jitted step holds (one per mode used so far)."""

@@ -21,7 +21,7 @@ from flax import nnx
 
 from semrel_jax import recipe
 from semrel_jax.convert import bert_family, hf
-from semrel_jax.data import semvlp_scenes
+from semrel_jax.data import semvlp_pairs, semvlp_scenes
 from semrel_jax.data import tokenizer as tokenizer_lib
 from semrel_jax.evaluation import semvlp as semvlp_eval
 from semrel_jax.method.semvlp import objectives, schedule
@@ -43,7 +43,7 @@ def build_tokenizer(c: ml_collections.ConfigDict, workdir: str):
     path = os.path.join(workdir, "tokenizer")
     if os.path.isdir(path):
         return tokenizer_lib.load(path)
-    tokenizer = semvlp_scenes.word_tokenizer()
+    tokenizer = semvlp_scenes.word_tokenizer(semvlp_pairs.vocabulary())  # one vocabulary for every task
     if jax.process_index() == 0:
         tokenizer.save_pretrained(path)
     return tokenizer
@@ -56,14 +56,16 @@ def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> SemVLPConfig:
     else:
         text = BertConfig(vocab_size=vocab_size, dim=s.text.dim, n_layers=s.text.n_layers, n_heads=s.text.n_heads,
                           mlp_dim=s.text.mlp_dim, max_positions=s.text.max_positions, remat=c.model.remat)
-    vision = ViTConfig(
-        image_size=enc.image_size, patch_size=enc.patch_size, width=enc.width, depth=enc.depth, heads=enc.heads,
-        mlp_dim=enc.mlp_dim, act=enc.act, posemb=enc.posemb, pre_ln=False, class_token=False, patch_bias=True,
-        remat=c.model.remat,
-    )
+    vision = None  # regions: the scenes' object crops + boxes (semvlp_scenes.object_regions)
+    if s.visual == "patches":
+        vision = ViTConfig(
+            image_size=enc.image_size, patch_size=enc.patch_size, width=enc.width, depth=enc.depth, heads=enc.heads,
+            mlp_dim=enc.mlp_dim, act=enc.act, posemb=enc.posemb, pre_ln=False, class_token=False, patch_bias=True,
+            remat=c.model.remat,
+        )
     return SemVLPConfig(
-        text=text, vision=vision, cross_layers=s.cross_layers, num_answers=len(semvlp_scenes.ANSWERS),
-        num_visual_classes=semvlp_scenes.NUM_VISUAL_CLASSES,
+        text=text, vision=vision, region_dim=semvlp_scenes.region_dim(), cross_layers=s.cross_layers,
+        num_answers=len(semvlp_scenes.ANSWERS), num_visual_classes=semvlp_scenes.NUM_VISUAL_CLASSES, pool=s.pool,
     )
 
 
@@ -111,12 +113,15 @@ def _run(c, workdir, mesh, t0):
         text_rate=s.text_mask_rate, visual_rate=s.visual_mask_rate, mask_token=tokenizer.mask_token_id,
         vocab_size=len(tokenizer), special_tokens=tuple(tokenizer.all_special_ids),
     )
-    steps = SemVLPSteps(graphdef, optimizer, dict(s.weights), masking, cross=s.cross)
+    steps = SemVLPSteps(graphdef, optimizer, dict(s.weights), masking, cross=s.cross, task=s.task)
     pattern = schedule.parse_pattern(s.schedule, "model.semvlp.schedule")
     enc = c.model.encoders.vit
     scene_args = dict(image_size=enc.image_size, patch_size=enc.patch_size, max_text_len=c.data.max_text_len,
-                      question_rate=s.question_rate, negative_rate=s.negative_rate)
-    train_scenes = semvlp_scenes.SceneBatches("train", tokenizer, **scene_args)
+                      question_rate=s.question_rate, negative_rate=s.negative_rate, visual=s.visual)
+
+    def rows(split):  # scene rows (pre-training, VQA, retrieval) or statement/image-pair rows (NLVR2-style)
+        scenes = semvlp_scenes.SceneBatches(split, tokenizer, **scene_args)
+        return semvlp_pairs.PairBatches(scenes) if s.task == "nlvr2" else scenes
 
     config_json = c.to_json_best_effort(indent=2)
     checkpointer = checkpoint_lib.Checkpointer(
@@ -132,14 +137,16 @@ def _run(c, workdir, mesh, t0):
         writer.log(f"semvlp: {partition.count_params(state.params):,} params, schedule {pattern}, start step {start}")
         for note in notes[:10]:
             writer.log(f"sharding: {note}")
-        state = _train_loop(c, state, steps, pattern, train_scenes, mesh, start, checkpointer, writer, config_json)
+        state = _train_loop(c, state, steps, pattern, rows("train"), mesh, start, checkpointer, writer, config_json)
     finally:
         checkpointer.close()
     train_seconds = time.time() - t0
     model = nnx.merge(graphdef, state.params)
-    eval_scenes = semvlp_scenes.SceneBatches("validation", tokenizer, **scene_args)
-    results = semvlp_eval.evaluate(model, eval_scenes, mode=s.eval_mode, num_images=s.eval_images, seed=c.seed,
-                                   batch_size=min(c.eval.batch_size, s.eval_images))
+    eval_args = dict(mode=s.eval_mode, seed=c.seed, batch_size=min(c.eval.batch_size, s.eval_images))
+    if s.task == "nlvr2":
+        results = semvlp_eval.evaluate_pairs(model, rows("validation"), num_pairs=s.eval_images, **eval_args)
+    else:
+        results = semvlp_eval.evaluate(model, rows("validation"), num_images=s.eval_images, **eval_args)
     results |= {"train_seconds": train_seconds, "wall_seconds": time.time() - t0}
     writer.write_scalars(c.train.num_steps, results, prefix="eval")
     writer.close()

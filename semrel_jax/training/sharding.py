@@ -59,8 +59,8 @@ LOGICAL_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"attention(/\d+)?/out_proj/kernel$", ("heads", "embed")),
     (r"(visual|box)_projection/kernel$", (None, "embed")),
     (r"heads/mlm_bias$", ("vocab",)),
-    (r"heads/vqa_hidden/kernel$", ("embed", "mlp")),
-    (r"heads/vqa_out/kernel$", ("mlp", None)),
+    (r"heads/(vqa|pair)_hidden/kernel$", ("embed", "mlp")),  # pair: [2·embed, 2·embed] (NLVR2-style head)
+    (r"heads/(vqa|pair)_out/kernel$", ("mlp", None)),
     (r"(pooler|heads/(mlm_transform|visual_regression|visual_classifier|itm))/kernel$", ("embed", None)),
     # LSRM memory and projectors
     (r"memory_(key|value)_embedding$", (None, "embed")),

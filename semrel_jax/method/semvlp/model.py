@@ -17,7 +17,15 @@ paper leaves open, chosen here (our design, configurable):
   boxes ``[x0, y0, x1, y1]`` in [0, 1] (for patches: the patch's cell in the grid). Masked visual tokens
   are zeroed at the input: masked patches are blacked out in the pixels before the ViT, so nothing of
   them leaks through its attention; masked regions get a zero feature vector.
-* **Pooled output**: BERT's pooler over the text's first token (``[CLS]``) in both modes.
+* **Pooled output** (``pool``; ITM, VQA and the pair head read it): BERT's pooler (dense + tanh) over the
+  mean of every valid text and visual token (``'mean'``, the default), or over the text's first token
+  (``'cls'``, BERT's and LXMERT's choice). Measured: from scratch the [CLS] state barely varies across rows
+  (at init its per-row std is 0.0013 against 0.35 for the next token: its attention averages the whole sequence),
+  so the heads reading it get almost no row-dependent input: the pair head cannot fit 8 rows in 30 steps
+  over it, and does over the mean (``tests/test_semvlp_tasks.py``). ITM still plateaus at chance in short
+  runs with either pooling (``docs/semvlp.md``).
+* **Pairs** (NLVR2-style, ``encode_pair``): the statement with each image encoded separately by the same
+  encoder, the two pooled vectors concatenated and classified by an MLP (LXMERT's and UNITER's head).
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from semrel_jax.models.vit import ViT, ViTConfig
 
 Array = jax.Array
 MODES = ("single", "two")
+POOLS = ("mean", "cls")
+VISUAL_FIELDS = ("images", "regions", "boxes", "visual_valid")  # the inputs with a visual-token/pixel axis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +54,13 @@ class SemVLPConfig:
     cross_layers: int = 2  # K: cross-attention in the top K layers (two-stream mode), 0 < K <= n_layers
     num_answers: int = 1  # the VQA classifier's answer vocabulary
     num_visual_classes: int = 1  # classes of masked visual tokens (0 = background), where labels exist
+    pool: str = "mean"  # the pooled output: 'mean' of the valid text + visual tokens | 'cls' (the text's first token)
 
     def __post_init__(self):
         if not 0 < self.cross_layers <= self.text.n_layers:
             raise ValueError(f"cross_layers={self.cross_layers} must be in 1..{self.text.n_layers} (the BERT's layers).")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}.")
 
     @property
     def visual_dim(self) -> int:
@@ -92,6 +105,10 @@ class Heads(nnx.Module):
         self.vqa_hidden = linear(d, 2 * d)
         self.vqa_norm = norm(2 * d)
         self.vqa_out = linear(2 * d, c.num_answers)
+        # NLVR2-style pairs, as UNITER's head: [pooled_left; pooled_right] 2d -> 2d -> GELU -> LN -> true/false
+        self.pair_hidden = linear(2 * d, 2 * d)
+        self.pair_norm = norm(2 * d)
+        self.pair_out = linear(2 * d, 2)
 
     def mlm_logits(self, text: Array) -> Array:
         """``[B, T, D]`` -> ``[B, T, vocab]``."""
@@ -101,6 +118,10 @@ class Heads(nnx.Module):
     def vqa_logits(self, pooled: Array) -> Array:
         """``[B, D]`` -> ``[B, num_answers]``."""
         return self.vqa_out(self.vqa_norm(jax.nn.gelu(self.vqa_hidden(pooled), approximate=False)))
+
+    def pair_logits(self, pooled_pair: Array) -> Array:
+        """``[B, 2D]`` -> ``[B, 2]`` (false, true)."""
+        return self.pair_out(self.pair_norm(jax.nn.gelu(self.pair_hidden(pooled_pair), approximate=False)))
 
 
 class SemVLP(nnx.Module):
@@ -206,4 +227,26 @@ class SemVLP(nnx.Module):
             text, visual = self.encode_single(text, inputs["text_valid"], visual, visual_valid)
         else:
             text, visual = self.encode_two(text, inputs["text_valid"], visual, visual_valid, cross)
-        return {"text": text, "visual": visual, "pooled": self.bert.pool(text)}
+        return {"text": text, "visual": visual, "pooled": self.pool(text, inputs["text_valid"], visual, visual_valid)}
+
+    def pool(self, text: Array, text_valid: Array, visual: Array, visual_valid: Array) -> Array:
+        """``[B, D]``: BERT's pooler (dense + tanh) over [CLS] or over the mean of the valid tokens (``config.pool``)."""
+        if self.config.pool == "cls":
+            return self.bert.pool(text)
+        x = jnp.concatenate([text, visual], axis=1)
+        weight = jnp.concatenate([text_valid, visual_valid], axis=1).astype(x.dtype)[..., None]
+        mean = jnp.sum(x * weight, axis=1) / jnp.maximum(jnp.sum(weight, axis=1), 1.0)
+        return jnp.tanh(self.bert.pooler(mean))
+
+    def encode_pair(self, inputs: dict, mode: str, *, cross: bool = True) -> Array:
+        """One statement about two images -> ``[B, 2D]``: the pooled output of (statement, left image) and of
+        (statement, right image), concatenated.
+
+        inputs: ``tokens, text_valid [B, T]`` and the visual fields with a pair axis, ``[B, 2, ...]``
+        (``images [B, 2, H, W, C]`` or ``regions [B, 2, N, F]`` + ``boxes [B, 2, N, 4]``; ``visual_valid [B, 2, N]``).
+        """
+        b = inputs["tokens"].shape[0]
+        # row 2i is (statement i, left image i), row 2i + 1 (statement i, right image i)
+        flat = {k: v.reshape((2 * b,) + v.shape[2:]) if k in VISUAL_FIELDS else jnp.repeat(v, 2, axis=0)
+                for k, v in inputs.items() if k in VISUAL_FIELDS + ("tokens", "text_valid")}
+        return self(flat, mode, cross=cross)["pooled"].reshape(b, -1)

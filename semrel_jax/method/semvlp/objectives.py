@@ -9,7 +9,8 @@ exist, classification), image-text matching, and question answering over an answ
 The batch (``data/semvlp_scenes.py``) holds, per row: ``tokens``, ``text_valid [B, T]``; the visual input;
 ``visual_valid [B, N]``; ``matched [B]`` (1: the text describes this image; 0: a sampled negative);
 ``is_question [B]`` with ``answer [B]``; optionally ``visual_labels [B, N]`` (class of each visual
-token, 0 = background). Masked LM and masked visual losses count only on matched rows (a mismatched
+token, 0 = background). The NLVR2-style fine-tuning task has its own loss (``pair_losses``, no masking).
+Masked LM and masked visual losses count only on matched rows (a mismatched
 caption says nothing about the image), ITM on caption rows, VQA on question rows (LXMERT's choices).
 """
 
@@ -89,6 +90,12 @@ def compute_losses(model, batch: dict, out: dict, masks: Masks) -> dict[str, Arr
     vqa = optax.softmax_cross_entropy_with_integer_labels(vqa_logits, batch["answer"])
     losses["vqa"] = _mean(vqa, is_question & matched)
     return losses
+
+
+def pair_losses(model, batch: dict, mode: str, cross: bool) -> dict[str, Array]:
+    """The NLVR2-style task's loss: cross-entropy of true/false (``batch["label"] [B]``) over ``encode_pair``."""
+    logits = model.heads.pair_logits(model.encode_pair(batch, mode, cross=cross)).astype(jnp.float32)
+    return {"nlvr2": jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))}
 
 
 def total_loss(losses: dict[str, Array], weights: dict[str, float]) -> Array:
