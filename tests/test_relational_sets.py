@@ -66,3 +66,20 @@ def test_deterministic_in_the_seed(tmp_path):
     other = [m["answer"] for m in map(_read(tmp_path / "c", "B", 4, 1, seed=1)[0].metadata, range(24))]
     assert first == again and first != other
     assert (tmp_path / "a" / "train.json").read_bytes() == (tmp_path / "b" / "train.json").read_bytes()
+
+
+def test_background_normalisation_maps_any_background_to_zero(tmp_path):
+    """normalization='background' (the scratch preset's): empty patches are ~0 on white, black and grey noise
+    alike, as 'unit' makes them only on black; the objects keep their colour difference to the background."""
+    from semrel_jax.data.preprocess import ImagePreprocessor
+
+    train, _ = _read(tmp_path, "B", 1, 1)
+    textured = train[0]["image"]
+    white = np.full((96, 96, 3), 255, np.uint8)
+    white[40:50, 40:50] = relational_sets.PALETTE["red"]
+    black = 255 - white
+    prep = ImagePreprocessor(96, "background")
+    assert np.abs(prep(white)[:30]).max() == 0 and np.abs(prep(black)[:30]).max() == 0
+    assert np.allclose(prep(white)[45, 45], np.subtract(relational_sets.PALETTE["red"], 255) / 255)
+    assert np.abs(ImagePreprocessor(128, "background")(textured)).mean() < 0.12  # noise and blotches only
+    assert np.abs(ImagePreprocessor(96, "unit")(white)[:30]).min() == 1.0

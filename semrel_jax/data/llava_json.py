@@ -167,7 +167,7 @@ def _answer_key(text: Any) -> str:
     return str(text).strip().lower()
 
 
-def _majority(answers: Iterable[tuple[str | None, str]]) -> dict[str | None, str]:
+def _majority(answers: Iterable[tuple[str | None, str]]) -> dict[str, str]:
     """``kind -> most frequent answer key`` over ``(kind, answer)`` pairs, plus ``ALL_KINDS -> the most
     frequent answer overall``; ties go to the alphabetically first answer, so the baseline is deterministic."""
     counts: dict[Any, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -180,8 +180,9 @@ def _majority(answers: Iterable[tuple[str | None, str]]) -> dict[str | None, str
 
 def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
     """Exact match (case/space-insensitive; free-form answers have no official metric) overall and per
-    question ``kind``, each next to the majority baseline: per kind, the answer most frequent among the
-    TRAINING examples of that kind (overall: the most frequent training answer), scored on these rows.
+    question ``kind``, each next to the majority baseline: it answers a row of a kind with the answer most
+    frequent among the TRAINING examples of that kind, a row without a kind with the most frequent training
+    answer overall (the best a model can do from the question kind alone).
 
     Keys: ``accuracy/exact_match``, ``majority_baseline/exact_match``, ``accuracy/<kind>`` and
     ``majority_baseline/<kind>`` for every kind among the rows (rows without a kind count only overall),
@@ -194,9 +195,10 @@ def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
     groups: dict[str, list[tuple[bool, bool]]] = collections.defaultdict(list)
     for r in rows:
         truth = _answer_key(r["answer"])
-        kinds = (ALL_KINDS,) if r.get("kind") is None else (ALL_KINDS, r["kind"])
-        for kind in kinds:
-            groups[kind].append((_answer_key(r["prediction"]) == truth, majority.get(kind) == truth))
+        kind = ALL_KINDS if r.get("kind") is None else r["kind"]
+        hits = (_answer_key(r["prediction"]) == truth, majority.get(kind) == truth)
+        for group in {ALL_KINDS, kind}:
+            groups[group].append(hits)
     report = {"accuracy/exact_match": 0.0, "majority_baseline/exact_match": 0.0, "num_examples": float(len(rows))}
     for kind, hits in groups.items():
         report[f"accuracy/{kind}"] = sum(h for h, _ in hits) / len(hits)
