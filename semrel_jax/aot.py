@@ -175,7 +175,7 @@ def format_report(r: dict) -> str:
         verdict = "fits" if r["fits"] else "does NOT fit"
         lines.append(f"HBM of a {r['chip']['name']} device: {_gib(r['hbm_bytes'])}; peak {verdict}, "
                      f"headroom {100 * r['headroom']:.1f}%{'' if r['fits_with_headroom'] else ' (< 10%)'}")
-    lines.append(f"FLOPs per device per step: XLA {_flop(r['xla_flops'])}, model (analytic, training/flops.py) "
+    lines.append(f"FLOPs per device per step: XLA {_flop(r['xla_flops'])}, model (analytic) "
                  f"{_flop(r['analytic_flops'])}; XLA's count adds rematerialised and elementwise work")
     if r.get("scan_layers"):
         lines.append("(scan_layers: XLA's FLOPs and bytes count the scanned block once, not once per block)")

@@ -65,7 +65,7 @@ def encoder_defaults() -> dict:
         adapter_dropout=0.0,  # after the adapter's GELU, in training (release: 0.1; the demo's tower has none)
         # Image preprocessing; None: the checkpoint family's HF processor with hf_dir, else the from-scratch
         # defaults of semrel_jax.config.resolve (x/255, bicubic, centre crop).
-        normalization=placeholder(str),  # 'unit' | 'clip' | 'siglip' | 'imagenet'
+        normalization=placeholder(str),  # 'unit' | 'background' | 'clip' | 'siglip' | 'imagenet'
         resample=placeholder(str),  # 'bicubic' | 'bilinear' | ...
         crop=placeholder(bool),  # True: resize the shortest side to `resize` (0: image_size), centre-crop; False: squash
         resize=placeholder(int),
@@ -149,7 +149,8 @@ def base_config() -> ml_collections.ConfigDict:
         projector=dict(hidden=64, learnable_diagonal=True, zero_init_output=False, fusion="sum", memory_scale=0.01),
         # release_noop_mask=True reproduces the published release, whose setup never hands delta/lam to the
         # LLM blocks (the mask is then a no-op: delta=0, lam=1); False applies them (the paper's method)
-        ica=dict(scale=0.1, delta=0.3, lam=0.85, dropout=0.1, start="always", release_noop_mask=False),
+        # read: 'silu' (the paper's unnormalised SiLU(q Kᵀ)) | 'softmax' (normalised over the slots; method/ica.py)
+        ica=dict(scale=0.1, delta=0.3, lam=0.85, dropout=0.1, start="always", release_noop_mask=False, read="silu"),
     )
     c.train = dict(
         batch_size=32,  # global batch

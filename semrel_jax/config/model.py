@@ -117,4 +117,4 @@ def _ica_config(ica: ml_collections.ConfigDict) -> ICAConfig:
     """``release_noop_mask``: the published release never hands delta/lam to its blocks, so its blocks run with
     delta=0, lam=1 (every entry kept, the mask stays ones) whatever the run's arguments say."""
     delta, lam = (0.0, 1.0) if ica.release_noop_mask else (ica.delta, ica.lam)
-    return ICAConfig(scale=ica.scale, delta=delta, lam=lam, dropout=ica.dropout)
+    return ICAConfig(scale=ica.scale, delta=delta, lam=lam, dropout=ica.dropout, read=ica.read)

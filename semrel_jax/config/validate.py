@@ -81,6 +81,7 @@ def _validate_model(c) -> None:
     check(0.0 < ica.lam <= 1.0, "model.ica.lam", f"expected 0 < lam <= 1, got {ica.lam}")
     check(0.0 <= ica.dropout < 1.0, "model.ica.dropout", f"expected 0 <= dropout < 1, got {ica.dropout}")
     parse_start(ica.start, 1.0)
+    one_of(c, "model.ica.read", ("silu", "softmax"))
     for key in ("modality_embedding", "add_modality_embedding"):
         check(isinstance(c.model[key], bool), f"model.{key}", f"expected True or False, got {c.model[key]!r}")
     check(isinstance(ica.release_noop_mask, bool), "model.ica.release_noop_mask",

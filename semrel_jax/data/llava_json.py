@@ -25,7 +25,9 @@ The ``<image>`` placeholder is removed from the text as LLaVA's ``preprocess_mul
 of the conversation (``'has_image'`` 1), or None for conversations without ``"image"`` (``'has_image'`` 0).
 
 Also in each example: ``index``, ``id`` (the record's; ``records[<position>]`` when it has none),
-``turn`` (0-based pair number) and ``num_turns``.
+``turn`` (0-based pair number), ``num_turns`` and ``kind``: the record's optional ``"kind"`` (or, when it
+has none, ``"type"``) field, a string naming the question kind (``"count"``, ``"left_of"``, ...), else None.
+Evaluation reports exact match per kind next to that kind's majority answer (see :func:`_score`).
 
 Malformed records (bad-data policy: see ``semrel_jax.data.images``; a record is one conversation): no
 ``conversations`` list; a turn that is not ``{"from", "value": str}``; unknown role; human/gpt not
@@ -36,7 +38,8 @@ supported).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import collections
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import ml_collections
@@ -109,8 +112,11 @@ class LLaVAInstruct(RecordSource):
                 raise Malformed(f"{IMAGE_TOKEN} placeholder in a record without an 'image'")
             if placeholders > 1:
                 raise Malformed(f"{placeholders} {IMAGE_TOKEN} placeholders; one image per conversation is supported")
+            kind = r.get("kind", r.get("type"))
+            if kind is not None and not (isinstance(kind, str) and kind):
+                raise Malformed(f"'kind'/'type' must be a non-empty string naming the question kind, got {kind!r}")
             pairs = list(zip(texts[0::2], texts[1::2]))
-            entries = [(rid, k, len(pairs), pairs[:k], h, g) for k, (h, g) in enumerate(pairs)]
+            entries = [(rid, k, len(pairs), pairs[:k], h, g, kind) for k, (h, g) in enumerate(pairs)]
             return (records.path_inside(image_root, image) if image is not None else None), entries
 
         self._admit(((record_id(i, r), r) for i, r in enumerate(conversations)), parse)
@@ -120,7 +126,7 @@ class LLaVAInstruct(RecordSource):
                 f"on_bad_data={self.on_bad_data!r}, len={len(self)})")
 
     def _fields(self, index: int) -> dict[str, Any]:
-        rid, turn, num_turns, history, human, gpt = self._entries[index]
+        rid, turn, num_turns, history, human, gpt, kind = self._entries[index]
         messages = []
         for h, g in history:
             messages += [{"role": "user", "content": h}, {"role": "assistant", "content": g}]
@@ -133,6 +139,7 @@ class LLaVAInstruct(RecordSource):
             "id": rid,
             "turn": turn,
             "num_turns": num_turns,
+            "kind": kind,
         }
 
 
@@ -152,11 +159,51 @@ def _build(c: ml_collections.ConfigDict) -> tuple[LLaVAInstruct, LLaVAInstruct]:
             LLaVAInstruct(d.eval_file or d.train_file, d.image_root, **eval_policy))
 
 
+ALL_KINDS = "exact_match"  # the overall group's metric name (the key this scorer has always reported)
+
+
+def _answer_key(text: Any) -> str:
+    """The exact-match comparison: case- and surrounding-space-insensitive."""
+    return str(text).strip().lower()
+
+
+def _majority(answers: Iterable[tuple[str | None, str]]) -> dict[str, str]:
+    """``kind -> most frequent answer key`` over ``(kind, answer)`` pairs, plus ``ALL_KINDS -> the most
+    frequent answer overall``; ties go to the alphabetically first answer, so the baseline is deterministic."""
+    counts: dict[Any, collections.Counter] = collections.defaultdict(collections.Counter)
+    for kind, answer in answers:
+        counts[ALL_KINDS][_answer_key(answer)] += 1
+        if kind is not None:
+            counts[kind][_answer_key(answer)] += 1
+    return {kind: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for kind, c in counts.items()}
+
+
 def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
-    # Free-form answers have no official metric; exact match (case/space-insensitive) as a sanity number.
-    del train_source, eval_source
-    hits = [r["prediction"].strip().lower() == str(r["answer"]).strip().lower() for r in rows]
-    return {"accuracy/exact_match": sum(hits) / max(len(hits), 1), "num_examples": float(len(rows))}
+    """Exact match (case/space-insensitive; free-form answers have no official metric) overall and per
+    question ``kind``, each next to the majority baseline: it answers a row of a kind with the answer most
+    frequent among the TRAINING examples of that kind, a row without a kind with the most frequent training
+    answer overall (the best a model can do from the question kind alone).
+
+    Keys: ``accuracy/exact_match``, ``majority_baseline/exact_match``, ``accuracy/<kind>`` and
+    ``majority_baseline/<kind>`` for every kind among the rows (rows without a kind count only overall),
+    ``num_examples``.
+    """
+    del eval_source
+    # metadata never reads an image; .get: prepared copies made before kinds existed have no 'kind'
+    train = (train_source.metadata(i) for i in range(len(train_source)))
+    majority = _majority((m.get("kind"), m["answer"]) for m in train)
+    groups: dict[str, list[tuple[bool, bool]]] = collections.defaultdict(list)
+    for r in rows:
+        truth = _answer_key(r["answer"])
+        kind = ALL_KINDS if r.get("kind") is None else r["kind"]
+        hits = (_answer_key(r["prediction"]) == truth, majority.get(kind) == truth)
+        for group in {ALL_KINDS, kind}:
+            groups[group].append(hits)
+    report = {"accuracy/exact_match": 0.0, "majority_baseline/exact_match": 0.0, "num_examples": float(len(rows))}
+    for kind, hits in groups.items():
+        report[f"accuracy/{kind}"] = sum(h for h, _ in hits) / len(hits)
+        report[f"majority_baseline/{kind}"] = sum(b for _, b in hits) / len(hits)
+    return report
 
 
 DATASET = Dataset(

@@ -19,6 +19,10 @@ NORMALIZATION = {
     # so the bias-free patch embedding of an empty patch is 0 and its token is its position embedding.
     # (With CLIP statistics every empty patch embeds to one shared vector ~50x the position signal.)
     "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    # x/255 minus the image's own per-channel median (std 1): the background, the colour most pixels have,
+    # becomes 0 whatever it is (black, white, a grey texture), so what "unit" gives black backgrounds (empty
+    # patches embed to ~0, their tokens carry position) holds for any background.
+    "background": None,
 }
 RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
@@ -62,5 +66,8 @@ class ImagePreprocessor:
             pil = Image.fromarray(image).resize((new_w, new_h), RESAMPLE[self.resample])
             top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
             image = np.asarray(pil)[top : top + self.size, left : left + self.size]
+        pixels = image.astype(np.float32) / 255.0
+        if NORMALIZATION[self.normalization] is None:  # "background"
+            return pixels - np.median(pixels.reshape(-1, pixels.shape[-1]), axis=0)
         mean, std = (np.asarray(v, np.float32) for v in NORMALIZATION[self.normalization])
-        return ((image.astype(np.float32) / 255.0) - mean) / std
+        return (pixels - mean) / std

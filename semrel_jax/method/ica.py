@@ -3,6 +3,7 @@
 For one block, with ``q = norm_ffn(h)`` and the shared memory ``K = X_v + P_k``, ``V = X_v + P_v``:
 
     alpha  = SiLU(q Kᵀ)                                 # no softmax, no 1/sqrt(d)   [B, T, N_mem]
+             (model.ica.read='softmax': softmax(q Kᵀ / sqrt(d)) over the slots, an option beside the paper's read)
     thr    = sort(alpha, -1)[..., floor(delta·N_mem)]   # per text token, THIS block's unmasked alpha
     M     <- M * where(alpha < thr, lam, 1)             # the mask is inherited block to block
     out    = dropout(M * alpha) V
@@ -45,6 +46,10 @@ class ICAConfig:
     delta: float = 0.3  # fraction of each row treated as low-correlation
     lam: float = 0.85  # decay multiplied into M for low-correlation pairs
     dropout: float = 0.1
+    # How alpha is read from the scores: 'silu' (the paper: SiLU(q Kᵀ), unnormalised) or 'softmax'
+    # (softmax(q Kᵀ / sqrt(d)) over the slots, as in ordinary attention: each token's weights sum to 1,
+    # which lets one slot win outright, e.g. the object a "closest to X" question points at).
+    read: str = "silu"
 
 
 @jax.tree_util.register_dataclass
@@ -94,7 +99,10 @@ def inheritable_cross_attention(
     values = memory.values.astype(query.dtype)
     # Accumulate the scores in float32: with no softmax, alpha's magnitude carries the signal.
     scores = jnp.einsum("btd,bnd->btn", query, keys, preferred_element_type=jnp.float32)
-    alpha = jax.nn.silu(scores)
+    if config.read == "softmax":
+        alpha = jax.nn.softmax(scores / math.sqrt(query.shape[-1]), axis=-1)
+    else:
+        alpha = jax.nn.silu(scores)
     if config.delta > 0.0 and config.lam != 1.0:
         threshold = jax.lax.stop_gradient(low_correlation_threshold(alpha, config.delta))
         low = (alpha < threshold) & memory.mask_enabled
