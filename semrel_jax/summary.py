@@ -20,18 +20,19 @@ from flax import nnx
 
 from semrel_jax import config as config_lib, recipe
 from semrel_jax.method.vlm import VisionLanguageModel, VLMConfig
+from semrel_jax.models import abstract as abstract_init
 from semrel_jax.models.llama import Llama, LlamaConfig
 from semrel_jax.training import partition
 
 
 def abstract_model(config: VLMConfig, seed: int = 0) -> VisionLanguageModel:
     """The model with ``jax.ShapeDtypeStruct`` in place of every array; nothing is allocated."""
-    return nnx.eval_shape(lambda: VisionLanguageModel(config, rngs=nnx.Rngs(params=seed)))
+    return abstract_init.eval_shape(lambda: VisionLanguageModel(config, rngs=nnx.Rngs(params=seed)))
 
 
 def abstract_llm(config: LlamaConfig, seed: int = 0) -> Llama:
     """The LLM alone, abstractly (for parameter counts of the bare LLM)."""
-    return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(params=seed)))
+    return abstract_init.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(params=seed)))
 
 
 def split_params(model: nnx.Module, trainable=(".*",), frozen=()):

@@ -279,3 +279,15 @@ def test_pooled_patch_grid_is_the_mean_of_each_window():
         EncoderSpec("v", vit, taps=(1,), pool=4)
     with pytest.raises(ValueError, match="drop_cls"):
         EncoderSpec("v", vit, taps=(1,), pool=2, drop_cls=False)
+
+
+def test_abstract_init_gives_nnx_eval_shapes_and_restores_jax():
+    from jax._src.interpreters import partial_eval
+
+    from semrel_jax.models import abstract
+
+    original = partial_eval.DynamicJaxprTracer._origin_msg
+    ours = nnx.state(abstract.eval_shape(lambda: _vlm()), nnx.Param)
+    plain = nnx.state(nnx.eval_shape(lambda: _vlm()), nnx.Param)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), ours) == jax.tree.map(lambda x: (x.shape, x.dtype), plain)
+    assert partial_eval.DynamicJaxprTracer._origin_msg is original

@@ -23,6 +23,7 @@ from flax import nnx
 from semrel_jax import files
 from semrel_jax.convert import bert_family, families, loader
 from semrel_jax.convert.safetensors_io import CheckpointError, SafetensorsCheckpoint, save_file
+from semrel_jax.models import abstract as abstract_init
 from semrel_jax.models.bert import Bert
 from semrel_jax.models.llama import Llama, LlamaConfig, LoRALinear
 from semrel_jax.models.vit import ViT
@@ -101,7 +102,7 @@ def _is_converted(directory: str) -> bool:
 
 
 def _abstract(build: Callable[[], nnx.Module]) -> tuple[nnx.GraphDef, nnx.State]:
-    return nnx.split(nnx.eval_shape(build))
+    return nnx.split(abstract_init.eval_shape(build))
 
 
 def load_llm(

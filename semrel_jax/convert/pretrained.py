@@ -23,6 +23,7 @@ from flax import nnx
 
 from semrel_jax.convert import families, hf, loader
 from semrel_jax.convert.safetensors_io import SafetensorsCheckpoint
+from semrel_jax.models import abstract as abstract_init
 
 Path = tuple  # a parameter's path in the whole model, e.g. ('llm', 'layers', 0, 'mlp', 'up_proj', 'kernel')
 
@@ -77,7 +78,7 @@ def pretrained_paths(model, c: ml_collections.ConfigDict) -> set[Path]:
     paths = set()
     for source in _sources(model, c):
         if source.rows is None:
-            plain = nnx.state(nnx.eval_shape(source.plain), nnx.Param)
+            plain = nnx.state(abstract_init.eval_shape(source.plain), nnx.Param)
             paths.update(source.where + tuple(path) for path, _ in nnx.to_flat_state(plain))
         else:
             paths.update(source.where + tuple(ours) for ours, _, _ in source.rows)
@@ -107,7 +108,7 @@ def load_pretrained_arrays(
         local_post = (lambda p, x, w=source.where: post(w + tuple(p), x)) if post else None
         target = nnx.state(source.module, nnx.Param)
         if source.rows is None:
-            graphdef, abstract = nnx.split(nnx.eval_shape(source.plain))
+            graphdef, abstract = nnx.split(abstract_init.eval_shape(source.plain))
             restored = hf._restore_converted(source.directory, graphdef, abstract, local_sharding)
             for path, variable in nnx.to_flat_state(restored):
                 value = variable.get_value()

@@ -48,6 +48,7 @@ import jax
 
 from semrel_jax.method.ensemble import projector_name
 from semrel_jax.method.vlm import VLMConfig
+from semrel_jax.models import abstract as abstract_init
 
 PARTS = ("vision", "projector", "llm", "ica", "lm_head")
 
@@ -114,7 +115,7 @@ def trainable_paths(config: VLMConfig, trainable: Sequence[str] = (".*",), froze
     from semrel_jax.method.vlm import VisionLanguageModel
     from semrel_jax.training import partition
 
-    model = nnx.eval_shape(lambda: VisionLanguageModel(config, rngs=nnx.Rngs(params=0)))
+    model = abstract_init.eval_shape(lambda: VisionLanguageModel(config, rngs=nnx.Rngs(params=0)))
     is_trainable = partition.trainable_filter(trainable, frozen)
     paths = set()
     for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param)):

@@ -38,6 +38,7 @@ from jax.extend import core as jax_core
 from semrel_jax import config as config_lib
 from semrel_jax.convert import pretrained
 from semrel_jax.method.vlm import VisionLanguageModel
+from semrel_jax.models import abstract as abstract_init
 from semrel_jax.training import partition, sharding as sharding_lib
 
 
@@ -67,7 +68,7 @@ def create_model_state(
     def build():
         return VisionLanguageModel(model_config, rngs=nnx.Rngs(params=c.seed))
 
-    abstract_model = nnx.eval_shape(build)
+    abstract_model = abstract_init.eval_shape(build)
     graphdef, params, frozen = partition.split_trainable(
         abstract_model, c.train.trainable, c.train.frozen, c.train.frozen_dtype
     )

@@ -25,6 +25,7 @@ from semrel_jax.data import semvlp_pairs, semvlp_scenes
 from semrel_jax.method.semvlp import objectives, schedule
 from semrel_jax.method.semvlp.model import SemVLP
 from semrel_jax.models import partitioning
+from semrel_jax.models import abstract as abstract_init
 from semrel_jax.training import mesh as mesh_lib
 from semrel_jax.training import semvlp_train
 from semrel_jax.training import sharding as sharding_lib
@@ -69,7 +70,7 @@ def lower_step(c: ml_collections.ConfigDict, mesh):
     config = semvlp_train.model_config(c, _vocab_size(c))
     if config.vision is None:
         config = dataclasses.replace(config, region_dim=REGION_DIM)
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: SemVLP(config, rngs=nnx.Rngs(0))), nnx.Param)
+    graphdef, params = nnx.split(abstract_init.eval_shape(lambda: SemVLP(config, rngs=nnx.Rngs(0))), nnx.Param)
     shardings, _ = sharding_lib.param_shardings(params, mesh, c.mesh.rules)
     params = sharding_lib.with_shardings(params, shardings)
     optimizer, _ = recipe.build_optimizer(c)
