@@ -1,6 +1,6 @@
 """SemVLP sharded on 8 simulated CPU devices (one subprocess: the device count is fixed at JAX start; the same
 mechanism and XLA flags as ``tests/test_sharding.py``): its parameters are laid out as the rules table says,
-and a step in either mode on meshes 1x8x1 and 2x2x2 equals the single-device step."""
+and a step in either mode on the mesh 1x4x2 (fsdp and tensor parallel at once) equals the single-device step."""
 
 import json
 import os
@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent(
         return flat, losses
 
     ref, ref_losses = run((1, 1, 1), jax.devices()[:1])
-    for shape in ((1, 8, 1), (2, 2, 2)):
+    for shape in ((1, 4, 2),):  # one mesh: each extra mesh is two more compilations
         flat, losses = run(shape, jax.devices())
         out["x".join(map(str, shape))] = {
             "loss_diff": max(abs(a - b) for a, b in zip(ref_losses, losses)),
@@ -69,7 +69,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.slow  # a subprocess on 8 simulated devices: three meshes, two modes each (~1-2 min on 2 cores)
+@pytest.mark.slow  # a subprocess on 8 simulated devices: two meshes, two modes each (~1 min on 2 cores)
 def test_semvlp_is_sharded_by_the_rules_on_eight_simulated_devices():
     flags = ("--xla_force_host_platform_device_count=8"
              " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
@@ -78,10 +78,9 @@ def test_semvlp_is_sharded_by_the_rules_on_eight_simulated_devices():
                             timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads([line for line in result.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
-    for mesh in ("1x8x1", "2x2x2"):
-        assert out[mesh]["loss_diff"] < 1e-5, mesh  # both modes: the sharded step is the single-device step
-        assert out[mesh]["max_param_diff"] < 2e-4, mesh
-    fsdp, mixed = out["1x8x1"], out["2x2x2"]
+    mixed = out["1x4x2"]
+    assert mixed["loss_diff"] < 1e-5  # both modes: the sharded step is the single-device step
+    assert mixed["max_param_diff"] < 2e-4
     # the shared BERT, the cross-attention and the heads, each by its rule: embed -> fsdp, heads/mlp -> tensor
     expected = {
         "bert/layers/0/attention/q_proj/kernel": ["fsdp", "tensor"],
@@ -95,8 +94,7 @@ def test_semvlp_is_sharded_by_the_rules_on_eight_simulated_devices():
     }
     for name, spec in expected.items():
         assert mixed["specs"][name] == spec, name
-    assert fsdp["specs"]["bert/layers/0/attention/q_proj/kernel"] == ["fsdp", None]
-    assert fsdp["fractions"]["bert/layers/0/attention/q_proj/kernel"] == 1 / 8
-    assert fsdp["fractions"]["cross_attention/0/k_proj/kernel"] == 1 / 8
+    assert mixed["fractions"]["bert/layers/0/attention/q_proj/kernel"] == 1 / 8  # 4-way fsdp x 2-way tensor
+    assert mixed["fractions"]["cross_attention/0/k_proj/kernel"] == 1 / 8
     # only vectors (biases, norms) and tables too small to split stay whole on every device
-    assert fsdp["sharded_bytes"] < 0.3 * fsdp["total_bytes"]
+    assert mixed["sharded_bytes"] < 0.3 * mixed["total_bytes"]
