@@ -1,7 +1,7 @@
 """Sharded training on 8 simulated CPU devices (one subprocess: the device count is fixed at JAX start).
 
 Checks that parameters are really sharded as the rules say (an FSDP-sharded weight holds 1/N per device),
-that the sharded step equals the single-device step for meshes 2x4x1, 2x2x2 and 1x8x1, and that a
+that the sharded step equals the single-device step for meshes 2x2x2 and 1x8x1, and that a
 checkpoint written on one mesh restores onto others (fsdp=8 -> 2x4 and -> 1 device). The model created
 sharded (``model_init.create_model_state``, fsdp=8) holds exactly its shards per device, with values
 bitwise those of the eager init; ``mesh.rules.heads=''`` replicates the q/k/v weights and the q/k
@@ -64,7 +64,7 @@ SCRIPT = textwrap.dedent(
 
     _, ref_state, ref_losses = run((1, 1, 1), jax.devices()[:1])
     ref = [np.asarray(x) for x in jax.tree.leaves(ref_state.params)]
-    for shape in ((2, 4, 1), (2, 2, 2), (1, 8, 1)):
+    for shape in ((2, 2, 2), (1, 8, 1)):
         mesh, state, losses = run(shape, jax.devices())
         got = [np.asarray(x) for x in jax.tree.leaves(state.params)]
         key = "x".join(map(str, shape))
@@ -186,7 +186,7 @@ def _run_script(workdir):
 # built once per xdist worker that draws one of them (the script is the suite's costliest few minutes).
 def test_sharded_training_on_eight_simulated_devices(tmp_path):
     sharded = _run_script(str(tmp_path))
-    for mesh in ("2x4x1", "2x2x2", "1x8x1"):
+    for mesh in ("2x2x2", "1x8x1"):
         sharded_step_equals_single_device_step(sharded, mesh)
     parameters_are_sharded_as_the_rules_say(sharded)
     checkpoint_restores_onto_other_meshes(sharded)
@@ -206,7 +206,6 @@ def parameters_are_sharded_as_the_rules_say(sharded):
     assert sharded["1x8x1"]["kernel_spec"] == ["fsdp", None]
     assert sharded["1x8x1"]["kernel_shard_fraction"] == 1 / 8  # FSDP: 1/N per device, optimizer moments too
     assert sharded["1x8x1"]["moment_shard_fraction"] == 1 / 8
-    assert sharded["2x4x1"]["kernel_shard_fraction"] == 1 / 4  # sharded over fsdp=4, replicated over data=2
     assert sharded["2x2x2"]["kernel_spec"] == ["fsdp", "tensor"]
     assert sharded["2x2x2"]["kernel_shard_fraction"] == 1 / 4
     # across all parameters, FSDP=8 holds far less than a full replica per device
