@@ -146,8 +146,7 @@ def _build(c: ml_collections.ConfigDict) -> tuple[KarpathyCOCO, KarpathyCOCO]:
 
 
 def _record_settings(c: ml_collections.ConfigDict) -> dict:
-    train, evaluation = DATASET.split_names(c.data)
-    return dict(on_bad_data=c.data.on_bad_data, train_split=train, eval_split=evaluation)
+    return DATASET.split_settings(c.data)
 
 
 def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import ml_collections
 
+from semrel_jax import errors
 from semrel_jax.data.source import Source
 
 Config = ml_collections.ConfigDict
@@ -58,3 +59,14 @@ class Dataset:
     def split_names(self, d: ml_collections.ConfigDict) -> tuple[str, str]:
         """The ``(train, eval)`` split names of ``config.data`` ``d``, defaults resolved."""
         return d.train_split or self.splits[0], d.eval_split or self.splits[1]
+
+    def split_settings(self, d: ml_collections.ConfigDict, **extra) -> dict:
+        """An on-disk reader's ``record_settings``: the bad-data policy and the two splits, plus ``extra``."""
+        train, evaluation = self.split_names(d)
+        return dict(on_bad_data=d.on_bad_data, train_split=train, eval_split=evaluation, **extra)
+
+    def check_splits(self, d: ml_collections.ConfigDict, valid: Callable[[str], bool], expected: str) -> None:
+        """Raises ConfigError naming ``data.train_split`` / ``data.eval_split`` (defaults resolved) when ``valid``
+        refuses it: "<expected>, got '<split>'"."""
+        for key, split in zip(("data.train_split", "data.eval_split"), self.split_names(d)):
+            errors.check(valid(split), key, f"{expected}, got {split!r}")

@@ -27,7 +27,6 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from semrel_jax import errors
 from semrel_jax.data import records
 from semrel_jax.data.coco_captions import KarpathyCOCO
 from semrel_jax.data.dataset import Dataset
@@ -82,14 +81,11 @@ def _build(c: ml_collections.ConfigDict) -> tuple[Flickr30K, Flickr30K]:
 
 def _validate(c: ml_collections.ConfigDict) -> None:
     records.validate(c, "flickr30k", ("train_file", "image_root"))
-    train, evaluation = DATASET.split_names(c.data)
-    for key, split in (("data.train_split", train), ("data.eval_split", evaluation)):
-        errors.check(split in SPLITS, key, f"Flickr30K Karpathy splits are {SPLITS}, got {split!r}")
+    DATASET.check_splits(c.data, SPLITS.__contains__, f"Flickr30K Karpathy splits are {SPLITS}")
 
 
 def _record_settings(c: ml_collections.ConfigDict) -> dict:
-    train, evaluation = DATASET.split_names(c.data)
-    return dict(on_bad_data=c.data.on_bad_data, train_split=train, eval_split=evaluation)
+    return DATASET.split_settings(c.data)
 
 
 def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:

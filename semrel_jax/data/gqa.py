@@ -135,14 +135,12 @@ def _build(c: ml_collections.ConfigDict) -> tuple[GQA, GQA]:
 
 def _validate(c: ml_collections.ConfigDict) -> None:
     records.validate(c, "gqa", ("root",))
-    train, evaluation = DATASET.split_names(c.data)
-    for key, split in (("data.train_split", train), ("data.eval_split", evaluation)):
-        errors.check(bool(SPLIT_NAME.match(split)), key, f"a GQA questions file prefix such as 'train_balanced', got {split!r}")
+    DATASET.check_splits(c.data, lambda split: bool(SPLIT_NAME.match(split)),
+                         "a GQA questions file prefix such as 'train_balanced'")
 
 
 def _record_settings(c: ml_collections.ConfigDict) -> dict:
-    train, evaluation = DATASET.split_names(c.data)
-    return dict(on_bad_data=c.data.on_bad_data, train_split=train, eval_split=evaluation)
+    return DATASET.split_settings(c.data)
 
 
 def _score(rows: Sequence[dict], train_source, eval_source) -> dict:

@@ -217,14 +217,11 @@ def _build(c: ml_collections.ConfigDict) -> tuple[NLVR2, NLVR2]:
 
 def _validate(c: ml_collections.ConfigDict) -> None:
     records.validate(c, "nlvr2", ("root",))
-    train, evaluation = DATASET.split_names(c.data)
-    for key, split in (("data.train_split", train), ("data.eval_split", evaluation)):
-        errors.check(split in SPLITS, key, f"NLVR2 splits are {SPLITS}, got {split!r}")
+    DATASET.check_splits(c.data, SPLITS.__contains__, f"NLVR2 splits are {SPLITS}")
 
 
 def _record_settings(c: ml_collections.ConfigDict) -> dict:
-    train, evaluation = DATASET.split_names(c.data)
-    return dict(on_bad_data=c.data.on_bad_data, train_split=train, eval_split=evaluation)
+    return DATASET.split_settings(c.data)
 
 
 def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:

@@ -251,10 +251,9 @@ def _build(c: ml_collections.ConfigDict) -> tuple[ScienceQA, ScienceQA]:
 
 def _record_settings(c: ml_collections.ConfigDict) -> dict:
     d = c.data
-    train, evaluation = DATASET.split_names(d)
-    return dict(on_bad_data=d.on_bad_data, train_split=train, eval_split=evaluation,
-                scienceqa_format=d.scienceqa_format, captions=bool(d.captions),  # whether a captions file was used
-                captions_for=d.captions_for)
+    return DATASET.split_settings(d, scienceqa_format=d.scienceqa_format,
+                                  captions=bool(d.captions),  # whether a captions file was used
+                                  captions_for=d.captions_for)
 
 
 def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:

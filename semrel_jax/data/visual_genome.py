@@ -184,14 +184,11 @@ def _build(c: ml_collections.ConfigDict) -> tuple[VGQA, VGQA]:
 
 def _validate(c: ml_collections.ConfigDict) -> None:
     records.validate(c, "visual_genome", ("root",))
-    train, evaluation = DATASET.split_names(c.data)
-    for key, split in (("data.train_split", train), ("data.eval_split", evaluation)):
-        errors.check(split in SPLITS, key, f"Visual Genome splits (ours, by image id) are {SPLITS}, got {split!r}")
+    DATASET.check_splits(c.data, SPLITS.__contains__, f"Visual Genome splits (ours, by image id) are {SPLITS}")
 
 
 def _record_settings(c: ml_collections.ConfigDict) -> dict:
-    train, evaluation = DATASET.split_names(c.data)
-    return dict(on_bad_data=c.data.on_bad_data, train_split=train, eval_split=evaluation, val_every=VAL_EVERY)
+    return DATASET.split_settings(c.data, val_every=VAL_EVERY)
 
 
 def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:

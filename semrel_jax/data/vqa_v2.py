@@ -217,9 +217,7 @@ def _build(c: ml_collections.ConfigDict) -> tuple[VQAv2, VQAv2]:
 
 
 def _record_settings(c: ml_collections.ConfigDict) -> dict:
-    d = c.data
-    train, evaluation = DATASET.split_names(d)
-    return dict(on_bad_data=d.on_bad_data, train_split=train, eval_split=evaluation, vqa_prompt=d.vqa_prompt)
+    return DATASET.split_settings(c.data, vqa_prompt=c.data.vqa_prompt)
 
 
 def _score(rows: Sequence[dict], train_source, eval_source) -> dict:
