@@ -155,7 +155,7 @@ def _run_two(workdir, num_steps, logs, tag, cache, sigterm_process_0_after_check
                    XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
         log = open(logs / f"{tag}-p{pid}.log", "w")
         procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    deadline = time.time() + 150
+    deadline = time.time() + 300  # generous: a loaded 2-core machine takes a minute to the first step
     if sigterm_process_0_after_checkpoint is not None:
         # preemption that reaches one host only (schedulers signal hosts independently)
         marker = os.path.join(workdir, "checkpoints", str(sigterm_process_0_after_checkpoint))

@@ -12,13 +12,35 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
 from clu import metrics as clu_metrics
 from PIL import Image
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
+
+
+def _import_summary_writer():
+    """tensorboardX's ``SummaryWriter``, imported without PyTorch.
+
+    tensorboardX imports PyTorch at import time whenever it is installed, only to accept torch tensors (we pass
+    NumPy): about 3 s and a few hundred MB in every process of a user who has PyTorch in the environment. For the
+    duration of the import ``torch`` reads as not installed (tensorboardX catches that ImportError); a PyTorch that is
+    already loaded, or imported later, is untouched.
+    """
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this entry is None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
+SummaryWriter = _import_summary_writer()
 
 
 _BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"  # tqdm's rate/ETA replaced by ours
