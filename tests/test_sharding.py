@@ -60,12 +60,12 @@ SCRIPT = textwrap.dedent(
             for _ in range(3):
                 state, metrics = step(state, fz, b)
                 losses.append(float(metrics["loss"]))
-            return mesh, state, losses
+            return model, state, losses
 
     _, ref_state, ref_losses = run((1, 1, 1), jax.devices()[:1])
     ref = [np.asarray(x) for x in jax.tree.leaves(ref_state.params)]
     for shape in ((2, 2, 2), (1, 8, 1)):
-        mesh, state, losses = run(shape, jax.devices())
+        model, state, losses = run(shape, jax.devices())
         got = [np.asarray(x) for x in jax.tree.leaves(state.params)]
         key = "x".join(map(str, shape))
         out[key] = {
@@ -87,13 +87,15 @@ SCRIPT = textwrap.dedent(
             ckpt.save(3, state, "{}", force=True)
             ckpt.close()
             saved = got
+            created_fsdp8 = model  # the model as created sharded (fsdp=8), before any step: checked below
     out["total_param_bytes"] = sum(a.nbytes for a in ref)
     # restore the fsdp=8 checkpoint onto 2x4 and onto one device
     for shape, devices in (((2, 4, 1), jax.devices()), ((1, 1, 1), jax.devices()[:1])):
         mesh = jax.make_mesh(shape, mesh_lib.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
         c.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
         with jax.set_mesh(mesh):
-            target = recipe.build_train_state(c, recipe.build_model(c, len(tokenizer), mesh), mesh, abstract=True).state
+            model = recipe.build_model(c, len(tokenizer), mesh, abstract=True)
+            target = recipe.build_train_state(c, model, mesh, abstract=True).state
             ckpt = checkpoint.Checkpointer(os.path.join(workdir, "ckpt"), save_every=1, keep=1)
             restored = ckpt.restore(3, target)
             ckpt.close()
@@ -115,7 +117,7 @@ SCRIPT = textwrap.dedent(
         return [None if a is None else (a if isinstance(a, str) else list(a)) for a in tuple(s) + (None,) * (ndim - len(s))]
 
     c.mesh.update(data=1, fsdp=8, tensor=1)
-    ms = model_init.create_model_state(c, len(tokenizer), make((1, 8, 1)))
+    ms = created_fsdp8  # recipe.build_model -> model_init.create_model_state, in run((1, 8, 1))
     created = jax.tree_util.tree_flatten_with_path((ms.params, ms.frozen))[0]
     abstract = model_init.create_model_state(c, len(tokenizer), make((1, 8, 1)), abstract=True)
     out["init"] = {
