@@ -69,13 +69,24 @@ def prepare_workdir(workdir: str) -> str:
     return workdir
 
 
+@contextlib.contextmanager
+def _absl_warnings_off():
+    previous = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(previous)
+
+
 class Checkpointer:
     def __init__(
         self, directory: str, *, save_every: int = 1, keep: int = 1, keep_every: int = 0, read_only: bool = False
     ):
         self.directory = os.path.abspath(directory)
         if read_only:  # inspection and export: never saves, never deletes
-            options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+            # save_interval_steps=0: what Orbax sets for a read-only manager anyway, without its warning
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
         else:
             policies = [ocm.LatestN(n=keep)]
             if keep_every:
@@ -87,9 +98,11 @@ class Checkpointer:
                 create=True,
             )
         self.save_every, self.keep_every = save_every, keep_every
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "config", "frozen")
-        )
+        # A read-only manager logs a warning that it is read-only (what was asked): kept off notebooks' output.
+        with _absl_warnings_off() if read_only else contextlib.nullcontext():
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=("state", "config", "frozen")
+            )
         self.frozen = None  # set to the frozen parameters to save them with every checkpoint
         # which directory this is (device, inode): a save into a vanished or replaced one is refused (Orbax
         # would silently recreate it, losing the run's earlier checkpoints)
