@@ -21,7 +21,7 @@ from semrel_jax.evaluation import retrieval
 def _predictions(model, batch: dict, mode: str):
     out = model(batch, mode)
     answers = jnp.argmax(model.heads.vqa_logits(out["pooled"]), -1)
-    match_score = jax.nn.log_softmax(model.heads.itm(out["pooled"]).astype(jnp.float32))[:, 1]
+    match_score = jax.nn.log_softmax(model.heads.itm_logits(out["pooled"], out["alignment"]).astype(jnp.float32))[:, 1]
     return answers, match_score
 
 

@@ -81,6 +81,17 @@ def patch_boxes(grid: int) -> np.ndarray:
     return np.stack([x, y, x + 1, y + 1], axis=-1).astype(np.float32) / grid
 
 
+def _masked_mean(x: Array, valid: Array) -> Array:
+    """``[B, L, D]``, ``[B, L]`` -> ``[B, D]``: the mean over the valid positions (0 when none)."""
+    weight = valid.astype(x.dtype)[..., None]
+    return jnp.sum(x * weight, axis=1) / jnp.maximum(jnp.sum(weight, axis=1), 1.0)
+
+
+def alignment(text: Array, text_valid: Array, visual: Array, visual_valid: Array) -> Array:
+    """``[B, D]``: the mean text state times the mean visual state, feature by feature."""
+    return _masked_mean(text, text_valid) * _masked_mean(visual, visual_valid)
+
+
 class Heads(nnx.Module):
     """The pre-training and downstream heads over the encoder's outputs."""
 
@@ -100,7 +111,8 @@ class Heads(nnx.Module):
         self.word_embeddings = word_embeddings  # shared with the BERT (tied), not a copy
         self.visual_regression = linear(d, c.target_dim)
         self.visual_classifier = linear(d, c.num_visual_classes)
-        self.itm = linear(d, 2)
+        # ITM over [pooled; mean(text) * mean(visual)] (see itm_logits)
+        self.itm = linear(2 * d, 2)
         # VQA as LXMERT's answer head: d -> 2d -> GELU -> LN -> answers
         self.vqa_hidden = linear(d, 2 * d)
         self.vqa_norm = norm(2 * d)
@@ -114,6 +126,10 @@ class Heads(nnx.Module):
         """``[B, T, D]`` -> ``[B, T, vocab]``."""
         h = self.mlm_norm(jax.nn.gelu(self.mlm_transform(text), approximate=False))
         return self.word_embeddings.attend(h) + self.mlm_bias[...].astype(h.dtype)
+
+    def itm_logits(self, pooled: Array, alignment: Array) -> Array:
+        """``pooled, alignment [B, D]`` -> ``[B, 2]`` (mismatched, matched)."""
+        return self.itm(jnp.concatenate([pooled, alignment], axis=-1))
 
     def vqa_logits(self, pooled: Array) -> Array:
         """``[B, D]`` -> ``[B, num_answers]``."""
@@ -227,7 +243,8 @@ class SemVLP(nnx.Module):
             text, visual = self.encode_single(text, inputs["text_valid"], visual, visual_valid)
         else:
             text, visual = self.encode_two(text, inputs["text_valid"], visual, visual_valid, cross)
-        return {"text": text, "visual": visual, "pooled": self.pool(text, inputs["text_valid"], visual, visual_valid)}
+        return {"text": text, "visual": visual, "pooled": self.pool(text, inputs["text_valid"], visual, visual_valid),
+                "alignment": alignment(text, inputs["text_valid"], visual, visual_valid)}
 
     def pool(self, text: Array, text_valid: Array, visual: Array, visual_valid: Array) -> Array:
         """``[B, D]``: BERT's pooler (dense + tanh) over [CLS] or over the mean of the valid tokens (``config.pool``)."""
