@@ -155,6 +155,8 @@ def _validate_semvlp(c) -> None:
     one_of(c, "model.semvlp.data", ("scenes", "records"))
     check(isinstance(s.region_features, str), "model.semvlp.region_features", f"expected a path, got {s.region_features!r}")
     positive_int(c, "model.semvlp.num_answers")
+    check(s.data == "records" or not s.region_features, "model.semvlp.region_features",
+          "only read with model.semvlp.data=records (the built-in scenes make their own regions)")
     if s.data == "records":
         from semrel_jax.data import semvlp_records
 
