@@ -22,8 +22,11 @@ paper leaves open, chosen here (our design, configurable):
   (``'cls'``, BERT's and LXMERT's choice). Measured: from scratch the [CLS] state barely varies across rows
   (at init its per-row std is 0.0013 against 0.35 for the next token: its attention averages the whole sequence),
   so the heads reading it get almost no row-dependent input: the pair head cannot fit 8 rows in 30 steps
-  over it, and does over the mean (``tests/test_semvlp_tasks.py``). ITM still plateaus at chance in short
-  runs with either pooling (``docs/semvlp.md``).
+  over it, and does over the mean (``tests/test_semvlp_tasks.py``).
+* **ITM head**: a linear layer over ``[pooled; alignment]``, ``alignment`` = mean(text) * mean(visual) feature
+  by feature. Random negatives leave the text's and the image's own distributions unchanged, so only their
+  interaction tells a match; at init the pooled vector is near-additive in the two and ITM sat at chance,
+  while the product carries the match from the first step (``docs/semvlp.md``, ``experiments/LOG.md``).
 * **Pairs** (NLVR2-style, ``encode_pair``): the statement with each image encoded separately by the same
   encoder, the two pooled vectors concatenated and classified by an MLP (LXMERT's and UNITER's head).
 """
@@ -231,7 +234,7 @@ class SemVLP(nnx.Module):
 
         inputs: ``tokens, text_valid [B, T]`` (token 0 is [CLS]), ``visual_valid [B, N]`` and the visual input
         (``images`` or ``regions`` + ``boxes``, see ``visual_inputs``); visual_mask: ``[B, N]`` (default none).
-        Returns ``text [B, T, D]``, ``visual [B, N, D]``, ``pooled [B, D]``.
+        Returns ``text [B, T, D]``, ``visual [B, N, D]``, ``pooled [B, D]``, ``alignment [B, D]`` (ITM's second input).
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
