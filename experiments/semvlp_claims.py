@@ -70,8 +70,9 @@ def main():
     for arm in per_seed[0]:
         for metric in per_seed[0][arm]:
             values = [r[arm][metric] for r in per_seed]
-            summary[f"{arm}/{metric}"] = dict(mean=float(np.mean(values)), std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                                              min=min(values), max=max(values), n=len(values))
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            summary[f"{arm}/{metric}"] = dict(mean=float(np.mean(values)), std=std, min=min(values), max=max(values),
+                                              n=len(values))
     print("SUMMARY " + json.dumps(summary))
 
 

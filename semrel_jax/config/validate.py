@@ -153,7 +153,8 @@ def _validate_semvlp(c) -> None:
     positive_int(c, "model.semvlp.eval_images")
     s = c.model.semvlp
     one_of(c, "model.semvlp.data", ("scenes", "records"))
-    check(isinstance(s.region_features, str), "model.semvlp.region_features", f"expected a path, got {s.region_features!r}")
+    check(isinstance(s.region_features, str), "model.semvlp.region_features",
+          f"expected a path, got {s.region_features!r}")
     positive_int(c, "model.semvlp.num_answers")
     check(s.data == "records" or not s.region_features, "model.semvlp.region_features",
           "only read with model.semvlp.data=records (the built-in scenes make their own regions)")

@@ -37,7 +37,8 @@ BERT_SPECIAL_TOKENS = {
 }
 
 
-def word_tokenizer(extra_words: tuple[str, ...] | list[str] = (), *, lowercase: bool = False) -> PreTrainedTokenizerFast:
+def word_tokenizer(extra_words: tuple[str, ...] | list[str] = (), *,
+                   lowercase: bool = False) -> PreTrainedTokenizerFast:
     """A BERT-style word-level tokenizer over every word of the scenes' texts ([CLS] text [SEP]) and
     ``extra_words`` (e.g. ``semvlp_pairs.vocabulary()``, or a reader's words), for runs without a pretrained
     BERT (its WordPiece tokenizer covers these words too); ``lowercase``: texts are lower-cased first."""

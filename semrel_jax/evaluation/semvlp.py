@@ -26,7 +26,8 @@ def _predictions(model, batch: dict, mode: str):
     return answers, match_score
 
 
-def evaluate(model, scenes: SceneBatches | RecordRows, *, mode: str, num_images: int, seed: int, batch_size: int) -> dict[str, float]:
+def evaluate(model, scenes: SceneBatches | RecordRows, *, mode: str, num_images: int, seed: int,
+             batch_size: int) -> dict[str, float]:
     predict = nnx.jit(_predictions, static_argnames="mode")
 
     def run(rows):
@@ -45,7 +46,8 @@ def evaluate(model, scenes: SceneBatches | RecordRows, *, mode: str, num_images:
         questions = [scenes.row(seed, i, kind="question") for i in range(num_images)]
         answers, _ = run(questions)
         # a record whose answer is outside the vocabulary (is_question 0) cannot be answered: it counts wrong
-        right = (answers == np.asarray([r["answer"] for r in questions])) & np.asarray([r["is_question"] for r in questions], bool)
+        answerable = np.asarray([r["is_question"] for r in questions], bool)
+        right = (answers == np.asarray([r["answer"] for r in questions])) & answerable
         results["vqa_accuracy"] = float(np.mean(right))
     if getattr(scenes, "captions", True) is None:
         return results

@@ -1,12 +1,12 @@
 """SemVLP runs (``model.method='semvlp'``): pre-training or fine-tuning on the built-in scenes, then evaluation.
 
 ``training/train.py`` hands a SemVLP config here (one line); the rows are the built-in scenes or, with
-``model.semvlp.data=records``, ``data.name``'s reader through ``data/semvlp_records.py``. The pieces are the framework's: the config
-checks, the mesh and the sharding rules, the optimizer, Orbax checkpoints with their resume policy, the
-metric writer, ``results.json``. What differs from the LSRM loop: the model (``method/semvlp``), the step
-(one jit per mode, ``training/semvlp_step.py``), the mode schedule, and the scene batches
-(``data/semvlp_scenes.py``), whose batch ``n`` is a pure function of ``(seed, n)`` so a resumed run sees
-exactly the batches, masks and modes it would have seen.
+``model.semvlp.data=records``, ``data.name``'s reader through ``data/semvlp_records.py``. The pieces are the
+framework's: the config checks, the mesh and the sharding rules, the optimizer, Orbax checkpoints with their
+resume policy, the metric writer, ``results.json``. What differs from the LSRM loop: the model
+(``method/semvlp``), the step (one jit per mode, ``training/semvlp_step.py``), the mode schedule, and the
+batches (``data/semvlp_scenes.py`` / ``semvlp_records.py``), whose batch ``n`` is a pure function of
+``(seed, n)`` so a resumed run sees exactly the batches, masks and modes it would have seen.
 """
 
 from __future__ import annotations
