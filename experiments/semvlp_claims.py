@@ -9,7 +9,7 @@ Claims:
   schedule     the paper's: iterative "s,t" vs single-stream only "s" vs two-stream only "t", equal total
                pre-training steps; held-out VQA and ITM accuracy of the pre-trained model itself.
 
-Prints one JSON line per run and a summary (mean, min, max over seeds) at the end; writes nothing but the
+Prints one JSON line per run and a summary (mean, sample std, min, max over seeds) at the end; writes nothing but the
 runs' workdirs (under --root).
 """
 
@@ -70,7 +70,9 @@ def main():
     for arm in per_seed[0]:
         for metric in per_seed[0][arm]:
             values = [r[arm][metric] for r in per_seed]
-            summary[f"{arm}/{metric}"] = dict(mean=float(np.mean(values)), min=min(values), max=max(values), n=len(values))
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            summary[f"{arm}/{metric}"] = dict(mean=float(np.mean(values)), std=std, min=min(values), max=max(values),
+                                              n=len(values))
     print("SUMMARY " + json.dumps(summary))
 
 

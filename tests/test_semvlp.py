@@ -215,7 +215,10 @@ def test_recall_at_k_counts_ranks_both_ways():
 @pytest.mark.parametrize(
     "key, value, match",
     [("schedule", "s,q", "model.semvlp.schedule"), ("cross_layers", 9, "model.semvlp.cross_layers"),
-     ("weights", {"mlm": 1.0, "captioning": 1.0}, "model.semvlp.weights"), ("eval_mode", "both", "model.semvlp.eval_mode")],
+     ("weights", {"mlm": 1.0, "captioning": 1.0}, "model.semvlp.weights"),
+     ("eval_mode", "both", "model.semvlp.eval_mode"),
+     ("data", "coco", "model.semvlp.data"), ("region_features", "/x.tsv", "model.semvlp.region_features"),
+     ("data", "records", "data.name")],  # records from the built-in sort_of_clevr: not a reader SemVLP reads
 )
 def test_bad_semvlp_keys_are_named(key, value, match):
     import pretrain  # configs/pretrain.py (configs/ is on the path: tests/conftest.py)

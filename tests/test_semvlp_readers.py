@@ -416,3 +416,36 @@ def test_reader_batches_train_the_semvlp_objectives(data):
         values = {k: float(v) for k, v in losses(model, batch, jax.random.key(0)).items()}
         assert values["visual_classification"] == 0.0, values
         assert all(np.isfinite(v) and v > 0 for k, v in values.items() if k != "visual_classification"), values
+
+
+@pytest.mark.slow  # a tiny SemVLP run through train_and_evaluate (one mode, 2 steps): ~30 CPU-s
+def test_semvlp_trains_from_a_reader_through_main(data, tmp_path):
+    """``model.semvlp.data=records``: Flickr30K captions with npz region features of width 16 (the model's
+    region_dim follows the files, not the 2048 default) train the ITM and masked objectives and score ITM and
+    retrieval; nothing to answer, so no VQA accuracy. Every logged loss is finite."""
+    import json
+
+    import pretrain
+
+    from semrel_jax.training import train
+
+    features = tmp_path / "features"
+    features.mkdir()
+    for seed, image in enumerate(("3000", "3001")):
+        values, boxes = fx.region_arrays(seed, 3)
+        np.savez(features / f"{image}.npz", features=values[:, :16], boxes=boxes, image_w=64, image_h=48)
+    flickr = data["flickr30k"]
+    c = pretrain.get_config("tiny")
+    c.data.update(name="flickr30k", prompt_format="raw", on_bad_data="skip", train_file=flickr["json"],
+                  image_root=flickr["images"], train_split="test", eval_split="test")
+    c.model.semvlp.update(data="records", schedule="s", region_features=str(features), visual="regions")
+    c.train.update(num_steps=2, log_every=1)
+    results = train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
+    assert 0.0 <= results["itm_accuracy"] <= 1.0 and "image_to_text_r@1" in results and "vqa_accuracy" not in results
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = {k: v for row in logged for k, v in row.items() if k.startswith("loss")}
+    assert losses["loss_itm"] > 0 and losses["loss_mlm"] > 0 and all(np.isfinite(list(losses.values()))), logged
+    c.model.semvlp.region_features = str(tmp_path / "nothing")
+    with pytest.raises(errors.PathError, match="nothing"):
+        train.train_and_evaluate(c, str(tmp_path / "bad"))

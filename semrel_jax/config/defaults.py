@@ -123,6 +123,11 @@ def semvlp_defaults() -> dict:
         question_rate=0.5,  # rows that pair an image with a question (VQA) instead of a description
         negative_rate=0.5,  # description rows whose description is another scene's (image-text matching)
         eval_images=50,  # held-out scenes: VQA and ITM rows, and retrieval over all image x description pairs
+        # the rows: 'scenes' (built-in Sort-of-CLEVR) | 'records' (data.name's reader: captions -> ITM + MLM,
+        # questions -> VQA over the answer vocabulary, nlvr2 -> the pair task; data/semvlp_records.py)
+        data="scenes",
+        region_features="",  # records: a directory of <image_id>.npz or an LXMERT .tsv (else: images, visual=patches)
+        num_answers=3129,  # records: the VQA vocabulary, the most frequent answers of the training questions
     )
 
 

@@ -151,6 +151,25 @@ def _validate_semvlp(c) -> None:
         value = c.model.semvlp[key]
         check(isinstance(value, (int, float)) and 0 <= value <= 1, f"model.semvlp.{key}", f"expected 0..1, got {value!r}")
     positive_int(c, "model.semvlp.eval_images")
+    s = c.model.semvlp
+    one_of(c, "model.semvlp.data", ("scenes", "records"))
+    check(isinstance(s.region_features, str), "model.semvlp.region_features",
+          f"expected a path, got {s.region_features!r}")
+    positive_int(c, "model.semvlp.num_answers")
+    check(s.data == "records" or not s.region_features, "model.semvlp.region_features",
+          "only read with model.semvlp.data=records (the built-in scenes make their own regions)")
+    if s.data == "records":
+        from semrel_jax.data import semvlp_records
+
+        kind = semvlp_records.KINDS.get(c.data.name)
+        check(kind is not None, "data.name",
+              f"model.semvlp.data=records reads one of {tuple(semvlp_records.KINDS)}, got {c.data.name!r}")
+        check((kind == "pairs") == (s.task == "nlvr2"), "model.semvlp.task",
+              f"{c.data.name} rows need task={'nlvr2' if kind == 'pairs' else 'pretrain'}, got {s.task!r}")
+        want = "regions" if s.region_features else "patches"
+        check(s.visual == want, "model.semvlp.visual",
+              f"records {'with' if s.region_features else 'without'} model.semvlp.region_features use {want!r}, "
+              f"got {s.visual!r}")
     check(
         c.model.encoders.vit.image_size % c.model.encoders.vit.patch_size == 0, "model.encoders.vit.patch_size",
         "must divide image_size (SemVLP's visual tokens are the patches)",

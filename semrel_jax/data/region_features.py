@@ -290,3 +290,39 @@ class RegionFeatures:
 
     def __repr__(self) -> str:
         return f"RegionFeatures(feature_dim={self.feature_dim}, on_bad_data={self.on_bad_data!r}, len={len(self)})"
+
+
+def feature_width(path: str) -> int:
+    """The feature width of the store at ``path`` (a directory of ``<image_id>.npz`` or an LXMERT ``.tsv``), read
+    from its first record that declares one, so a model's ``region_dim`` follows the files (2048 for
+    bottom-up-attention, other widths for other detectors). PathError when nothing there says."""
+    if os.path.isdir(path):
+        for name in sorted(glob.glob(os.path.join(path, "*.npz"))):
+            try:
+                with np.load(name, allow_pickle=False) as f:
+                    shape = f["features"].shape
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                continue  # a damaged file: the store's policy meets it when it is read
+            if len(shape) == 2 and shape[1] > 0:
+                return int(shape[1])
+        raise errors.PathError(f"no readable <image_id>.npz with a [N, D] 'features' array in {path!r}.")
+    files.require_file(path, "LXMERT region feature TSV")
+    with open(path, "rb") as f:
+        for line in f:
+            fields = dict(zip(FIELDS, line.rstrip(b"\r\n").split(b"\t")))
+            try:
+                n = int(fields["num_boxes"])
+                size = len(base64.b64decode(fields["features"], validate=True)) // 4
+            except (KeyError, ValueError, binascii.Error):
+                continue
+            if n > 0 and size % n == 0 and size:
+                return size // n
+    raise errors.PathError(f"no line of {path!r} gives a feature width (features / num_boxes).")
+
+
+def open_store(path: str, on_bad_data: str = "error") -> "RegionFeatures":
+    """The store at ``path`` (``.tsv``: LXMERT's file; else a directory of npz files), its width from the files."""
+    width = feature_width(path)
+    if os.path.isdir(path):
+        return RegionFeatures.from_npz_dir(path, feature_dim=width, on_bad_data=on_bad_data)
+    return RegionFeatures.from_tsv(path, feature_dim=width, on_bad_data=on_bad_data)

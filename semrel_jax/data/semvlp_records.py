@@ -42,6 +42,35 @@ from semrel_jax.data.source import Source
 from semrel_jax.evaluation import vqa
 
 _NEGATIVE_DRAWS = 8  # tries to find a caption of another image (train-mode captions repeat their image)
+# what each registered reader becomes under model.semvlp.data=records (training/semvlp_train.py)
+KINDS = {"flickr30k": "captions", "coco_captions": "captions", "vqa_v2": "questions", "gqa": "questions",
+         "visual_genome": "questions", "nlvr2": "pairs"}
+_TEXT_FIELDS = ("question", "answer", "sentence")
+
+
+def text_words(source: Source) -> list[str]:
+    """Every lower-cased word (the word-level tokenizer's split) of ``source``'s questions, answers and
+    statements, sorted; no image is read. The vocabulary of a from-scratch run without a pretrained BERT."""
+    from tokenizers import pre_tokenizers
+
+    split, words = pre_tokenizers.Whitespace(), set()
+    for i in range(len(source)):
+        example = source.metadata(i)
+        for key in _TEXT_FIELDS:
+            if isinstance(example.get(key), str):
+                words.update(w for w, _ in split.pre_tokenize_str(example[key].lower()))
+    return sorted(words)
+
+
+def build_rows(kind: str, tokenizer: PreTrainedTokenizerBase, source: Source, *, answers: tuple[str, ...] = (),
+               **kwargs):
+    """``RecordRows`` over a caption or question ``source``, or ``PairRows`` over NLVR2 (``kind``: ``KINDS``'s)."""
+    if kind == "pairs":
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("question_rate", "negative_rate")}
+        return PairRows(tokenizer, source, **kwargs)
+    if kind == "questions":
+        return RecordRows(tokenizer, questions=source, answers=answers, **kwargs)
+    return RecordRows(tokenizer, captions=source, **kwargs)
 
 
 def answer_vocabulary(questions: Source, size: int) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ rebuilt exactly after a restart.
 from __future__ import annotations
 
 import numpy as np
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from semrel_jax.data import sort_of_clevr
@@ -37,15 +37,18 @@ BERT_SPECIAL_TOKENS = {
 }
 
 
-def word_tokenizer(extra_words: tuple[str, ...] | list[str] = ()) -> PreTrainedTokenizerFast:
+def word_tokenizer(extra_words: tuple[str, ...] | list[str] = (), *,
+                   lowercase: bool = False) -> PreTrainedTokenizerFast:
     """A BERT-style word-level tokenizer over every word of the scenes' texts ([CLS] text [SEP]) and
-    ``extra_words`` (e.g. ``semvlp_pairs.vocabulary()``), for runs without a pretrained BERT (its WordPiece
-    tokenizer covers these words too)."""
+    ``extra_words`` (e.g. ``semvlp_pairs.vocabulary()``, or a reader's words), for runs without a pretrained
+    BERT (its WordPiece tokenizer covers these words too); ``lowercase``: texts are lower-cased first."""
     words = set(sort_of_clevr.vocabulary()) | set(describe_all_words()) | set(extra_words)
     vocab = {tok: i for i, tok in enumerate(BERT_SPECIAL_TOKENS.values())}
     for word in sorted(words):
         vocab.setdefault(word, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    if lowercase:
+        backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]

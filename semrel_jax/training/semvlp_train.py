@@ -1,11 +1,12 @@
 """SemVLP runs (``model.method='semvlp'``): pre-training or fine-tuning on the built-in scenes, then evaluation.
 
-``training/train.py`` hands a SemVLP config here (one line); the pieces are the framework's: the config
-checks, the mesh and the sharding rules, the optimizer, Orbax checkpoints with their resume policy, the
-metric writer, ``results.json``. What differs from the LSRM loop: the model (``method/semvlp``), the step
-(one jit per mode, ``training/semvlp_step.py``), the mode schedule, and the scene batches
-(``data/semvlp_scenes.py``), whose batch ``n`` is a pure function of ``(seed, n)`` so a resumed run sees
-exactly the batches, masks and modes it would have seen.
+``training/train.py`` hands a SemVLP config here (one line); the rows are the built-in scenes or, with
+``model.semvlp.data=records``, ``data.name``'s reader through ``data/semvlp_records.py``. The pieces are the
+framework's: the config checks, the mesh and the sharding rules, the optimizer, Orbax checkpoints with their
+resume policy, the metric writer, ``results.json``. What differs from the LSRM loop: the model
+(``method/semvlp``), the step (one jit per mode, ``training/semvlp_step.py``), the mode schedule, and the
+batches (``data/semvlp_scenes.py`` / ``semvlp_records.py``), whose batch ``n`` is a pure function of
+``(seed, n)`` so a resumed run sees exactly the batches, masks and modes it would have seen.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from semrel_jax import recipe
+from semrel_jax import errors, recipe
 from semrel_jax.convert import bert_family, hf
-from semrel_jax.data import semvlp_pairs, semvlp_scenes
+from semrel_jax.data import region_features, registry, semvlp_pairs, semvlp_records, semvlp_scenes
 from semrel_jax.data import tokenizer as tokenizer_lib
 from semrel_jax.evaluation import semvlp as semvlp_eval
 from semrel_jax.method.semvlp import objectives, schedule
@@ -36,20 +37,26 @@ from semrel_jax.training import sharding as sharding_lib
 from semrel_jax.training.semvlp_step import SemVLPSteps, init_train_state
 
 
-def build_tokenizer(c: ml_collections.ConfigDict, workdir: str):
-    """The BERT's WordPiece tokenizer (``model.semvlp.text.hf_dir``), or the scenes' word-level one saved in the run."""
+def build_tokenizer(c: ml_collections.ConfigDict, workdir: str, train_source=None):
+    """The BERT's WordPiece tokenizer (``model.semvlp.text.hf_dir``), or a word-level one saved in the run: the
+    scenes' words, or (records) the lower-cased words of ``train_source``'s texts."""
     if c.model.semvlp.text.hf_dir:
         return tokenizer_lib.load(c.model.semvlp.text.hf_dir)
     path = os.path.join(workdir, "tokenizer")
     if os.path.isdir(path):
         return tokenizer_lib.load(path)
-    tokenizer = semvlp_scenes.word_tokenizer(semvlp_pairs.vocabulary())  # one vocabulary for every task
+    if train_source is not None:
+        tokenizer = semvlp_scenes.word_tokenizer(semvlp_records.text_words(train_source), lowercase=True)
+    else:
+        tokenizer = semvlp_scenes.word_tokenizer(semvlp_pairs.vocabulary())  # one vocabulary for every task
     if jax.process_index() == 0:
         tokenizer.save_pretrained(path)
     return tokenizer
 
 
-def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> SemVLPConfig:
+def model_config(c: ml_collections.ConfigDict, vocab_size: int, *, region_dim: int | None = None,
+                 num_answers: int | None = None) -> SemVLPConfig:
+    """The model of ``c``; ``region_dim`` and ``num_answers`` default to the built-in scenes'."""
     s, enc = c.model.semvlp, c.model.encoders.vit
     if s.text.hf_dir:
         text = bert_family.bert_config_from_hf(hf.read_config(s.text.hf_dir))
@@ -64,13 +71,15 @@ def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> SemVLPConfig:
             remat=c.model.remat,
         )
     return SemVLPConfig(
-        text=text, vision=vision, region_dim=semvlp_scenes.region_dim(), cross_layers=s.cross_layers,
-        num_answers=len(semvlp_scenes.ANSWERS), num_visual_classes=semvlp_scenes.NUM_VISUAL_CLASSES, pool=s.pool,
+        text=text, vision=vision, region_dim=region_dim or semvlp_scenes.region_dim(), cross_layers=s.cross_layers,
+        num_answers=num_answers or len(semvlp_scenes.ANSWERS), num_visual_classes=semvlp_scenes.NUM_VISUAL_CLASSES,
+        pool=s.pool,
     )
 
 
-def build_model(c: ml_collections.ConfigDict, tokenizer) -> SemVLP:
-    model = SemVLP(model_config(c, len(tokenizer)), rngs=nnx.Rngs(c.seed))
+def build_model(c: ml_collections.ConfigDict, tokenizer, **sizes) -> SemVLP:
+    """The model (``sizes``: ``model_config``'s ``region_dim`` / ``num_answers``), its BERT pretrained if asked."""
+    model = SemVLP(model_config(c, len(tokenizer), **sizes), rngs=nnx.Rngs(c.seed))
     if c.model.semvlp.text.hf_dir:
         model.load_text_encoder(hf.load_bert(c.model.semvlp.text.hf_dir))
     return model
@@ -99,10 +108,39 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         return _run(c, workdir, mesh, t0)
 
 
+class _Records:
+    """``model.semvlp.data=records``: ``data.name``'s sources, its region features, its answer vocabulary."""
+
+    def __init__(self, c: ml_collections.ConfigDict):
+        s = c.model.semvlp
+        self.kind = semvlp_records.KINDS[c.data.name]
+        self.train, self.eval = registry.build_sources(c)
+        self.regions = region_features.open_store(s.region_features, c.data.on_bad_data) if s.region_features else None
+        self.answers = ()
+        if self.kind == "questions":
+            self.answers = semvlp_records.answer_vocabulary(self.train, s.num_answers)
+            if not self.answers:
+                raise errors.DataError(f"{self.train!r}: no question has an answer: no VQA vocabulary to train on.")
+
+    def sizes(self) -> dict:
+        """``build_model``'s sizes: the region width of the feature files, the answer vocabulary's size."""
+        return {"region_dim": self.regions.feature_dim if self.regions is not None else None,
+                "num_answers": len(self.answers) or None}
+
+    def rows(self, c, split: str, tokenizer):
+        enc, s = c.model.encoders.vit, c.model.semvlp
+        return semvlp_records.build_rows(
+            self.kind, tokenizer, self.train if split == "train" else self.eval, answers=self.answers,
+            image_size=enc.image_size, patch_size=enc.patch_size, max_text_len=c.data.max_text_len,
+            question_rate=s.question_rate, negative_rate=s.negative_rate, regions=self.regions,
+        )
+
+
 def _run(c, workdir, mesh, t0):
     s, is_main = c.model.semvlp, jax.process_index() == 0
-    tokenizer = build_tokenizer(c, workdir)
-    graphdef, params = nnx.split(build_model(c, tokenizer), nnx.Param)
+    records = _Records(c) if s.data == "records" else None
+    tokenizer = build_tokenizer(c, workdir, records.train if records is not None else None)
+    graphdef, params = nnx.split(build_model(c, tokenizer, **(records.sizes() if records else {})), nnx.Param)
     shardings, notes = sharding_lib.param_shardings(params, mesh, c.mesh.rules)
     params = jax.device_put(params, shardings)
     optimizer, _ = recipe.build_optimizer(c)
@@ -120,6 +158,8 @@ def _run(c, workdir, mesh, t0):
                       question_rate=s.question_rate, negative_rate=s.negative_rate, visual=s.visual)
 
     def rows(split):  # scene rows (pre-training, VQA, retrieval) or statement/image-pair rows (NLVR2-style)
+        if records is not None:
+            return records.rows(c, split, tokenizer)
         scenes = semvlp_scenes.SceneBatches(split, tokenizer, **scene_args)
         return semvlp_pairs.PairBatches(scenes) if s.task == "nlvr2" else scenes
 
@@ -142,11 +182,13 @@ def _run(c, workdir, mesh, t0):
         checkpointer.close()
     train_seconds = time.time() - t0
     model = nnx.merge(graphdef, state.params)
-    eval_args = dict(mode=s.eval_mode, seed=c.seed, batch_size=min(c.eval.batch_size, s.eval_images))
+    # records: at most the evaluation split's examples (the scenes have as many as asked)
+    n_eval = min(s.eval_images, len(records.eval)) if records is not None else s.eval_images
+    eval_args = dict(mode=s.eval_mode, seed=c.seed, batch_size=min(c.eval.batch_size, n_eval))
     if s.task == "nlvr2":
-        results = semvlp_eval.evaluate_pairs(model, rows("validation"), num_pairs=s.eval_images, **eval_args)
+        results = semvlp_eval.evaluate_pairs(model, rows("validation"), num_pairs=n_eval, **eval_args)
     else:
-        results = semvlp_eval.evaluate(model, rows("validation"), num_images=s.eval_images, **eval_args)
+        results = semvlp_eval.evaluate(model, rows("validation"), num_images=n_eval, **eval_args)
     results |= {"train_seconds": train_seconds, "wall_seconds": time.time() - t0}
     writer.write_scalars(c.train.num_steps, results, prefix="eval")
     writer.close()

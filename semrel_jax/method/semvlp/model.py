@@ -22,8 +22,11 @@ paper leaves open, chosen here (our design, configurable):
   (``'cls'``, BERT's and LXMERT's choice). Measured: from scratch the [CLS] state barely varies across rows
   (at init its per-row std is 0.0013 against 0.35 for the next token: its attention averages the whole sequence),
   so the heads reading it get almost no row-dependent input: the pair head cannot fit 8 rows in 30 steps
-  over it, and does over the mean (``tests/test_semvlp_tasks.py``). ITM still plateaus at chance in short
-  runs with either pooling (``docs/semvlp.md``).
+  over it, and does over the mean (``tests/test_semvlp_tasks.py``).
+* **ITM head**: a linear layer over ``[pooled; alignment]``, ``alignment`` = mean(text) * mean(visual) feature
+  by feature. Random negatives leave the text's and the image's own distributions unchanged, so only their
+  interaction tells a match; at init the pooled vector is near-additive in the two and ITM sat at chance,
+  while the product carries the match from the first step (``docs/semvlp.md``, ``experiments/LOG.md``).
 * **Pairs** (NLVR2-style, ``encode_pair``): the statement with each image encoded separately by the same
   encoder, the two pooled vectors concatenated and classified by an MLP (LXMERT's and UNITER's head).
 """
@@ -81,6 +84,17 @@ def patch_boxes(grid: int) -> np.ndarray:
     return np.stack([x, y, x + 1, y + 1], axis=-1).astype(np.float32) / grid
 
 
+def _masked_mean(x: Array, valid: Array) -> Array:
+    """``[B, L, D]``, ``[B, L]`` -> ``[B, D]``: the mean over the valid positions (0 when none)."""
+    weight = valid.astype(x.dtype)[..., None]
+    return jnp.sum(x * weight, axis=1) / jnp.maximum(jnp.sum(weight, axis=1), 1.0)
+
+
+def alignment(text: Array, text_valid: Array, visual: Array, visual_valid: Array) -> Array:
+    """``[B, D]``: the mean text state times the mean visual state, feature by feature."""
+    return _masked_mean(text, text_valid) * _masked_mean(visual, visual_valid)
+
+
 class Heads(nnx.Module):
     """The pre-training and downstream heads over the encoder's outputs."""
 
@@ -100,7 +114,8 @@ class Heads(nnx.Module):
         self.word_embeddings = word_embeddings  # shared with the BERT (tied), not a copy
         self.visual_regression = linear(d, c.target_dim)
         self.visual_classifier = linear(d, c.num_visual_classes)
-        self.itm = linear(d, 2)
+        # ITM over [pooled; mean(text) * mean(visual)] (see itm_logits)
+        self.itm = linear(2 * d, 2)
         # VQA as LXMERT's answer head: d -> 2d -> GELU -> LN -> answers
         self.vqa_hidden = linear(d, 2 * d)
         self.vqa_norm = norm(2 * d)
@@ -114,6 +129,10 @@ class Heads(nnx.Module):
         """``[B, T, D]`` -> ``[B, T, vocab]``."""
         h = self.mlm_norm(jax.nn.gelu(self.mlm_transform(text), approximate=False))
         return self.word_embeddings.attend(h) + self.mlm_bias[...].astype(h.dtype)
+
+    def itm_logits(self, pooled: Array, alignment: Array) -> Array:
+        """``pooled, alignment [B, D]`` -> ``[B, 2]`` (mismatched, matched)."""
+        return self.itm(jnp.concatenate([pooled, alignment], axis=-1))
 
     def vqa_logits(self, pooled: Array) -> Array:
         """``[B, D]`` -> ``[B, num_answers]``."""
@@ -215,7 +234,7 @@ class SemVLP(nnx.Module):
 
         inputs: ``tokens, text_valid [B, T]`` (token 0 is [CLS]), ``visual_valid [B, N]`` and the visual input
         (``images`` or ``regions`` + ``boxes``, see ``visual_inputs``); visual_mask: ``[B, N]`` (default none).
-        Returns ``text [B, T, D]``, ``visual [B, N, D]``, ``pooled [B, D]``.
+        Returns ``text [B, T, D]``, ``visual [B, N, D]``, ``pooled [B, D]``, ``alignment [B, D]`` (ITM's second input).
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -227,7 +246,8 @@ class SemVLP(nnx.Module):
             text, visual = self.encode_single(text, inputs["text_valid"], visual, visual_valid)
         else:
             text, visual = self.encode_two(text, inputs["text_valid"], visual, visual_valid, cross)
-        return {"text": text, "visual": visual, "pooled": self.pool(text, inputs["text_valid"], visual, visual_valid)}
+        return {"text": text, "visual": visual, "pooled": self.pool(text, inputs["text_valid"], visual, visual_valid),
+                "alignment": alignment(text, inputs["text_valid"], visual, visual_valid)}
 
     def pool(self, text: Array, text_valid: Array, visual: Array, visual_valid: Array) -> Array:
         """``[B, D]``: BERT's pooler (dense + tanh) over [CLS] or over the mean of the valid tokens (``config.pool``)."""

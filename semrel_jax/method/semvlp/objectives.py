@@ -83,7 +83,7 @@ def compute_losses(model, batch: dict, out: dict, masks: Masks) -> dict[str, Arr
         losses["visual_classification"] = jnp.zeros((), jnp.float32)
 
     is_question = batch["is_question"].astype(bool)
-    itm_logits = heads.itm(out["pooled"]).astype(jnp.float32)
+    itm_logits = heads.itm_logits(out["pooled"], out["alignment"]).astype(jnp.float32)
     itm = optax.softmax_cross_entropy_with_integer_labels(itm_logits, batch["matched"].astype(jnp.int32))
     losses["itm"] = _mean(itm, ~is_question)
     vqa_logits = heads.vqa_logits(out["pooled"]).astype(jnp.float32)
