@@ -1,6 +1,5 @@
 """model.ica.read: the paper's SiLU memory read and the softmax option, against NumPy references."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
