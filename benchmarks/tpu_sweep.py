@@ -68,7 +68,7 @@ def compile_step(chip: str, preset: str, remat: str, per_chip: int, text_len: in
         f"--config.train.loss_chunk={loss_chunk}",
     ]
     print(f"compiling {key} ...", flush=True)
-    result = subprocess.run(["nice", "-n", "5", *command], cwd=ROOT, capture_output=True, text=True, timeout=_TIMEOUT.value)
+    result = subprocess.run(["nice", "-n", "19", *command], cwd=ROOT, capture_output=True, text=True, timeout=_TIMEOUT.value)
     if result.returncode:
         report = {"fits": False, "error": result.stderr.strip().splitlines()[-1][:300]}
     else:

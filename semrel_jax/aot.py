@@ -28,6 +28,7 @@ config_flags.DEFINE_config_file("config", None, "Config file with preset, e.g. c
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Simulated CPU devices (0: the devices present).")
 _TOPOLOGY = flags.DEFINE_string("topology", "", "TPU topology name (e.g. v5e:2x4, v5p:2x2x1, v6e:2x4); needs libtpu.")
 _JSON = flags.DEFINE_bool("json", False, "Print the report as one JSON object instead of text.")
+_HLO_OUT = flags.DEFINE_string("hlo_out", "", "Write the compiled (optimised, per-device) HLO module as text here.")
 flags.mark_flags_as_required(["config"])
 
 MEMORY_KEYS = ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "peak_bytes")
@@ -58,7 +59,7 @@ def topology_devices(topology: str):
         raise app.UsageError(f"--topology={topology}: {e} (needs libtpu: pip install -e '.[tpu]'; or use --num_devices)")
 
 
-def compile_report(c, devices=None, topology: str = "") -> dict:
+def compile_report(c, devices=None, topology: str = "", hlo_out: str = "") -> dict:
     """Lowers and compiles ``c``'s train step for its mesh; returns the per-device report (see ``describe``).
 
     A step the compiler refuses for lack of memory (the TPU compiler does, naming the bytes it needed) is a
@@ -83,13 +84,19 @@ def compile_report(c, devices=None, topology: str = "") -> dict:
         step = recipe.build_step(c, model, setup, mesh, mask_start=0)
         analytic_per_example = flops_lib.count_for_run(c, model.config).training
 
-        def lower():
-            return step.lower(setup.state, setup.frozen, recipe.abstract_batch(c, mesh))
+        def lower():  # traced only (a jaxpr): lowering to StableHLO is timed apart below
+            return step.trace(setup.state, setup.frozen, recipe.abstract_batch(c, mesh))
 
-    # wall and this process's CPU seconds: on a shared machine the wall time says more about the neighbours
+    # wall and this process's CPU seconds of each phase: tracing the step to a jaxpr, lowering it to StableHLO,
+    # XLA's compile. On a shared machine the wall time says more about the neighbours than the CPU time does.
     start, start_cpu = time.time(), time.process_time()
     with jax.set_mesh(mesh):
         lowered = lower()
+        traced_at, traced_cpu = time.time(), time.process_time()
+        if not isinstance(lowered, jax.stages.Lowered):
+            lowered = lowered.lower()
+    phases = dict(jaxpr_seconds=traced_at - start, jaxpr_cpu_seconds=traced_cpu - start_cpu,
+                  lower_seconds=time.time() - traced_at, lower_cpu_seconds=time.process_time() - traced_cpu)
     trace_seconds, compile_start, compile_start_cpu = time.time() - start, time.time(), time.process_time()
     try:
         with jax.set_mesh(mesh):
@@ -101,7 +108,7 @@ def compile_report(c, devices=None, topology: str = "") -> dict:
     compile_seconds = time.time() - start
     timing = dict(trace_seconds=trace_seconds, xla_compile_seconds=time.time() - compile_start,
                   compile_cpu_seconds=time.process_time() - start_cpu,
-                  xla_compile_cpu_seconds=time.process_time() - compile_start_cpu)
+                  xla_compile_cpu_seconds=time.process_time() - compile_start_cpu, **phases)
     n_devices = mesh.devices.size
     examples_per_device = c.train.batch_size / n_devices
     report = {
@@ -121,6 +128,9 @@ def compile_report(c, devices=None, topology: str = "") -> dict:
     }
     if compiled is None:
         return dict(report, refused=refusal, fits=False)
+    if hlo_out:  # what the compiler made of the step: its fusions (kernels), loops and collectives
+        with open(hlo_out, "w") as f:
+            f.write(compiled.as_text())
     memory = compiled.memory_analysis()
     cost = flops_lib.cost_analysis(compiled)
     report.update({
@@ -167,6 +177,9 @@ def format_report(r: dict) -> str:
     if "trace_seconds" in r:
         lines[0] += (f" (trace + lower {r['trace_seconds']:.1f}s, XLA {r['xla_compile_seconds']:.1f}s; "
                      f"{r['compile_cpu_seconds']:.1f}s CPU of this process)")
+    if "jaxpr_cpu_seconds" in r:
+        lines.append(f"CPU seconds: tracing {r['jaxpr_cpu_seconds']:.1f}, lowering {r['lower_cpu_seconds']:.1f}, "
+                     f"XLA compile {r['xla_compile_cpu_seconds']:.1f}")
     if r.get("refused"):
         return "\n".join(lines + [f"does NOT fit: the compiler refused the step: {r['refused']}"])
     for key in MEMORY_KEYS:
@@ -190,7 +203,7 @@ def format_report(r: dict) -> str:
 def main(argv):
     del argv
     devices = topology_devices(_TOPOLOGY.value) if _TOPOLOGY.value else None
-    r = compile_report(flags.FLAGS.config, devices, _TOPOLOGY.value)
+    r = compile_report(flags.FLAGS.config, devices, _TOPOLOGY.value, _HLO_OUT.value)
     print(json.dumps(r, indent=1) if _JSON.value else format_report(r))
 
 

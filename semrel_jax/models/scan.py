@@ -18,11 +18,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def scan_modules(modules: Sequence[nnx.Module], fn: Callable[[nnx.Module, Any, Any], Any], carry: Any, xs: Any) -> Any:
+def scan_modules(
+    modules: Sequence[nnx.Module], fn: Callable[[nnx.Module, Any, Any], Any], carry: Any, xs: Any, *,
+    every_carry: bool = False,
+) -> Any:
     """``carry = fn(modules[i], carry, xs[i])`` for ``i = 0 .. N-1``, as one scan; returns the final carry.
 
     ``xs``: a pytree of arrays with leading axis N (e.g. the block index). Every module must have the same
-    structure (one graphdef); only their arrays differ.
+    structure (one graphdef); only their arrays differ. ``every_carry``: returns ``(final carry, carries)``,
+    the carry after every step stacked along a leading axis N (one scan where several intermediate results
+    are read: the compiler generates the body's kernels once per scan, forward and backward).
     """
     graphdef, first = nnx.split(modules[0])
     states = [first]
@@ -35,7 +40,8 @@ def scan_modules(modules: Sequence[nnx.Module], fn: Callable[[nnx.Module, Any, A
 
     def body(carry, slice_):
         state, x = slice_
-        return fn(nnx.merge(graphdef, state), carry, x), None
+        carry = fn(nnx.merge(graphdef, state), carry, x)
+        return carry, (carry if every_carry else None)
 
-    carry, _ = jax.lax.scan(body, carry, (stacked, xs))
-    return carry
+    carry, carries = jax.lax.scan(body, carry, (stacked, xs))
+    return (carry, carries) if every_carry else carry

@@ -245,11 +245,12 @@ class ViT(nnx.Module):
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
             return layers.constrain(call(layer, x, key), ("batch", None, None))
 
-        if c.scan_layers:  # one scan per stretch of blocks up to the next tap: a tap reads a scan's final carry
-            start = 0
-            for end in sorted({t for t in taps if t > 0}):
-                x = scan.scan_modules(list(self.layers[start:end]), block, x, jnp.arange(start, end))
-                hidden[end], start = x, end
+        deepest = max(taps)
+        if c.scan_layers and deepest > 0:
+            # one scan up to the deepest tap whose every block's output is kept: a tap reads its block's (one scan,
+            # not one per stretch between taps, each of which the compiler would generate kernels for again)
+            _, outputs = scan.scan_modules(list(self.layers[:deepest]), block, x, jnp.arange(deepest), every_carry=True)
+            hidden.update({t: outputs[t - 1] for t in taps if t > 0})
         else:
             for i in range(max(taps)):
                 x = block(self.layers[i], x, i)
