@@ -161,9 +161,9 @@ def _validate_semvlp(c) -> None:
     if s.data == "records":
         from semrel_jax.data import semvlp_records
 
-        kind = semvlp_records.KINDS.get(c.data.name)
-        check(kind is not None, "data.name",
-              f"model.semvlp.data=records reads one of {tuple(semvlp_records.KINDS)}, got {c.data.name!r}")
+        kind = semvlp_records.rows_kind(c.data.name)
+        check(bool(kind), "data.name",
+              f"model.semvlp.data=records reads one of {semvlp_records.readable()}, got {c.data.name!r}")
         check((kind == "pairs") == (s.task == "nlvr2"), "model.semvlp.task",
               f"{c.data.name} rows need task={'nlvr2' if kind == 'pairs' else 'pretrain'}, got {s.task!r}")
         want = "regions" if s.region_features else "patches"

@@ -155,6 +155,7 @@ def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
 
 
 DATASET = Dataset(
+    semvlp_rows="captions",
     name="coco_captions",
     defaults={},
     build=_build,

@@ -43,6 +43,9 @@ class Dataset:
         config) is mixed into this one's training, a ``weight`` fraction of the examples (0: no mixture);
         its ``validate`` then also runs. None: this dataset mixes nothing in.
     groups_by_image: whether ``data.examples_per_image > 1`` works (the sources implement ``image_groups``).
+    semvlp_rows: what its records become under ``model.semvlp.data=records`` (``data/semvlp_records.py``):
+        ``"captions"`` (ITM + MLM), ``"questions"`` (VQA over the training answers) or ``"pairs"`` (NLVR2);
+        ``""``: SemVLP does not read it.
     """
 
     name: str
@@ -55,6 +58,7 @@ class Dataset:
     splits: tuple[str, str] = ("train", "test")
     mix: tuple[str, Callable[[Config], float]] | None = None
     groups_by_image: bool = False
+    semvlp_rows: str = ""
 
     def split_names(self, d: ml_collections.ConfigDict) -> tuple[str, str]:
         """The ``(train, eval)`` split names of ``config.data`` ``d``, defaults resolved."""

@@ -95,6 +95,7 @@ def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
 
 
 DATASET = Dataset(
+    semvlp_rows="captions",
     name="flickr30k",
     defaults={},
     build=_build,

@@ -153,6 +153,7 @@ def _score(rows: Sequence[dict], train_source, eval_source) -> dict:
 
 
 DATASET = Dataset(
+    semvlp_rows="questions",
     name="gqa",
     defaults={},
     build=_build,

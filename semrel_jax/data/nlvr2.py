@@ -232,6 +232,7 @@ def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
 
 
 DATASET = Dataset(
+    semvlp_rows="pairs",
     name="nlvr2",
     defaults={},
     build=_build,

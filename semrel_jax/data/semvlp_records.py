@@ -42,9 +42,21 @@ from semrel_jax.data.source import Source
 from semrel_jax.evaluation import vqa
 
 _NEGATIVE_DRAWS = 8  # tries to find a caption of another image (train-mode captions repeat their image)
-# what each registered reader becomes under model.semvlp.data=records (training/semvlp_train.py)
-KINDS = {"flickr30k": "captions", "coco_captions": "captions", "vqa_v2": "questions", "gqa": "questions",
-         "visual_genome": "questions", "nlvr2": "pairs"}
+
+
+def rows_kind(name: str) -> str:
+    """What registered dataset ``name``'s records become under model.semvlp.data=records (its spec's
+    ``semvlp_rows``: captions, questions or pairs); "" when SemVLP does not read it."""
+    from semrel_jax.data import registry
+
+    return registry.get(name).semvlp_rows if name in registry.names() else ""
+
+
+def readable() -> tuple[str, ...]:
+    """The registered datasets SemVLP reads."""
+    from semrel_jax.data import registry
+
+    return tuple(n for n in registry.names() if registry.get(n).semvlp_rows)
 _TEXT_FIELDS = ("question", "answer", "sentence")
 
 
@@ -64,7 +76,7 @@ def text_words(source: Source) -> list[str]:
 
 def build_rows(kind: str, tokenizer: PreTrainedTokenizerBase, source: Source, *, answers: tuple[str, ...] = (),
                **kwargs):
-    """``RecordRows`` over a caption or question ``source``, or ``PairRows`` over NLVR2 (``kind``: ``KINDS``'s)."""
+    """``RecordRows`` over a caption or question ``source``, or ``PairRows`` over NLVR2 (``kind``: ``rows_kind``'s)."""
     if kind == "pairs":
         kwargs = {k: v for k, v in kwargs.items() if k not in ("question_rate", "negative_rate")}
         return PairRows(tokenizer, source, **kwargs)

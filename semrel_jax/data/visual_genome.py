@@ -198,6 +198,7 @@ def _score(rows: Sequence[dict], train_source, eval_source) -> dict[str, float]:
 
 
 DATASET = Dataset(
+    semvlp_rows="questions",
     name="visual_genome",
     defaults={},
     build=_build,

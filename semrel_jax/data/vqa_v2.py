@@ -228,6 +228,7 @@ def _score(rows: Sequence[dict], train_source, eval_source) -> dict:
 
 
 DATASET = Dataset(
+    semvlp_rows="questions",
     name="vqa_v2",
     defaults=dict(vqa_prompt="plain"),
     build=_build,

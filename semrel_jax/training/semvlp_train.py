@@ -113,7 +113,7 @@ class _Records:
 
     def __init__(self, c: ml_collections.ConfigDict):
         s = c.model.semvlp
-        self.kind = semvlp_records.KINDS[c.data.name]
+        self.kind = semvlp_records.rows_kind(c.data.name)
         self.train, self.eval = registry.build_sources(c)
         self.regions = region_features.open_store(s.region_features, c.data.on_bad_data) if s.region_features else None
         self.answers = ()
