@@ -3,7 +3,7 @@
 The two-process test starts ``python -m semrel_jax.main`` twice with ``SEMREL_COORDINATOR_ADDRESS``/
 ``SEMREL_NUM_PROCESSES``/``SEMREL_PROCESS_ID`` (one CPU device each, so the mesh is ``data=2`` across
 processes and every step is a cross-process collective over gloo), preempts one of them with SIGTERM (both
-must stop at the same step, saved), then reruns both with more steps on the same workdir: they must resume
+must stop at the same step, saved, and exit 0), then reruns both with more steps on the same workdir: they must resume
 from the saved step, and only process 0 may write metrics.
 """
 
@@ -17,6 +17,8 @@ import sys
 import time
 
 import pytest
+
+from conftest import CHEAP_CODEGEN  # the suite's XLA flags (tests/conftest.py)
 
 from semrel_jax.training import distributed
 
@@ -138,10 +140,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two(workdir, num_steps, logs, tag, cache, sigterm_process_0_after_checkpoint=None):
+def _run_two(workdir, num_steps, logs, tag, cache, sigterm_process_0_after_logs=None):
     port = _free_port()
     cmd = [sys.executable, "-m", "semrel_jax.main", "--config=configs/vqa.py:tiny", f"--workdir={workdir}",
-           f"--config.train.num_steps={num_steps}", "--config.train.checkpoint_every=2",
+           f"--config.train.num_steps={num_steps}", "--config.train.checkpoint_every=100000",
            "--config.eval.num_examples=4", "--config.eval.batch_size=4", "--config.model.llm.n_layers=1"]
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("SEMREL_", "XLA_FLAGS", "JAX_", "SLURM_", "OMPI_", "TPU_"))}
@@ -152,14 +154,15 @@ def _run_two(workdir, num_steps, logs, tag, cache, sigterm_process_0_after_check
                    JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
                    # Compile time dominates on CPU; cheaper LLVM passes (no device-count flags).
-                   XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+                   XLA_FLAGS=CHEAP_CODEGEN)
         log = open(logs / f"{tag}-p{pid}.log", "w")
         procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     deadline = time.time() + 300  # generous: a loaded 2-core machine takes a minute to the first step
-    if sigterm_process_0_after_checkpoint is not None:
-        # preemption that reaches one host only (schedulers signal hosts independently)
-        marker = os.path.join(workdir, "checkpoints", str(sigterm_process_0_after_checkpoint))
-        while not os.path.isdir(marker) and time.time() < deadline and procs[0][0].poll() is None:
+    if sigterm_process_0_after_logs is not None:
+        # preemption that reaches one host only (schedulers signal hosts independently), once training is under way
+        metrics = workdir / "metrics.jsonl"
+        while time.time() < deadline and procs[0][0].poll() is None and not (
+                metrics.exists() and metrics.read_text().count("\n") >= sigterm_process_0_after_logs):
             time.sleep(0.2)
         procs[0][0].send_signal(signal.SIGTERM)
     try:
@@ -195,15 +198,17 @@ def test_two_processes_train_stop_together_on_sigterm_to_one_and_resume(tmp_path
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))  # the suite's (conftest)
     logs.mkdir()
     # Round 1. No tokenizer is cached beforehand: process 0 trains it, the other waits and loads it. A SIGTERM that
-    # reaches process 0 only (schedulers signal hosts independently) stops both at the same step, saved.
-    out0, out1 = _run_two(workdir, 400, logs, "preempted", cache, sigterm_process_0_after_checkpoint=2)
+    # reaches process 0 only (schedulers signal hosts independently) stops both at the same step, saved, exit 0 --
+    # although checkpoint_every alone would not save before step 100000.
+    out0, out1 = _run_two(workdir, 400, logs, "preempted", cache, sigterm_process_0_after_logs=2)
     for pid, out in enumerate((out0, out1)):
         assert f"distributed: explicit (process {pid} of 2" in out, out[-3000:]
     assert "mesh {'data': 2, 'fsdp': 1, 'tensor': 1}" in out0, out0[-3000:]  # one device per process, both in the mesh
     assert "over 1 local devices" in out0 and "start step 0" in out0
     assert "preempted: checkpoint saved at step" in out0, out0[-3000:]
     stopped = int(re.search(r"preempted: checkpoint saved at step (\d+)", out0).group(1))
-    assert 2 <= stopped < 400 and max(_steps_on_disk(workdir)) == stopped  # both agreed, the save committed
+    # both agreed, the save committed (step 1: Orbax saves a run's first step; checkpoint_every never came due)
+    assert 1 < stopped < 400 and _steps_on_disk(workdir) == [1, stopped]
     assert "start step" not in out1  # process 1 prints and writes nothing
     first = _records(workdir)
     assert {r["split"] for r in first} == {"train"} and first[-1]["step"] <= stopped

@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from conftest import CHEAP_CODEGEN  # the suite's XLA flags (tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent(
@@ -71,8 +73,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow  # a subprocess on 8 simulated devices: two meshes, two modes each (~1 min on 2 cores)
 def test_semvlp_is_sharded_by_the_rules_on_eight_simulated_devices():
-    flags = ("--xla_force_host_platform_device_count=8"
-             " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+    flags = f"--xla_force_host_platform_device_count=8 {CHEAP_CODEGEN}"
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=900)

@@ -16,6 +16,8 @@ import textwrap
 
 import pytest
 
+from conftest import CHEAP_CODEGEN  # the suite's XLA flags (tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent(
@@ -173,8 +175,7 @@ def _run_script(workdir):
     # Compiling (five train steps, eight sharded inits, two forwards) is nearly all of this subprocess's time;
     # LLVM's cheaper passes halve it (measured: 32 instead of 55 CPU-s per mesh) and change no number checked here
     # (the reference and the sharded runs compile alike; the init is compared with an eager init compiled alike).
-    flags = ("--xla_force_host_platform_device_count=8"
-             " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+    flags = f"--xla_force_host_platform_device_count=8 {CHEAP_CODEGEN}"
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, workdir], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900

@@ -115,7 +115,10 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def due(self, step: int) -> bool:
-        """Whether ``save`` writes ``step`` without ``force``: every ``save_every`` steps and at multiples of ``keep_every``."""
+        """Whether ``save`` writes ``step`` without ``force``: every ``save_every`` steps and at multiples of ``keep_every``.
+
+        (Orbax also writes the first step saved into an empty directory, so a bad disk shows at step 1.)
+        """
         return step % self.save_every == 0 or bool(self.keep_every and step % self.keep_every == 0)
 
     def save(self, step: int, state, config_json: str, *, force: bool = False) -> bool:
