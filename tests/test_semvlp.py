@@ -201,6 +201,20 @@ def test_starts_from_the_real_minilm_with_its_wordpiece_tokenizer():
     tied = model.heads.word_embeddings.embedding[...]
     np.testing.assert_array_equal(np.asarray(tied), np.asarray(bert.embeddings.word_embeddings.embedding[...]))
 
+    # The init ablation (model.semvlp.text.pretrained=False): MiniLM's architecture and tokenizer, random weights
+    import pretrain
+
+    from semrel_jax.training import semvlp_train
+
+    c = pretrain.get_config("tiny")
+    c.model.semvlp.text.update(hf_dir=path, pretrained=False)
+    real = np.asarray(bert.embeddings.word_embeddings.embedding[...])
+    random_init = np.asarray(semvlp_train.build_model(c, wordpiece).bert.embeddings.word_embeddings.embedding[...])
+    assert random_init.shape == real.shape and np.abs(random_init - real).mean() > 0.5 * np.abs(real).mean()
+    c.model.semvlp.text.pretrained = True
+    np.testing.assert_array_equal(
+        np.asarray(semvlp_train.build_model(c, wordpiece).bert.embeddings.word_embeddings.embedding[...]), real)
+
 
 def test_recall_at_k_counts_ranks_both_ways():
     from semrel_jax.evaluation import retrieval
@@ -210,6 +224,17 @@ def test_recall_at_k_counts_ranks_both_ways():
     # image->text ranks of the matches: 1st, 2nd, 2nd; text->image: 1st, 1st, 2nd (a tie counts against)
     assert r["image_to_text_r@1"] == pytest.approx(1 / 3) and r["image_to_text_r@2"] == pytest.approx(1.0)
     assert r["text_to_image_r@1"] == pytest.approx(2 / 3) and r["text_to_image_r@2"] == pytest.approx(1.0)
+    # several texts per image (Flickr30K/COCO): texts 0, 1 describe image 0, texts 2, 3 image 1
+    scores = np.array([[0.2, 0.9, 0.5, 0.1], [0.3, 0.4, 0.1, 0.6]])
+    r = retrieval.recall_at_k(scores, ks=(1, 2), image_of=np.array([0, 0, 1, 1]))
+    # image 0: its best text (0.9) ranks 1st; image 1: its best (0.6) 1st -> 1.0 at k=1
+    assert r["image_to_text_r@1"] == 1.0
+    # text 0: image 1 scores it higher (0.3 > 0.2): 2nd; text 1: 1st; text 2: 0.1 < 0.5: 2nd; text 3: 1st
+    assert r["text_to_image_r@1"] == 0.5 and r["text_to_image_r@2"] == 1.0
+    scores[0, 1] = 0.05  # image 0's best text is now text 0 (0.2): image 1's text 2 (0.5) outranks it
+    assert retrieval.recall_at_k(scores, ks=(1, 2), image_of=np.array([0, 0, 1, 1]))["image_to_text_r@1"] == 0.5
+    with pytest.raises(ValueError, match="no text"):
+        retrieval.recall_at_k(scores, image_of=np.array([0, 0, 0, 0]))
 
 
 @pytest.mark.parametrize(

@@ -117,10 +117,16 @@ def test_flickr30k_captions_retrieval_texts_and_bad_records(data):
     test = flickr30k.Flickr30K(paths["json"], paths["images"], "test", "eval")
     assert len(test) == 2 and test[0]["references"] == ["A red boat.", "A boat on a lake.", "Someone rows a boat."]
     assert test[1]["image"].shape == (24, 32, 3)
-    captions, image_of = test.retrieval_texts()
-    assert captions[3:] == ["A snowy road.", "Cars in snow."] and image_of.tolist() == [0, 0, 0, 1, 1]
-    with pytest.raises(ValueError, match="eval mode"):
-        train.retrieval_texts()
+    # Retrieval's gallery: every caption of each image, from either mode (train: one example per caption)
+    from semrel_jax.data import semvlp_records, semvlp_scenes
+
+    for source in (test, flickr30k.Flickr30K(paths["json"], paths["images"], "test")):
+        rows = semvlp_records.RecordRows(semvlp_scenes.word_tokenizer(), captions=source, image_size=32, patch_size=8)
+        images, texts, image_of = rows.retrieval(0, 2)
+        assert len(images) == 2 and images[1]["image"].shape == (32, 32, 3)
+        assert texts[:1] + texts[3:] == ["A red boat.", "A snowy road.", "Cars in snow."], texts
+        assert image_of.tolist() == [0, 0, 0, 1, 1]
+    assert rows.retrieval(0, 1)[1] == test[0]["references"]  # one image: its three captions
     with pytest.raises(BadDataError, match=r"bad record '\.\./1002\.jpg' \[malformed_record\].*outside the image root"):
         flickr30k.Flickr30K(paths["json"], paths["images"], "train")
     with pytest.raises(ValueError, match="Unknown Flickr30K split 'restval'"):
@@ -343,11 +349,11 @@ def test_semvlp_rows_from_captions_and_questions(data):
     assert 0 < sum(text in phrases for text in texts) < 16  # and questions
     again = rows.batch(np.arange(16), seed=0)
     assert all(np.array_equal(batch[k], again[k]) for k in batch)  # a pure function of (seed, index)
-    # SceneBatches' evaluation interface: a kind or match forced, and retrieval pairs
+    # SceneBatches' evaluation interface: a kind or match forced, and the retrieval gallery
     assert rows.row(0, 1, kind="question")["text"] == "What is on the table?"
     assert rows.row(0, 0, kind="caption", matched=True)["text"] == "a red car"
-    assert [(r["text"], r["matched"]) for r in (rows.pair(0, 0, 1), rows.pair(0, 1, 1))] == [
-        ("a dog on grass", 0), ("a dog on grass", 1)]
+    images, texts, image_of = rows.retrieval(0, 5)  # the source has two images, one phrase each
+    assert len(images) == 2 and texts == ["a red car", "a dog on grass"] and image_of.tolist() == [0, 1]
 
 
 def test_semvlp_rows_with_region_features_and_nlvr2_pairs(data):
@@ -443,6 +449,7 @@ def test_semvlp_trains_from_a_reader_through_main(data, tmp_path):
     results = train.train_and_evaluate(c, str(tmp_path / "run"))
     assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
     assert 0.0 <= results["itm_accuracy"] <= 1.0 and "image_to_text_r@1" in results and "vqa_accuracy" not in results
+    assert (results["retrieval_images"], results["retrieval_texts"]) == (2, 5)  # every caption of the two test images
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = {k: v for row in logged for k, v in row.items() if k.startswith("loss")}
     assert losses["loss_itm"] > 0 and losses["loss_mlm"] > 0 and all(np.isfinite(list(losses.values()))), logged

@@ -101,8 +101,9 @@ def semvlp_defaults() -> dict:
     """SemVLP (``model.method='semvlp'``, ``training/semvlp_train.py``): the shared BERT, the schedule, the
     objectives. Its visual tokens are the scenes' object regions, or ``model.encoders.vit``'s patch features."""
     return dict(
-        # the shared BERT: a HF BERT-family directory (weights + WordPiece tokenizer), or these sizes from scratch
-        text=dict(hf_dir="", dim=64, n_layers=4, n_heads=4, mlp_dim=128, max_positions=64),
+        # the shared BERT: a HF BERT-family directory (weights + WordPiece tokenizer), or these sizes from scratch;
+        # pretrained=False: hf_dir's architecture and tokenizer with random weights (the BERT-init ablation)
+        text=dict(hf_dir="", pretrained=True, dim=64, n_layers=4, n_heads=4, mlp_dim=128, max_positions=64),
         # 'regions': one token per object (crop + box, as a detector gives them); 'patches': the ViT's patches
         visual="regions",
         # 'pretrain': scene rows, the weighted objectives (also VQA / retrieval fine-tuning, by weights);

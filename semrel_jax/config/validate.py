@@ -143,6 +143,7 @@ def _validate_semvlp(c) -> None:
     one_of(c, "model.semvlp.task", ("pretrain", "nlvr2"))
     one_of(c, "model.semvlp.pool", ("mean", "cls"))
     boolean(c, "model.semvlp.cross")
+    boolean(c, "model.semvlp.text.pretrained")
     unknown = sorted(set(c.model.semvlp.weights) - set(objectives.LOSSES))
     check(not unknown, "model.semvlp.weights", f"unknown objectives {unknown}; known: {objectives.LOSSES}")
     for name, weight in c.model.semvlp.weights.items():

@@ -11,7 +11,7 @@ File (as distributed with the Karpathy splits; the same format as ``dataset_coco
 Splits: ``train`` (29,000 images on the real file), ``val`` (1,014), ``test`` (1,000); 5 captions each.
 The reader is ``coco_captions.KarpathyCOCO`` (same format, same modes, same bad-data policy); what differs:
 an example names its image by ``image_id`` (the file name's stem: the Flickr photo id) instead of
-``cocoid``, and :meth:`Flickr30K.retrieval_texts` gives the caption side of image-text retrieval.
+``cocoid`` (SemVLP's retrieval gallery groups an image's captions by it: ``semvlp_records.RecordRows.retrieval``).
 
 Modes: ``train`` one example per (image, caption); ``eval`` one per image, ``references`` its captions
 (what captioning metrics and retrieval use). Registered as ``data.name=flickr30k`` (captioning; scored
@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 from semrel_jax.data import records
 from semrel_jax.data.coco_captions import KarpathyCOCO
@@ -53,19 +52,6 @@ class Flickr30K(KarpathyCOCO):
         fields = super()._fields(index)
         del fields["cocoid"]
         return {**fields, "image_id": os.path.splitext(fields["filename"])[0]}
-
-    def retrieval_texts(self) -> tuple[list[str], np.ndarray]:
-        """``(captions [T], image_of [T] int)``: every caption of the split, image by image, and the example
-        index of its image (eval mode: example ``i`` is image ``i``). Image ``i`` matches text ``t`` iff
-        ``image_of[t] == i``; no image is read."""
-        if self.mode != "eval":
-            raise ValueError("retrieval_texts needs the eval mode (one example per image).")
-        captions, image_of = [], []
-        for i in range(len(self)):
-            references = self._fields(i)["references"]
-            captions += references
-            image_of += [i] * len(references)
-        return captions, np.asarray(image_of, np.int64)
 
 
 # ---------------------------------------------------------------------------------------------- the dataset

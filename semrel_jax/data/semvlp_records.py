@@ -180,14 +180,37 @@ class RecordRows:
         text = example["answer"] if matched else self._other_caption(rng, example)
         return visual | {"text": text, "matched": int(matched), "is_question": 0, "answer": 0}
 
-    def pair(self, seed: int, image_index: int, text_index: int) -> dict:
-        """Caption example ``image_index``'s image with caption example ``text_index``'s text (retrieval);
-        ``matched`` when both show the same image."""
-        del seed
-        example, visual = self._example(self.captions, image_index)
-        text = self.captions.metadata(text_index % len(self.captions))
-        same = self.image_key(text) == self.image_key(example)
-        return visual | {"text": text["answer"], "matched": int(same), "is_question": 0, "answer": 0}
+    def retrieval(self, seed: int, num_images: int) -> tuple[list[dict], list[str], np.ndarray]:
+        """Retrieval's gallery: ``(image_rows [N], texts [T], image_of [T])``: the first ``num_images`` distinct
+        images of the caption source (by ``image_key``), every text of each (its examples' ``references``: all
+        five captions of a Flickr30K/COCO image; else their ``answer``s), and the row of each text's image.
+
+        An image that cannot be read (skipped under ``on_bad_data=skip``) is left out with its texts.
+        """
+        del seed  # the gallery is the source's order
+        if self.captions is None:
+            raise ValueError("retrieval needs a caption source.")
+        rows, texts, image_of, row_of, unreadable, seen = [], [], [], {}, set(), set()
+        for i in range(len(self.captions)):
+            meta = self.captions.metadata(i)
+            key = self.image_key(meta)
+            if key in unreadable:
+                continue
+            if key not in row_of:
+                if len(rows) == num_images:
+                    break
+                example, visual = self._example(self.captions, i)
+                if self.image_key(example) != key:  # this image was skipped: the next example's was read
+                    unreadable.add(key)
+                    continue
+                row_of[key] = len(rows)
+                rows.append(visual | {"text": "", "matched": 1, "is_question": 0, "answer": 0})
+            for text in meta.get("references") or [meta["answer"]]:
+                if (key, text) not in seen:
+                    seen.add((key, text))
+                    texts.append(text)
+                    image_of.append(row_of[key])
+        return rows, texts, np.asarray(image_of, np.int64)
 
     def collate(self, rows: list[dict]) -> dict[str, np.ndarray]:
         """Rows -> ``tokens, text_valid [B, T]``, the visual input, ``matched, is_question, answer [B]``."""

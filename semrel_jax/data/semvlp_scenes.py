@@ -145,10 +145,11 @@ class SceneBatches:
         regions, boxes, labels = object_regions(scene, image, rng.permutation(sort_of_clevr.NUM_OBJECTS))
         return row | {"regions": regions, "boxes": boxes, "visual_labels": labels}
 
-    def pair(self, seed: int, image_index: int, text_index: int) -> dict:
-        """A caption row pairing image ``image_index`` with the description of scene ``text_index`` (retrieval)."""
-        row = self.row(seed, image_index, kind="caption", matched=True)
-        return dict(row, text=describe(self.scene(seed, text_index)), matched=int(image_index == text_index))
+    def retrieval(self, seed: int, num_images: int) -> tuple[list[dict], list[str], np.ndarray]:
+        """Retrieval's gallery: ``(image_rows [N], texts [N], image_of [N])``: scenes ``0..N-1`` and their
+        descriptions, one per image (``RecordRows.retrieval``'s interface)."""
+        rows = [self.row(seed, i, kind="caption", matched=True) for i in range(num_images)]
+        return rows, [r["text"] for r in rows], np.arange(num_images)
 
     def collate(self, rows: list[dict]) -> dict[str, np.ndarray]:
         """Rows -> ``tokens, text_valid [B, T]``, ``images [B, H, W, 3]`` (patches) or ``regions [B, 6, region_dim]``

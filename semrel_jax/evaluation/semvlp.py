@@ -1,5 +1,6 @@
 """SemVLP evaluation on held-out built-in scenes: VQA accuracy (classifier head), image-text matching accuracy,
-and retrieval Recall@1/5/10 both ways (ITM scores over every image x description pair); NLVR2-style accuracy
+and retrieval Recall@1/5/10 both ways (ITM scores over every image x text pair of the gallery, every caption of an
+image where the reader has several); NLVR2-style accuracy
 on held-out statement/image pairs.
 
     results = evaluate(model, scenes, mode="single", num_images=50, seed=0, batch_size=50)
@@ -54,9 +55,13 @@ def evaluate(model, scenes: SceneBatches | RecordRows, *, mode: str, num_images:
     captions = [scenes.row(seed, i, kind="caption", matched=i % 2 == 0) for i in range(num_images)]
     _, scores = run(captions)
     results["itm_accuracy"] = float(np.mean((scores > np.log(0.5)) == np.asarray([r["matched"] for r in captions], bool)))
-    pairs = [scenes.pair(seed, i, j) for i in range(num_images) for j in range(num_images)]
+    # every image with every text of the gallery (Flickr30K/COCO records: five captions per image)
+    image_rows, texts, image_of = scenes.retrieval(seed, num_images)
+    pairs = [dict(row, text=text, matched=int(image_of[t] == i))
+             for i, row in enumerate(image_rows) for t, text in enumerate(texts)]
     _, scores = run(pairs)
-    results |= retrieval.recall_at_k(scores.reshape(num_images, num_images))
+    results |= retrieval.recall_at_k(scores.reshape(len(image_rows), len(texts)), image_of=image_of)
+    results |= {"retrieval_images": len(image_rows), "retrieval_texts": len(texts)}  # the gallery Recall@K ranks
     return results
 
 

@@ -78,9 +78,10 @@ def model_config(c: ml_collections.ConfigDict, vocab_size: int, *, region_dim: i
 
 
 def build_model(c: ml_collections.ConfigDict, tokenizer, **sizes) -> SemVLP:
-    """The model (``sizes``: ``model_config``'s ``region_dim`` / ``num_answers``), its BERT pretrained if asked."""
+    """The model (``sizes``: ``model_config``'s ``region_dim`` / ``num_answers``), its BERT pretrained if asked
+    (``text.hf_dir`` with ``text.pretrained``)."""
     model = SemVLP(model_config(c, len(tokenizer), **sizes), rngs=nnx.Rngs(c.seed))
-    if c.model.semvlp.text.hf_dir:
+    if c.model.semvlp.text.hf_dir and c.model.semvlp.text.pretrained:
         model.load_text_encoder(hf.load_bert(c.model.semvlp.text.hf_dir))
     return model
 
