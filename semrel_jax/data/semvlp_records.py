@@ -57,6 +57,8 @@ def readable() -> tuple[str, ...]:
     from semrel_jax.data import registry
 
     return tuple(n for n in registry.names() if registry.get(n).semvlp_rows)
+
+
 _TEXT_FIELDS = ("question", "answer", "sentence")
 
 
