@@ -275,3 +275,28 @@ def test_main_pretrains_then_fine_tunes_from_the_checkpoint(tmp_path):
                           init_from=str(tmp_path / "pre"))
     tuned = train.train_and_evaluate(c, str(tmp_path / "vqa"))
     assert "vqa_accuracy" in tuned
+
+
+@pytest.mark.parametrize("mode", ["s", "t"])
+def test_aot_flops_count_each_encoder_and_cross_attention_matmul_once(mode):
+    """The AOT report's analytic FLOPs: 6 x tokens x the matmul weights one token passes through (the shared
+    layers; in two-stream mode also the K cross-attention blocks, which have no FFN)."""
+    import pretrain
+
+    from semrel_jax import recipe
+    from semrel_jax.training import semvlp_aot
+
+    c = pretrain.get_config("tiny")
+    c.model.semvlp.schedule = mode
+    recipe.prepare_config(c)
+    _, per_example = semvlp_aot.lower_step(c, recipe.create_mesh(c))
+    model = nnx.eval_shape(lambda: SemVLP(semvlp_aot.model_config(c), rngs=nnx.Rngs(0)))
+
+    def kernels(module):
+        leaves = jax.tree_util.tree_leaves_with_path(nnx.state(module, nnx.Param))
+        return sum(x.size for path, x in leaves if "kernel" in jax.tree_util.keystr(path))
+
+    weights = kernels(model.bert.layers) + (kernels(model.cross_attention) if mode == "t" else 0)
+    assert c.model.semvlp.cross_layers > 0 and kernels(model.cross_attention) > 0
+    tokens = c.data.max_text_len + semvlp_aot.abstract_batch(c, model.config, recipe.create_mesh(c))["visual_valid"].shape[1]
+    assert per_example == 6 * tokens * weights

@@ -63,13 +63,18 @@ def abstract_batch(c: ml_collections.ConfigDict, model_config, mesh) -> dict:
     }
 
 
+def model_config(c: ml_collections.ConfigDict):
+    """The run's SemVLPConfig, with a detector's ``REGION_DIM``-wide features on the region path."""
+    config = semvlp_train.model_config(c, _vocab_size(c))
+    return dataclasses.replace(config, region_dim=REGION_DIM) if config.vision is None else config
+
+
 def lower_step(c: ml_collections.ConfigDict, mesh):
     """``(lower, analytic_flops_per_example)``: ``lower()`` lowers the jitted step for ``mesh`` (call it under
-    ``jax.set_mesh(mesh)``); the FLOPs are 6 x the encoder's matmul parameters x the tokens of one example."""
+    ``jax.set_mesh(mesh)``); the FLOPs are 6 x the tokens of one example x the matmul weights each token passes
+    through (the shared layers; in two-stream mode also the K cross-attention blocks)."""
     s = c.model.semvlp
-    config = semvlp_train.model_config(c, _vocab_size(c))
-    if config.vision is None:
-        config = dataclasses.replace(config, region_dim=REGION_DIM)
+    config = model_config(c)
     graphdef, params = nnx.split(abstract_init.eval_shape(lambda: SemVLP(config, rngs=nnx.Rngs(0))), nnx.Param)
     shardings, _ = sharding_lib.param_shardings(params, mesh, c.mesh.rules)
     params = sharding_lib.with_shardings(params, shardings)
@@ -87,9 +92,12 @@ def lower_step(c: ml_collections.ConfigDict, mesh):
     batch = abstract_batch(c, config, mesh)
     mode = schedule.parse_pattern(s.schedule, "model.semvlp.schedule")[0]
     t = config.text
-    per_layer = 4 * t.dim * t.dim + 2 * t.dim * t.mlp_dim  # q, k, v, out + the FFN
+    attention = 4 * t.dim * t.dim  # q, k, v, out
+    per_layer = attention + 2 * t.dim * t.mlp_dim  # + the FFN
     tokens = c.data.max_text_len + batch["visual_valid"].shape[1]
-    flops = 6 * tokens * per_layer * (t.n_layers + (s.cross_layers if mode == "two" else 0))
+    # two-stream: each stream also passes through the top K cross-attention blocks (attention only, no FFN)
+    per_token = per_layer * t.n_layers + (attention * s.cross_layers if mode == "two" else 0)
+    flops = 6 * tokens * per_token
 
     def lower():
         with partitioning.axis_rules(c.mesh.rules):
