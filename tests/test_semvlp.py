@@ -289,7 +289,8 @@ def test_aot_flops_count_each_encoder_and_cross_attention_matmul_once(mode):
     c = pretrain.get_config("tiny")
     c.model.semvlp.schedule = mode
     recipe.prepare_config(c)
-    _, per_example = semvlp_aot.lower_step(c, recipe.create_mesh(c))
+    mesh = recipe.create_mesh(c)
+    _, per_example = semvlp_aot.lower_step(c, mesh)
     model = nnx.eval_shape(lambda: SemVLP(semvlp_aot.model_config(c), rngs=nnx.Rngs(0)))
 
     def kernels(module):
@@ -298,5 +299,6 @@ def test_aot_flops_count_each_encoder_and_cross_attention_matmul_once(mode):
 
     weights = kernels(model.bert.layers) + (kernels(model.cross_attention) if mode == "t" else 0)
     assert c.model.semvlp.cross_layers > 0 and kernels(model.cross_attention) > 0
-    tokens = c.data.max_text_len + semvlp_aot.abstract_batch(c, model.config, recipe.create_mesh(c))["visual_valid"].shape[1]
+    visual_tokens = semvlp_aot.abstract_batch(c, model.config, mesh)["visual_valid"].shape[1]
+    tokens = c.data.max_text_len + visual_tokens
     assert per_example == 6 * tokens * weights
