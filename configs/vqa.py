@@ -14,8 +14,9 @@ Presets:
   scratch  a from-scratch recipe for any dataset, learning from question-answer pairs alone (no scene
         descriptions): the demo with pixels normalised against each image's own background colour
         (normalization='background'), so empty patches carry only position whatever the background, and a
-        softmax memory read (model.ica.read) beside the paper's SiLU one (experiments/LOG.md, "Relational sets
-        in LLaVA JSON"; far from the issue's goals at the budgets measured there). For llava_json add --config.data.prompt_format=raw.
+        softmax memory read (model.ica.read) beside the paper's SiLU one, and the evaluation repeated with
+        other examples' images (eval.image_control) (experiments/LOG.md, "Relational sets in LLaVA JSON"; far
+        from the issue's goals at the budgets measured there). For llava_json add --config.data.prompt_format=raw.
   semrel_jax.presets.MODEL_PRESETS: the release's full-size models (lsrm_7b, lsrm_13b, memvp_7b,
         llava_7b), the ensemble lsrm_7b_ensemble (CLIP-L/14 + SigLIP + DINOv2) and the demo-size ablation
         steps (ablation_memvp ... ablation_lsrm, ablation_llava).
@@ -68,6 +69,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # the paper's SiLU read left the answers blind to the image on QA pairs alone (they moved ~0.1 % when
         # the image changed); softmax over the slots made them follow it (experiments/LOG.md)
         c.model.ica.read = "softmax"
+        # answer every evaluation question about another image too: whether the image is used at all is the
+        # first question on a new dataset (results.json: image_control/...)
+        c.eval.image_control = True
     if preset == "tiny":
         c.data.update(caption_mix=0.0, max_text_len=20)
         c.data.train_images = 200

@@ -207,6 +207,9 @@ def base_config() -> ml_collections.ConfigDict:
         # text put after every evaluation prompt, as the start of the answer (ScienceQA's release: "The answer
         # is" + 1 greedy token); the prediction scored is this prefix followed by the generated text
         answer_prefix="",
+        # True: answer every question a second time with another example's image (the one half the split away)
+        # and report those scores as image_control/<metric>: a model that reads the image scores lower there
+        image_control=False,
     )
     return c
 

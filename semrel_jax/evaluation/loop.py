@@ -54,6 +54,26 @@ def generate_ids(c, graphdef, states, inputs: dict, eos_id: int, key_offset: int
     return generate.generate(graphdef, states, inputs, c.eval.max_new_tokens, key, temperature, top_p)
 
 
+class OtherImages:
+    """An evaluation split whose example ``i`` carries the image of example ``(i + n // 2) % n`` (its question,
+    answer and metadata unchanged): the image control of ``eval.image_control``. Half the split away, so the
+    questions asked about one image in a row (VQA v2, GQA, the generated relational sets) get another image."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index):
+        n = len(self.source)
+        example = self.source[index]
+        other = self.source[(index + n // 2) % n]
+        if example.get("image") is None or other.get("image") is None:  # a text-only example stays as it is
+            return example
+        return {**example, "image": other["image"], "has_image": other["has_image"]}
+
+
 def evaluate(
     c, graphdef, states, featurizer, tokenizer, data, out_dir: str, mesh=None, *, num_examples: int | None = None,
     explain: int = 0, blocks: tuple[int, ...] = (),
@@ -64,10 +84,10 @@ def evaluate(
     ``states``: the model's state pieces for ``nnx.merge(graphdef, *states)``. Writes ``predictions.json``
     (each example's metadata, image reference and prediction) to ``out_dir``, and with ``explain = N`` the
     heatmaps of the first N examples (``out_dir/explain/``: a PNG each, ``samples.json``, ``index.html``);
-    returns the metrics.
+    returns the metrics. With ``eval.image_control`` the same questions are answered again about other images
+    (:class:`OtherImages`) and their scores are added as ``image_control/<metric>``.
     """
     config_lib.validate_eval(c)
-    predictions, explained = [], []
     n = c.eval.num_examples if num_examples is None else num_examples
     n = min(n or len(data.eval), len(data.eval))
     batch_size = c.eval.batch_size
@@ -79,8 +99,28 @@ def evaluate(
         # the readouts pass gathers on one host only; a multi-process run scores and skips the gallery
         logging.warning("evaluation: the %d explained examples are skipped on a multi-process run.", explain)
         explain = 0
+    run = dict(c=c, graphdef=graphdef, states=states, featurizer=featurizer, tokenizer=tokenizer, data=data,
+               mesh=mesh, batch_size=batch_size, n=n, is_main=is_main)
+    predictions, explained = _predict(data.eval, explain=explain, **run)
+    results = registry.score(c, predictions, data.train, data.eval)
+    if c.eval.image_control:
+        control, _ = _predict(OtherImages(data.eval), explain=0, **run)
+        scores = registry.score(c, control, data.train, data.eval)
+        results.update({f"image_control/{k}": v for k, v in scores.items() if not k.startswith(("num_", "majority_baseline"))})
+    if is_main:
+        with open(os.path.join(out_dir, "predictions.json"), "w") as f:
+            json.dump(predictions, f, indent=1, default=str)
+        if explained:
+            explain_plot.write_gallery(explained, os.path.join(out_dir, "explain"), blocks)
+    return results
+
+
+def _predict(source, *, c, graphdef, states, featurizer, tokenizer, data, mesh, batch_size, n, is_main, explain):
+    """The first ``n`` examples of ``source`` answered: their rows for ``registry.score``, and the heatmaps of
+    the first ``explain`` of them."""
+    predictions, explained = [], []
     prefix_ids = featurizer.answer_prefix_ids()  # eval.answer_prefix, placed after every prompt by the featurizer
-    batches = pipeline.evaluation_batches(data.eval, featurizer.prompt, batch_size, n)
+    batches = pipeline.evaluation_batches(source, featurizer.prompt, batch_size, n)
     for batch in tqdm(batches, total=-(-n // batch_size), desc="evaluation", unit="batch", disable=not is_main, leave=False):
         inputs = {k: batch[k] for k in ("images", "has_image", "prompt", "prompt_valid")}
         if mesh is not None:
@@ -92,7 +132,7 @@ def evaluate(
         texts = generate.decode_texts(tokenizer, answer_ids, tuple(c.eval.stop_strings))
         if len(explained) < explain:
             rows = batch["index"][batch["example_valid"]][: explain - len(explained)]  # not the padding rows
-            examples = [data.eval[int(i)] for i in rows]
+            examples = [source[int(i)] for i in rows]
             layout = slot_layout(model_config.model_config(c, len(tokenizer)).vision)
             new = explain_lib.explain_batch(graphdef, states, inputs, ids, tokenizer, layout, examples)
             for text, explanation in zip(texts, new):
@@ -102,13 +142,7 @@ def evaluate(
             if keep:
                 row = {"index": int(index), **registry.describe(data.eval, int(index))}
                 predictions.append({**row, "image": image_reference(c, int(index)), "prediction": text})
-    results = registry.score(c, predictions, data.train, data.eval)
-    if is_main:
-        with open(os.path.join(out_dir, "predictions.json"), "w") as f:
-            json.dump(predictions, f, indent=1, default=str)
-        if explained:
-            explain_plot.write_gallery(explained, os.path.join(out_dir, "explain"), blocks)
-    return results
+    return predictions, explained
 
 
 def image_reference(c, index: int) -> str:
@@ -118,14 +152,20 @@ def image_reference(c, index: int) -> str:
 
 
 def format_results(results: dict) -> str:
-    """The console table: every metric, beside the majority baseline where the dataset has one."""
-    skip = ("num_", "majority_baseline", "wall_seconds", "train_seconds", "preempted")
-    lines = ["", f"{'metric':<28}{'model':>10}{'majority':>10}"]
+    """The console table: every metric, beside the majority baseline where the dataset has one, and beside the
+    accuracy with other examples' images where ``eval.image_control`` measured it."""
+    skip = ("num_", "majority_baseline", "image_control", "wall_seconds", "train_seconds", "preempted")
+    control = any(k.startswith("image_control/") for k in results)
+    lines = ["", f"{'metric':<28}{'model':>10}{'majority':>10}" + (f"{'other image':>13}" if control else "")]
     for key in sorted(k for k, v in results.items() if not isinstance(v, str) and not k.startswith(skip)):
         is_accuracy = key.startswith("accuracy")
         name = (key.replace("accuracy", "").lstrip("/") or "all") if is_accuracy else key
         base = results.get(key.replace("accuracy", "majority_baseline")) if is_accuracy else None
-        lines.append(f"{name:<28}{results[key]:>10.3f}" + (f"{base:>10.3f}" if base is not None else f"{'-':>10}"))
+        line = f"{name:<28}{results[key]:>10.3f}" + (f"{base:>10.3f}" if base is not None else f"{'-':>10}")
+        if control:
+            other = results.get(f"image_control/{key}")
+            line += f"{other:>13.3f}" if other is not None else f"{'-':>13}"
+        lines.append(line)
     lines += [f"{k}: {v}" for k, v in results.items() if isinstance(v, str)]
     n = results.get("num_examples", results.get("num_images", 0))
     lines.append(f"examples: {int(n)}, wall: {results.get('wall_seconds', 0):.0f}s")
