@@ -57,7 +57,9 @@ def generate_ids(c, graphdef, states, inputs: dict, eos_id: int, key_offset: int
 class OtherImages:
     """An evaluation split whose example ``i`` carries the image of example ``(i + n // 2) % n`` (its question,
     answer and metadata unchanged): the image control of ``eval.image_control``. Half the split away, so the
-    questions asked about one image in a row (VQA v2, GQA, the generated relational sets) get another image."""
+    questions asked about one image in a row (VQA v2, GQA, the generated relational sets) get another image; a
+    split of one example is its own control. Example ``i`` is read whole (its image unused) so that every source's
+    own fields reach the featurizer unchanged: one extra image read per example, in the control pass only."""
 
     def __init__(self, source):
         self.source = source
