@@ -211,6 +211,7 @@ def build_step(
         skip_nonfinite=True,  # never commit a NaN update; the caller's policy decides whether to go on
         accumulation_steps=c.train.grad_accum_steps,
         loss_chunk=c.train.loss_chunk,
+        alignment_weight=c.train.alignment_weight,
     )
 
     def traced_under_the_rules(state, frozen, batch):

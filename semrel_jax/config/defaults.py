@@ -162,6 +162,9 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=32,  # global batch
         grad_accum_steps=1,  # > 1: the batch runs as that many micro-batches, one optimizer update
         loss_chunk=0,  # > 0: cross-entropy over that many text positions at a time, no whole-batch fp32 logits
+        # > 0: add this times the token-image alignment loss (each prompt word picks its own image among the
+        # batch's by its best-matching memory key; method/alignment.py); needs model.injection='ica'
+        alignment_weight=0.0,
         num_steps=4_000,
         learning_rate=2e-3,
         warmup_steps=100,

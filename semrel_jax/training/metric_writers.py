@@ -60,13 +60,20 @@ TrainInterval = clu_metrics.Collection.create(
 
 
 def interval_summary(steps: list[dict]) -> dict[str, float]:
-    """The logged values of a logging interval from its steps' metrics (host NumPy values, oldest first)."""
+    """The logged values of a logging interval from its steps' metrics (host NumPy values, oldest first).
+
+    A metric the step reports beyond ``TrainInterval``'s (an optional objective's term, e.g. ``alignment_loss``)
+    is logged as its mean over the interval.
+    """
     collection = TrainInterval.empty()
     for step in steps:
         collection = collection.merge(TrainInterval.single_from_model_output(
             **{k: np.asarray(v, np.float32) for k, v in step.items()}))
     summary = {k: float(v) for k, v in collection.compute().items()}
     summary["nonfinite_steps"] = float(round(summary["nonfinite_steps"] * len(steps)))
+    known = set(TrainInterval.__annotations__) | {"nonfinite"}
+    for name in sorted(set(steps[0]) - known):
+        summary[name] = float(np.mean([np.asarray(step[name], np.float32) for step in steps]))
     return summary
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from semrel_jax.method import alignment
 from semrel_jax.training import chunked_loss
 
 Array = jax.Array
@@ -52,6 +53,7 @@ def train_step(
     skip_nonfinite: bool,
     accumulation_steps: int = 1,
     loss_chunk: int = 0,
+    alignment_weight: float = 0.0,
 ) -> tuple[TrainState, dict[str, Array]]:
     """One optimisation step. ``mask_start_step`` < 0 never enables the ICA inheritance mask.
 
@@ -62,12 +64,21 @@ def train_step(
 
     ``loss_chunk`` > 0 computes the cross-entropy that many text positions at a time from the model's hidden
     states (training/chunked_loss.py): the whole batch's float32 logits are never held; the loss is the same.
+
+    ``alignment_weight`` > 0 adds that times the token-image alignment loss (method/alignment.py), averaged
+    over the batch's prompt tokens, to the answer loss; ``loss`` is then the sum and ``alignment_loss`` the
+    unweighted term. It needs ICA's memory keys (``model.injection='ica'``).
     """
     rng, dropout_key = jax.random.split(state.rng)
     mask_enabled = (state.step >= mask_start_step) if mask_start_step >= 0 else jnp.asarray(False)
     # Normalise by the answer tokens of the WHOLE batch, so accumulated micro-batch gradients sum to
     # exactly the full-batch gradient whatever the split.
     total_weight = jnp.maximum(batch["loss_mask"].sum(), 1.0)
+    if alignment_weight:
+        flat = {k: batch[k].reshape(-1, batch[k].shape[-1]) for k in ("valid", "loss_mask")}
+        prompt_tokens = jnp.maximum(
+            alignment.prompt_token_weights(flat["valid"], flat["loss_mask"], batch["has_image"]).sum(), 1.0
+        )
 
     def loss_fn(params, micro, key):
         model = nnx.merge(graphdef, params, frozen)
@@ -88,11 +99,19 @@ def train_step(
             losses = optax.softmax_cross_entropy_with_integer_labels(outputs, micro["targets"])
             correct = jnp.argmax(outputs, -1) == micro["targets"]
         loss = (losses * micro["loss_mask"]).sum() / total_weight
-        return loss, (correct * micro["loss_mask"]).sum() / total_weight
+        aux = {"token_accuracy": (correct * micro["loss_mask"]).sum() / total_weight}
+        if alignment_weight:
+            # the image's keys without dropout: the objective scores what the memory holds
+            keys = model.memory(micro["images"], micro["has_image"], mask_enabled, None).keys
+            weights = alignment.prompt_token_weights(micro["valid"], micro["loss_mask"], micro["has_image"])
+            token_losses = alignment.token_image_alignment_losses(model.llm.embed(micro["tokens"]), keys)
+            aux["alignment_loss"] = (token_losses * weights).sum() / prompt_tokens
+            loss = loss + alignment_weight * aux["alignment_loss"]
+        return loss, aux
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accumulation_steps == 1:
-        (loss, token_accuracy), grads = grad_fn(state.params, batch, dropout_key)
+        (loss, aux), grads = grad_fn(state.params, batch, dropout_key)
     else:
         # Micro-batch j takes rows j, j+k, j+2k, ...: every device keeps contributing its share of each
         # micro-batch (a contiguous split would leave devices idle).
@@ -103,14 +122,15 @@ def train_step(
 
         def accumulate(carry, xs):
             micro, index = xs
-            (loss, acc), grads = grad_fn(state.params, micro, jax.random.fold_in(dropout_key, index))
-            return jax.tree.map(jnp.add, carry, (loss, acc, grads)), None
+            (loss, aux), grads = grad_fn(state.params, micro, jax.random.fold_in(dropout_key, index))
+            return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
 
-        zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
-        (loss, token_accuracy, grads), _ = jax.lax.scan(
+        aux_zeros = {"token_accuracy": jnp.zeros(())} | ({"alignment_loss": jnp.zeros(())} if alignment_weight else {})
+        zeros = (jnp.zeros(()), aux_zeros, jax.tree.map(jnp.zeros_like, state.params))
+        (loss, aux, grads), _ = jax.lax.scan(
             accumulate, zeros, (micro_batches, jnp.arange(accumulation_steps))
         )
-    metrics = {"loss": loss, "token_accuracy": token_accuracy, "answer_tokens": batch["loss_mask"].sum()}
+    metrics = {"loss": loss, **aux, "answer_tokens": batch["loss_mask"].sum()}
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
