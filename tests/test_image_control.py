@@ -68,3 +68,16 @@ def test_other_images_pairs_each_example_with_the_one_half_the_split_away(tmp_pa
         assert other[i]["answer"] == evaluation[i]["answer"]
         np.testing.assert_array_equal(other[i]["image"], evaluation[(i + 2) % 5]["image"])
 
+
+
+def test_other_images_of_a_source_without_has_image_are_images(tmp_path):
+    """Sort-of-CLEVR's examples carry no has_image field (the featurizer reads it as 1): the control keeps them
+    image examples (the scratch preset's default data crashed at its evaluation before)."""
+    c = defaults.base_config()
+    c.data.update(name="sort_of_clevr", train_images=2, eval_images=2)
+    evaluation = recipe.build_data(c).eval
+    assert "has_image" not in evaluation[0]
+    other = loop.OtherImages(evaluation)
+    n = len(evaluation)
+    assert other[0]["has_image"] == 1 and other[0]["question"] == evaluation[0]["question"]
+    np.testing.assert_array_equal(other[0]["image"], evaluation[n // 2]["image"])

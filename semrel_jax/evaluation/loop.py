@@ -73,7 +73,8 @@ class OtherImages:
         other = self.source[(index + n // 2) % n]
         if example.get("image") is None or other.get("image") is None:  # a text-only example stays as it is
             return example
-        return {**example, "image": other["image"], "has_image": other["has_image"]}
+        # sources without a has_image field (Sort-of-CLEVR) mean 1, as the featurizer reads them
+        return {**example, "image": other["image"], "has_image": other.get("has_image", 1)}
 
 
 def evaluate(
