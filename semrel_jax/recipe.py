@@ -211,7 +211,7 @@ def build_step(
         skip_nonfinite=True,  # never commit a NaN update; the caller's policy decides whether to go on
         accumulation_steps=c.train.grad_accum_steps,
         loss_chunk=c.train.loss_chunk,
-        alignment_weight=c.train.alignment_weight,
+        auxiliary_weights={name: c.train[f"{name}_weight"] for name in train_step_lib.AUXILIARY_OBJECTIVES},
     )
 
     def traced_under_the_rules(state, frozen, batch):

@@ -165,6 +165,9 @@ def base_config() -> ml_collections.ConfigDict:
         # > 0: add this times the token-image alignment loss (each prompt word picks its own image among the
         # batch's by its best-matching memory key; method/alignment.py); needs model.injection='ica'
         alignment_weight=0.0,
+        # > 0: add this times the slot-reconstruction loss (a linear decoder from every patch slot's visual token
+        # to its region's pixels; method/reconstruction.py): keeps what the patches show in the memory
+        reconstruction_weight=0.0,
         num_steps=4_000,
         learning_rate=2e-3,
         warmup_steps=100,

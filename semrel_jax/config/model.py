@@ -110,6 +110,7 @@ def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
         add_modality_embedding=m.add_modality_embedding,
         slot_key_init_std=m.slot_key_init_std,
         slot_value_init_std=m.slot_value_init_std,
+        slot_decoder=c.train.reconstruction_weight > 0,
     )
 
 

@@ -206,12 +206,15 @@ def _validate_train(c) -> None:
     else:
         check(t.warmup_epochs == 0, "train.warmup_epochs", "counts in epochs: set train.epochs too (or use train.warmup_steps)")
         check(t.warmup_steps < t.num_steps, "train.warmup_steps", "must be smaller than train.num_steps")
-    check(_number(t.alignment_weight) and t.alignment_weight >= 0, "train.alignment_weight",
-          f"expected a number >= 0, got {t.alignment_weight!r}")
+    for key in ("alignment_weight", "reconstruction_weight"):
+        check(_number(t[key]) and t[key] >= 0, f"train.{key}", f"expected a number >= 0, got {t[key]!r}")
     if t.alignment_weight:
         check(c.model.method == "lsrm" and c.model.injection == "ica", "train.alignment_weight",
               "scores ICA's memory keys, which only model.method='lsrm' with model.injection='ica' has "
               f"(got {c.model.method!r} / {c.model.injection!r}); set 0")
+    if t.reconstruction_weight:
+        check(c.model.method == "lsrm", "train.reconstruction_weight",
+              f"decodes the VLM's visual tokens; model.method={c.model.method!r} has none (set 0)")
     one_of(c, "train.nonfinite", ("stop", "skip"))
     one_of(c, "train.frozen_dtype", DTYPES)
     for key in ("trainable", "frozen"):

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from semrel_jax.method import ica
+from semrel_jax.method.reconstruction import SlotDecoder
 from semrel_jax.method.ensemble import EncoderEnsemble, EnsembleConfig
 from semrel_jax.models.llama import KVCache, Llama, LlamaConfig
 
@@ -56,6 +57,9 @@ class VLMConfig:
     add_modality_embedding: bool = True  # ... and is added to the visual tokens (False: the release, unused)
     slot_key_init_std: float = 0.02  # P_k ~ N(0, std²) (release)
     slot_value_init_std: float = 0.0  # P_v = 0 (release); > 0 gives values slot identity from step 0
+    # a linear decoder from each patch slot's visual token to its region's pixels (method/reconstruction.py),
+    # created for the slot-reconstruction objective (train.reconstruction_weight > 0); the forward never uses it
+    slot_decoder: bool = False
 
     @property
     def memory_slots(self) -> int:
@@ -147,6 +151,8 @@ class VisionLanguageModel(nnx.Module):
             self.memory_value_embedding = nnx.Param(
                 config.slot_value_init_std * jax.random.normal(rngs.params(), (n, d), pd)
             )
+        if config.slot_decoder:
+            self.slot_decoder = SlotDecoder(d, config.vision.encoders[0].vit.channels, param_dtype=pd, rngs=rngs)
         if config.modality_embedding:
             self.modality_embedding = nnx.Param(jnp.zeros((2, d), pd))
 
@@ -167,7 +173,10 @@ class VisionLanguageModel(nnx.Module):
         dropout_key: Array | None = None,
     ) -> ica.Memory:
         """``X_v`` zero-padded to ``N_mem`` slots, with the shared slot embeddings added."""
-        tokens = self.visual_tokens(images, has_image, dropout_key)
+        return self.memory_of(self.visual_tokens(images, has_image, dropout_key), mask_enabled)
+
+    def memory_of(self, tokens: Array, mask_enabled: Array | bool = True) -> ica.Memory:
+        """The memory of visual tokens ``[B, N_vis, d]`` (``visual_tokens``' output) computed once elsewhere."""
         pad = self.config.memory_slots - tokens.shape[1]
         # Padded slots carry no visual feature; after adding P_k/P_v they are learned "null" slots.
         x_v = jnp.pad(tokens, ((0, 0), (0, pad), (0, 0)))

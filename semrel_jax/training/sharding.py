@@ -65,6 +65,7 @@ LOGICAL_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     # LSRM memory and projectors
     (r"memory_(key|value)_embedding$", (None, "embed")),
     (r"projectors/.*/kernel$", ("embed", None)),
+    (r"slot_decoder/proj/kernel$", ("embed", None)),  # [d, cells² · channels] (method/reconstruction.py)
 )
 
 # Parameters that are replicated on purpose (checked after LOGICAL_AXES): vectors and small tables.

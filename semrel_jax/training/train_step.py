@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from semrel_jax.method import alignment
+from semrel_jax.method import alignment, reconstruction
 from semrel_jax.training import chunked_loss
 
 Array = jax.Array
@@ -53,7 +53,7 @@ def train_step(
     skip_nonfinite: bool,
     accumulation_steps: int = 1,
     loss_chunk: int = 0,
-    alignment_weight: float = 0.0,
+    auxiliary_weights: dict[str, float] | None = None,
 ) -> tuple[TrainState, dict[str, Array]]:
     """One optimisation step. ``mask_start_step`` < 0 never enables the ICA inheritance mask.
 
@@ -65,20 +65,21 @@ def train_step(
     ``loss_chunk`` > 0 computes the cross-entropy that many text positions at a time from the model's hidden
     states (training/chunked_loss.py): the whole batch's float32 logits are never held; the loss is the same.
 
-    ``alignment_weight`` > 0 adds that times the token-image alignment loss (method/alignment.py), averaged
-    over the batch's prompt tokens, to the answer loss; ``loss`` is then the sum and ``alignment_loss`` the
-    unweighted term. It needs ICA's memory keys (``model.injection='ica'``).
+    ``auxiliary_weights`` (objective name -> weight; ``AUXILIARY_OBJECTIVES`` lists them) adds each weight > 0
+    times its term to the answer loss; ``loss`` is then the sum and ``<name>_loss`` the unweighted term. The
+    terms read the images' visual tokens computed once per step without dropout (what the memory holds).
     """
+    auxiliary = {name: w for name, w in (auxiliary_weights or {}).items() if w}
+    unknown = sorted(set(auxiliary) - set(AUXILIARY_OBJECTIVES))
+    if unknown:
+        raise ValueError(f"Unknown auxiliary objective(s) {unknown}; known: {sorted(AUXILIARY_OBJECTIVES)}.")
     rng, dropout_key = jax.random.split(state.rng)
     mask_enabled = (state.step >= mask_start_step) if mask_start_step >= 0 else jnp.asarray(False)
     # Normalise by the answer tokens of the WHOLE batch, so accumulated micro-batch gradients sum to
     # exactly the full-batch gradient whatever the split.
     total_weight = jnp.maximum(batch["loss_mask"].sum(), 1.0)
-    if alignment_weight:
-        flat = {k: batch[k].reshape(-1, batch[k].shape[-1]) for k in ("valid", "loss_mask")}
-        prompt_tokens = jnp.maximum(
-            alignment.prompt_token_weights(flat["valid"], flat["loss_mask"], batch["has_image"]).sum(), 1.0
-        )
+    # each term's normaliser over the WHOLE batch (as total_weight for the answers)
+    normalisers = {name: AUXILIARY_OBJECTIVES[name].normaliser(batch) for name in auxiliary}
 
     def loss_fn(params, micro, key):
         model = nnx.merge(graphdef, params, frozen)
@@ -100,13 +101,11 @@ def train_step(
             correct = jnp.argmax(outputs, -1) == micro["targets"]
         loss = (losses * micro["loss_mask"]).sum() / total_weight
         aux = {"token_accuracy": (correct * micro["loss_mask"]).sum() / total_weight}
-        if alignment_weight:
-            # the image's keys without dropout: the objective scores what the memory holds
-            keys = model.memory(micro["images"], micro["has_image"], mask_enabled, None).keys
-            weights = alignment.prompt_token_weights(micro["valid"], micro["loss_mask"], micro["has_image"])
-            token_losses = alignment.token_image_alignment_losses(model.llm.embed(micro["tokens"]), keys)
-            aux["alignment_loss"] = (token_losses * weights).sum() / prompt_tokens
-            loss = loss + alignment_weight * aux["alignment_loss"]
+        if auxiliary:
+            visual = model.visual_tokens(micro["images"], micro["has_image"], None)  # [B_img, N_vis, d]
+        for name, weight in auxiliary.items():
+            aux[f"{name}_loss"] = AUXILIARY_OBJECTIVES[name].term(model, micro, visual, mask_enabled) / normalisers[name]
+            loss = loss + weight * aux[f"{name}_loss"]
         return loss, aux
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -125,7 +124,7 @@ def train_step(
             (loss, aux), grads = grad_fn(state.params, micro, jax.random.fold_in(dropout_key, index))
             return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
 
-        aux_zeros = {"token_accuracy": jnp.zeros(())} | ({"alignment_loss": jnp.zeros(())} if alignment_weight else {})
+        aux_zeros = {"token_accuracy": jnp.zeros(())} | {f"{name}_loss": jnp.zeros(()) for name in auxiliary}
         zeros = (jnp.zeros(()), aux_zeros, jax.tree.map(jnp.zeros_like, state.params))
         (loss, aux, grads), _ = jax.lax.scan(
             accumulate, zeros, (micro_batches, jnp.arange(accumulation_steps))
@@ -144,6 +143,43 @@ def train_step(
                    ica_mask=mask_enabled.astype(jnp.float32))  # 1 from model.ica.start on: the logs show the switch
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
     return new_state, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class AuxiliaryObjective:
+    """An objective added to the answer loss. ``term(model, micro, visual, mask_enabled)``: the micro-batch's
+    summed loss (a scalar) from its images' visual tokens ``visual`` [B_img, N_vis, d]; ``normaliser(batch)``: what
+    the whole batch's sum is divided by (so accumulated micro-batches add up to the full-batch term)."""
+
+    term: Any
+    normaliser: Any
+
+
+def _alignment_term(model, micro, visual, mask_enabled):
+    keys = model.memory_of(visual, mask_enabled).keys
+    weights = alignment.prompt_token_weights(micro["valid"], micro["loss_mask"], micro["has_image"])
+    return (alignment.token_image_alignment_losses(model.llm.embed(micro["tokens"]), keys) * weights).sum()
+
+
+def _prompt_tokens(batch):
+    flat = {k: batch[k].reshape(-1, batch[k].shape[-1]) for k in ("valid", "loss_mask")}
+    return jnp.maximum(alignment.prompt_token_weights(flat["valid"], flat["loss_mask"], batch["has_image"]).sum(), 1.0)
+
+
+def _reconstruction_term(model, micro, visual, mask_enabled):
+    errors = reconstruction.reconstruction_errors(model.slot_decoder, visual, micro["images"], model.slot_layout())
+    return (errors * micro["has_image"]).sum()
+
+
+# name -> objective; train.<name>_weight is its weight (configs/defaults.py), <name>_loss its logged term
+AUXILIARY_OBJECTIVES = {
+    # each prompt word picks its own image by its best-matching memory key (method/alignment.py); per prompt token
+    "alignment": AuxiliaryObjective(_alignment_term, _prompt_tokens),
+    # each patch slot's token decodes to its region's pixels (method/reconstruction.py); per image
+    "reconstruction": AuxiliaryObjective(
+        _reconstruction_term, lambda batch: jnp.maximum(batch["has_image"].astype(jnp.float32).sum(), 1.0)
+    ),
+}
 
 
 def device_batch(batch: dict[str, Any]) -> dict[str, Any]:
