@@ -200,7 +200,9 @@ def _release(
     _single_encoder(c, "clip", vision)
     _set(c.model.projector, "model.projector", zero_init_output=False, **projector)
     _set(c.model.ica, "model.ica", **ica)
-    _set(c.train, "train", trainable=tuple(trainable), frozen=(), frozen_dtype="bfloat16")
+    # the release trains on the answers alone (no auxiliary objective of the from-scratch presets)
+    _set(c.train, "train", trainable=tuple(trainable), frozen=(), frozen_dtype="bfloat16", reconstruction_weight=0.0,
+         alignment_weight=0.0)
 
 
 # delta/lam really applied (release_noop_mask=False): the release's setup drops them (a no-op mask), the

@@ -157,3 +157,17 @@ def test_demo_config_forward_agrees_with_xla():
     assert 1.0 <= ratio <= XLA_TOLERANCE, ratio
     count = flops.count_for_run(c, model_config)
     assert count.text_len == c.data.max_text_len and count.training > 2.5 * count.forward
+
+
+def test_auxiliary_objectives_add_their_own_matmuls_but_no_second_tower_pass():
+    import vqa
+
+    c = vqa.get_config("demo")
+    c.train.update(reconstruction_weight=0.0, alignment_weight=0.0)
+    plain = flops.count_for_run(c, config_lib.model_config(c, VOCAB))
+    c.train.reconstruction_weight = 1.0
+    model_config = config_lib.model_config(c, VOCAB)
+    with_decoder = flops.count_for_run(c, model_config)
+    # one [d -> 5·5·3] decoder over the 5 x 5 patch slots; the towers are not counted twice
+    assert with_decoder.forward - plain.forward == 2 * 25 * c.model.llm.dim * 75
+    assert [op.name for op in with_decoder.ops if op.name.startswith("auxiliary/")] == ["auxiliary/slot_decoder/proj"]

@@ -110,3 +110,14 @@ def test_accumulated_micro_batches_add_up_to_the_full_batch_term(tmp_path):
     (split,) = _run(tmp_path / "split", 1.0, 1, accumulation=2)
     np.testing.assert_allclose(split["reconstruction_loss"], whole["reconstruction_loss"], rtol=1e-5)
     np.testing.assert_allclose(split["loss"], whole["loss"], rtol=1e-5)
+
+
+def test_the_forward_reads_visual_tokens_the_caller_computed_as_its_own():
+    c = vqa.get_config("tiny")
+    c.train.reconstruction_weight = 1.0
+    model = VisionLanguageModel(model_config.model_config(c, 50), rngs=nnx.Rngs(0))
+    images = {"vit": jax.random.normal(jax.random.key(0), (2, 75, 75, 3))}
+    has_image, tokens, valid = jnp.ones(2, bool), jnp.ones((4, 6), jnp.int32), jnp.ones((4, 6), bool)
+    visual = model.visual_tokens(images, has_image)
+    np.testing.assert_array_equal(model(images, has_image, tokens, valid, visual=visual),
+                                  model(images, has_image, tokens, valid))

@@ -186,8 +186,9 @@ class VisionLanguageModel(nnx.Module):
             mask_enabled=jnp.asarray(mask_enabled, bool),
         )
 
-    def _prefixed(self, images, has_image, tokens, valid, dropout_key=None):
-        prefix = share_images(self.visual_tokens(images, has_image, dropout_key), tokens.shape[0])
+    def _prefixed(self, visual: Array, tokens: Array, valid: Array):
+        """The visual tokens ``[B_img, N_vis, d]`` prepended to the text embeddings of ``tokens`` ``[B, T]``."""
+        prefix = share_images(visual, tokens.shape[0])
         embeddings = jnp.concatenate([prefix.astype(jnp.dtype(self.config.llm.dtype)), self.llm.embed(tokens)], 1)
         valid = jnp.concatenate([jnp.ones(prefix.shape[:2], bool), valid], axis=1)
         return embeddings, valid
@@ -216,22 +217,27 @@ class VisionLanguageModel(nnx.Module):
         dropout_key: Array | None = None,
         capture: bool = False,
         head: bool = True,
+        visual: Array | None = None,
     ) -> Array | tuple[Array, Intermediates]:
         """Teacher-forced logits ``[B, T, vocab]`` for the text tokens ``[B, T]``.
 
         ``capture`` (static): return ``(logits, Intermediates)``; off, only the logits and nothing extra traced.
         ``head`` (static): False returns the LLM's final-normed hidden states ``[B, T, d]`` instead of logits
         (``self.llm.logits`` maps them; a chunked loss applies it a slice at a time).
+        ``visual``: ``visual_tokens(images, has_image, dropout_key)`` when the caller has already computed them
+        (the train step, whose auxiliary objectives read them too: the towers run once); ``images`` is then unused.
         """
+        if visual is None:
+            visual = self.visual_tokens(images, has_image, dropout_key)
         if self.config.injection == "prefix":
-            embeddings, full_valid = self._prefixed(images, has_image, tokens, valid, dropout_key)
+            embeddings, full_valid = self._prefixed(visual, tokens, valid)
             p = self.config.num_prefix_tokens
             if not capture:
                 logits, _ = self.llm(valid=full_valid, embeddings=embeddings, head=head)
                 return logits[:, p:]
             logits, _, trace = self.llm(valid=full_valid, embeddings=embeddings, capture=True)
             return logits[:, p:], Intermediates(image_attention=trace.attention[:, :, p:, :p])
-        memory = share_memory(self.memory(images, has_image, mask_enabled, dropout_key), tokens.shape[0])
+        memory = share_memory(self.memory_of(visual, mask_enabled), tokens.shape[0])
         if not capture:
             logits, _ = self._read_memory(memory, tokens, valid, dropout_key=dropout_key, head=head)
             return logits
@@ -251,7 +257,7 @@ class VisionLanguageModel(nnx.Module):
         batch, t = tokens.shape
         cache = KVCache.empty(self.config.llm, batch, self.config.num_prefix_tokens + t + max_new_tokens)
         if self.config.injection == "prefix":
-            embeddings, full_valid = self._prefixed(images, has_image, tokens, valid)
+            embeddings, full_valid = self._prefixed(self.visual_tokens(images, has_image), tokens, valid)
             logits, cache = self.llm(valid=full_valid, embeddings=embeddings, cache=cache)
             return logits[:, -1], cache, None
         memory = share_memory(self.memory(images, has_image, True), batch)

@@ -46,8 +46,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import jax
 
+from semrel_jax.method import reconstruction
 from semrel_jax.method.ensemble import projector_name
-from semrel_jax.method.vlm import VLMConfig
+from semrel_jax.method.vlm import VLMConfig, slot_layout
 from semrel_jax.models import abstract as abstract_init
 
 PARTS = ("vision", "projector", "llm", "ica", "lm_head")
@@ -273,6 +274,7 @@ def count_for_run(c, model_config: VLMConfig, text_len: int | None = None) -> Fl
     and ``data.examples_per_image`` (vision FLOPs shared by that many examples)."""
     paths = trainable_paths(model_config, tuple(c.train.trainable), tuple(c.train.frozen))
     flops = count(model_config, text_len or c.data.max_text_len, paths)
+    flops.ops += _auxiliary_ops(c, model_config, text_len or c.data.max_text_len, paths)
     shared = c.data.examples_per_image  # the vision tower and projectors run once per G examples
     if shared > 1:
         flops.ops = [
@@ -280,6 +282,24 @@ def count_for_run(c, model_config: VLMConfig, text_len: int | None = None) -> Fl
             for op in flops.ops
         ]
     return flops
+
+
+def _auxiliary_ops(c, config: VLMConfig, text_len: int, trainable) -> list[Op]:
+    """The auxiliary objectives' own matmuls (``training/train_step.py``; they read the visual tokens the answers
+    read, so the towers run once): the slot decoder (reconstruction) and the micro-batch's token-image scores
+    (alignment)."""
+    ledger = _Ledger(_Trainable(trainable))
+    tokens_grad = ledger.trained("vision", "modality_embedding")  # do the visual tokens need gradients?
+    d = config.llm.dim
+    if c.train.reconstruction_weight:
+        outputs = reconstruction.CELLS**2 * config.vision.encoders[0].vit.channels
+        for group in slot_layout(config.vision):
+            ledger.linear("slot_decoder/proj", "projector", group.grid**2, d, outputs, tokens_grad)
+    if c.train.alignment_weight:
+        images = max(c.train.batch_size // (c.train.grad_accum_steps * c.data.examples_per_image), 1)
+        ledger.matmul("alignment/scores", "ica", 2 * text_len * images * config.memory_slots * d,
+                      ledger.trained("llm/embed_tokens/embedding"), tokens_grad)
+    return [dataclasses.replace(op, name=f"auxiliary/{op.name}") for op in ledger.ops]
 
 
 # -------------------------------------------------------------------------------------------- XLA's count

@@ -67,7 +67,7 @@ def train_step(
 
     ``auxiliary_weights`` (objective name -> weight; ``AUXILIARY_OBJECTIVES`` lists them) adds each weight > 0
     times its term to the answer loss; ``loss`` is then the sum and ``<name>_loss`` the unweighted term. The
-    terms read the images' visual tokens computed once per step without dropout (what the memory holds).
+    terms read the same visual tokens as the answers (the towers run once per micro-batch).
     """
     auxiliary = {name: w for name, w in (auxiliary_weights or {}).items() if w}
     unknown = sorted(set(auxiliary) - set(AUXILIARY_OBJECTIVES))
@@ -85,6 +85,8 @@ def train_step(
         model = nnx.merge(graphdef, params, frozen)
         # Grouped batches (data.examples_per_image = G) carry text as [B_img, G, T]: rows of one image.
         micro = {k: v.reshape(-1, v.shape[-1]) if k in TEXT_INPUTS else v for k, v in micro.items()}
+        # [B_img, N_vis, d], computed here once: the answers and the auxiliary objectives read the same tokens
+        visual = model.visual_tokens(micro["images"], micro["has_image"], key)
         outputs = model(
             micro["images"],
             micro["has_image"],
@@ -93,6 +95,7 @@ def train_step(
             mask_enabled=mask_enabled,
             dropout_key=key,
             head=not loss_chunk,
+            visual=visual,
         )
         if loss_chunk:
             losses, correct = chunked_loss.chunked_token_losses(outputs, model.llm.logits, micro["targets"], loss_chunk)
@@ -101,8 +104,6 @@ def train_step(
             correct = jnp.argmax(outputs, -1) == micro["targets"]
         loss = (losses * micro["loss_mask"]).sum() / total_weight
         aux = {"token_accuracy": (correct * micro["loss_mask"]).sum() / total_weight}
-        if auxiliary:
-            visual = model.visual_tokens(micro["images"], micro["has_image"], None)  # [B_img, N_vis, d]
         for name, weight in auxiliary.items():
             aux[f"{name}_loss"] = AUXILIARY_OBJECTIVES[name].term(model, micro, visual, mask_enabled) / normalisers[name]
             loss = loss + weight * aux[f"{name}_loss"]
