@@ -38,8 +38,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from semrel_jax.method import ica
-from semrel_jax.method.reconstruction import SlotDecoder
 from semrel_jax.method.ensemble import EncoderEnsemble, EnsembleConfig
+from semrel_jax.method.reconstruction import SlotDecoder
 from semrel_jax.models.llama import KVCache, Llama, LlamaConfig
 
 Array = jax.Array
