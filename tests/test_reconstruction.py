@@ -5,17 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import objective_steps
 import vqa  # configs/ is on sys.path (conftest)
 from flax import nnx
 
 from semrel_jax import config as config_lib
-from semrel_jax import recipe
 from semrel_jax.config import model as model_config
-from semrel_jax.data import pipeline
 from semrel_jax.method import reconstruction
 from semrel_jax.method.vlm import SlotGroup, VisionLanguageModel
-from semrel_jax.training import train_step as ts
-from test_relational_sets import relational_sets  # experiments/relational_sets.py, loaded by path
 
 
 def test_thumbnails_are_the_block_means_of_each_region_row_major():
@@ -74,22 +71,7 @@ def test_the_decoder_exists_only_when_the_objective_is_on_and_bad_weights_are_re
 
 
 def _run(tmp_path, weight: float, steps: int, accumulation: int = 1):
-    """``steps`` steps of the tiny model on one batch of 8 scenes of relational set A (no dropout anywhere)."""
-    c = vqa.get_config("tiny")
-    c.data.update(name="llava_json", prompt_format="raw", **relational_sets.write_set(str(tmp_path / "set"), "A", 8, 1, 0))
-    c.model.encoders.vit.normalization = "background"
-    c.model.ica.dropout = 0.0
-    c.train.update(reconstruction_weight=weight, learning_rate=3e-3, num_steps=max(steps, 10), grad_accum_steps=accumulation)
-    run = recipe.build(c, str(tmp_path / "run"), recipe.single_device_mesh())
-    kinds = len(relational_sets.KINDS)  # consecutive examples ask about one scene
-    batch = ts.device_batch(pipeline.stack([run.featurizer.train(run.data.train[i * kinds]) for i in range(8)]))
-    seen = []
-    with jax.set_mesh(run.mesh):
-        state, step = run.train.state, run.step_fn(0, donate=False)
-        for _ in range(steps):
-            state, metrics = step(state, run.train.frozen, batch)
-            seen.append({k: float(v) for k, v in metrics.items()})
-    return seen
+    return objective_steps.run_steps(tmp_path, steps, accumulation, reconstruction_weight=weight)
 
 
 @pytest.mark.slow
