@@ -2,6 +2,9 @@
 
     python experiments/ablation.py --seeds=0,1,2 --num_steps=4000 --eval_examples=2000 --workdir=/tmp/ablation
 
+A preset may carry config overrides after '@', e.g. the release's delayed mask ("shift epoch 14/20": on for the
+last quarter of training) as ``ablation_lsrm@model.ica.start=step:3000`` with 4,000 steps.
+
 Each (preset, seed) trains from random init with configs/vqa.py:<preset> (the demo, caption mixture included,
 with one method knob changed per step: semrel_jax/presets.py) and is evaluated on the test split; prints a
 markdown table of mean ± std over seeds of relational / non-relational / shape accuracy and milliseconds per
@@ -10,6 +13,7 @@ training step.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sys
@@ -30,6 +34,20 @@ _PRESETS = flags.DEFINE_list(
 )
 
 
+def _config(vqa, entry: str):
+    """``'ablation_lsrm@model.ica.start=step:3000@...'`` -> that preset's config with the overrides applied."""
+    preset, *overrides = entry.split("@")
+    c = vqa.get_config(preset)
+    for override in overrides:
+        key, _, text = override.partition("=")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):  # a plain string such as step:3000
+            value = text
+        c.update_from_flattened_dict({key: value})
+    return c
+
+
 def main(argv):
     del argv
     import vqa
@@ -40,13 +58,13 @@ def main(argv):
     for preset in _PRESETS.value:
         runs = []
         for seed in map(int, _SEEDS.value):
-            workdir = os.path.join(_WORKDIR.value, f"{preset}_seed{seed}")
+            workdir = os.path.join(_WORKDIR.value, f"{preset.replace('@', '_').replace('=', '_')}_seed{seed}")
             results_path = os.path.join(workdir, "results.json")
             if os.path.exists(results_path):  # finished earlier: reuse
                 with open(results_path) as f:
                     results = json.load(f)
             else:
-                c = vqa.get_config(preset)
+                c = _config(vqa, preset)
                 c.seed = seed
                 c.train.num_steps = _STEPS.value
                 c.train.checkpoint_every = _STEPS.value
