@@ -44,7 +44,13 @@ def _config(vqa, entry: str):
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):  # a plain string such as step:3000
             value = text
-        c.update_from_flattened_dict({key: value})
+        *parents, leaf = key.split(".")
+        node = c
+        for name in parents:
+            node = node[name]  # KeyError names a missing section
+        if leaf not in node:  # ConfigDict would add a misspelt key silently
+            raise KeyError(f"{entry!r}: the config has no key {key!r}")
+        node[leaf] = value
     return c
 
 

@@ -196,6 +196,20 @@ def test_ablation_presets_differ_in_exactly_one_knob_each():
     assert counts["ablation_memvp"] - counts["ablation_llava"] == 2 * 25 * d
 
 
+
+def test_ablation_entries_carry_config_overrides():
+    """experiments/ablation.py: 'preset@key=value' is that preset with the override (the mask's shift epoch)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation", os.path.join(ROOT, "experiments", "ablation.py"))
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    shifted = ablation._config(vqa, "ablation_lsrm@model.ica.start=step:3000@train.num_steps=4000")
+    assert shifted.model.ica.start == "step:3000" and shifted.train.num_steps == 4000  # string kept, int parsed
+    assert flat(shifted.model) == flat(vqa.get_config("ablation_lsrm").model) | {"ica.start": "step:3000"}
+    with pytest.raises(KeyError):
+        ablation._config(vqa, "ablation_lsrm@model.ica.strat=step:3000")
+
 def test_unknown_preset_and_stale_schema_fail_loudly():
     with pytest.raises(ValueError, match=r"Unknown model preset 'lsrm_70b'.*'lsrm_7b'.*'ablation_llava'"):
         presets.apply(vqa.get_config("demo"), "lsrm_70b")
