@@ -23,15 +23,18 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-_STEPS = flags.DEFINE_integer("num_steps", 4000, "Training steps per run (the demo's 4,000 by default).")
-_EVAL = flags.DEFINE_integer("eval_examples", 2000, "Test questions per run.")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/ablation", "Root of the per-run workdirs.")
-_PRESETS = flags.DEFINE_list(
-    "presets",
-    ["ablation_memvp", "ablation_multilevel", "ablation_srproj", "ablation_lsrm", "ablation_llava"],
-    "Model presets of configs/vqa.py.",
-)
+
+def _define_flags() -> None:
+    """Called only when run as a script, so that tests can load ``_config`` beside other scripts' flags."""
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+    flags.DEFINE_integer("num_steps", 4000, "Training steps per run (the demo's 4,000 by default).")
+    flags.DEFINE_integer("eval_examples", 2000, "Test questions per run.")
+    flags.DEFINE_string("workdir", "/tmp/ablation", "Root of the per-run workdirs.")
+    flags.DEFINE_list(
+        "presets",
+        ["ablation_memvp", "ablation_multilevel", "ablation_srproj", "ablation_lsrm", "ablation_llava"],
+        "Model presets of configs/vqa.py, each optionally with '@key=value' overrides.",
+    )
 
 
 def _config(vqa, entry: str):
@@ -56,15 +59,16 @@ def _config(vqa, entry: str):
 
 def main(argv):
     del argv
+    FLAGS = flags.FLAGS
     import vqa
 
     from semrel_jax.training import train
 
     rows = []
-    for preset in _PRESETS.value:
+    for preset in FLAGS.presets:
         runs = []
-        for seed in map(int, _SEEDS.value):
-            workdir = os.path.join(_WORKDIR.value, f"{preset.replace('@', '_').replace('=', '_')}_seed{seed}")
+        for seed in map(int, FLAGS.seeds):
+            workdir = os.path.join(FLAGS.workdir, f"{preset.replace('@', '_').replace('=', '_')}_seed{seed}")
             results_path = os.path.join(workdir, "results.json")
             if os.path.exists(results_path):  # finished earlier: reuse
                 with open(results_path) as f:
@@ -72,9 +76,9 @@ def main(argv):
             else:
                 c = _config(vqa, preset)
                 c.seed = seed
-                c.train.num_steps = _STEPS.value
-                c.train.checkpoint_every = _STEPS.value
-                c.eval.num_examples = _EVAL.value
+                c.train.num_steps = FLAGS.num_steps
+                c.train.checkpoint_every = FLAGS.num_steps
+                c.eval.num_examples = FLAGS.eval_examples
                 results = train.train_and_evaluate(c, workdir)
                 if "preempted_at_step" in results:  # SIGTERM: the run saved a checkpoint and returned early
                     sys.exit(f"{workdir} was preempted at step {int(results['preempted_at_step'])}; rerun this "
@@ -83,7 +87,7 @@ def main(argv):
         rel = np.array([r["accuracy/relational"] for r in runs])
         non = np.array([r["accuracy/non_relational"] for r in runs])
         shape = np.array([r["accuracy/shape"] for r in runs])  # every relational answer depends on it
-        sec = np.array([r["train_seconds"] / _STEPS.value for r in runs])
+        sec = np.array([r["train_seconds"] / FLAGS.num_steps for r in runs])
         base = runs[0]
         rows.append(
             f"| {preset} | {rel.mean():.3f} ± {rel.std():.3f} | {non.mean():.3f} ± {non.std():.3f} "
@@ -98,4 +102,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
