@@ -42,7 +42,9 @@ def _config(vqa, entry: str):
     preset, *overrides = entry.split("@")
     c = vqa.get_config(preset)
     for override in overrides:
-        key, _, text = override.partition("=")
+        key, equals, text = override.partition("=")
+        if not equals:
+            raise KeyError(f"{entry!r}: override {override!r} is not key=value")
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):  # a plain string such as step:3000
@@ -50,10 +52,13 @@ def _config(vqa, entry: str):
         *parents, leaf = key.split(".")
         node = c
         for name in parents:
-            node = node[name]  # KeyError names a missing section
-        if leaf not in node:  # ConfigDict would add a misspelt key silently
+            node = node.get(name) if hasattr(node, "get") else None
+        if node is None or not hasattr(node, "get") or leaf not in node:  # ConfigDict would add a misspelt key
             raise KeyError(f"{entry!r}: the config has no key {key!r}")
-        node[leaf] = value
+        try:
+            node[leaf] = value
+        except TypeError as error:  # ConfigDict keeps each key's type
+            raise KeyError(f"{entry!r}: {key} = {value!r}: {error}") from None
     return c
 
 
@@ -64,6 +69,10 @@ def main(argv):
 
     from semrel_jax.training import train
 
+    try:  # every entry checked before the first run trains
+        configs = {entry: _config(vqa, entry) for entry in FLAGS.presets}
+    except (KeyError, ValueError) as error:
+        raise app.UsageError(error.args[0]) from None
     rows = []
     for preset in FLAGS.presets:
         runs = []
@@ -74,7 +83,7 @@ def main(argv):
                 with open(results_path) as f:
                     results = json.load(f)
             else:
-                c = _config(vqa, preset)
+                c = configs[preset]
                 c.seed = seed
                 c.train.num_steps = FLAGS.num_steps
                 c.train.checkpoint_every = FLAGS.num_steps

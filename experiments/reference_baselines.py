@@ -112,7 +112,10 @@ def logits_fn(params, images, questions):
 
 def main(argv):
     del argv
-    budgets = sorted(int(e) for e in _EXAMPLES.value)
+    try:
+        budgets = sorted(int(e) for e in _EXAMPLES.value)
+    except ValueError:
+        raise app.UsageError(f"--examples: expected integers, got {_EXAMPLES.value}") from None
     train = encode(soc.SortOfClevr("train", _TRAIN_IMAGES.value, seed=0))
     test = encode(soc.SortOfClevr("test", _EVAL.value // 20 + 1, seed=0), limit=_EVAL.value)
     params = init_params(jax.random.PRNGKey(_SEED.value), _MODEL.value)

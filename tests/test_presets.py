@@ -207,8 +207,9 @@ def test_ablation_entries_carry_config_overrides():
     shifted = ablation._config(vqa, "ablation_lsrm@model.ica.start=step:3000@train.num_steps=4000")
     assert shifted.model.ica.start == "step:3000" and shifted.train.num_steps == 4000  # string kept, int parsed
     assert flat(shifted.model) == flat(vqa.get_config("ablation_lsrm").model) | {"ica.start": "step:3000"}
-    with pytest.raises(KeyError):
-        ablation._config(vqa, "ablation_lsrm@model.ica.strat=step:3000")
+    for bad in ("model.ica.strat=step:3000", "model.icaa.start=step:3000", "model.ica.start", "train.num_steps=many"):
+        with pytest.raises(KeyError, match="ablation_lsrm@"):
+            ablation._config(vqa, f"ablation_lsrm@{bad}")
 
 def test_unknown_preset_and_stale_schema_fail_loudly():
     with pytest.raises(ValueError, match=r"Unknown model preset 'lsrm_70b'.*'lsrm_7b'.*'ablation_llava'"):
