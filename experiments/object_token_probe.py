@@ -50,7 +50,10 @@ WIDTH, HEADS = 64, 4
 
 def object_tokens(path: str, palette: bool) -> tuple[np.ndarray, np.ndarray]:
     """``tokens [MAX_OBJECTS, F]`` and ``valid [MAX_OBJECTS]`` of one image (largest components first)."""
-    image = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
+    try:
+        image = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
+    except (OSError, ValueError) as e:  # missing, truncated or not an image
+        raise app.UsageError(f"cannot read image {path}: {e}") from None
     size = image.shape[0]
     background = np.median(image.reshape(-1, 3), 0)
     labels, count = ndimage.label(np.abs(image - background).max(-1) > FOREGROUND)
@@ -82,7 +85,12 @@ def words(question: str) -> list[str]:
 
 
 def load(directory: str, split: str, palette: bool) -> dict:
-    records = json.load(open(os.path.join(directory, f"{split}.json")))
+    path = os.path.join(directory, f"{split}.json")
+    try:
+        with open(path) as f:
+            records = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise app.UsageError(f"cannot read {path} (a relational_sets.py output directory?): {e}") from None
     cache = {}
     for r in records:
         if r["image"] not in cache:
@@ -94,6 +102,12 @@ def load(directory: str, split: str, palette: bool) -> dict:
         "answer": [r["conversations"][1]["value"].strip().lower() for r in records],
         "kind": np.asarray([r.get("kind", "all") for r in records]),
     }
+
+
+def select_kinds(split: dict, kinds: list[str]) -> dict:
+    """The questions of ``split`` whose kind is one of ``kinds``."""
+    keep = np.nonzero(np.isin(split["kind"], kinds))[0]
+    return {k: [v[i] for i in keep] if isinstance(v, list) else v[keep] for k, v in split.items()}
 
 
 def encode(split: dict, vocab: dict, answers: dict, length: int) -> dict:
@@ -150,8 +164,9 @@ def main(argv):
     train = load(f.data, "train", f.colour == "palette")
     evaluation = load(f.data, "eval", f.colour == "palette")
     if f.kinds:  # train and evaluate on these kinds only
-        train, evaluation = ({k: [v[i] for i in np.nonzero(np.isin(s["kind"], f.kinds))[0]] if isinstance(v, list)
-                              else v[np.isin(s["kind"], f.kinds)] for k, v in s.items()} for s in (train, evaluation))
+        train, evaluation = select_kinds(train, f.kinds), select_kinds(evaluation, f.kinds)
+    if not len(train["kind"]) or not len(evaluation["kind"]):
+        raise app.UsageError(f"--kinds={','.join(f.kinds)} leaves no training or evaluation questions")
     print(f"object tokens: {train['valid'].sum(1).mean():.2f} per training image "
           f"({time.time() - started:.0f} s to extract)", flush=True)
     vocab = {w: i + 2 for i, w in enumerate(sorted({w for q in train["question"] for w in q}))}
@@ -165,6 +180,8 @@ def main(argv):
         majority[kind] = float(np.mean(np.asarray(evaluation["answer"])[evaluation["kind"] == kind] == values[counts.argmax()]))
 
     warmup = np.nonzero(np.isin(train["kind"], f.warmup_kinds or kinds))[0][:f.warmup_examples]
+    if f.warmup_steps and not len(warmup):
+        raise app.UsageError("--warmup_steps > 0 needs --warmup_examples > 0 and --warmup_kinds present in the data")
     params = init_params(jax.random.PRNGKey(f.seed), len(vocab) + 2, train["tokens"].shape[-1], length,
                          len(answers), f.layers)
     optimizer = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, f.learning_rate, 200, f.steps), weight_decay=0.01)
@@ -183,8 +200,10 @@ def main(argv):
     rng = np.random.default_rng(f.seed)
     train_seconds = 0.0
     for i in range(f.steps):
-        pool = warmup if i < f.warmup_steps and len(warmup) else None
-        index = pool[rng.integers(0, len(pool), f.batch_size)] if pool is not None else rng.integers(0, len(train["ids"]), f.batch_size)
+        if i < f.warmup_steps:
+            index = warmup[rng.integers(0, len(warmup), f.batch_size)]
+        else:
+            index = rng.integers(0, len(train["ids"]), f.batch_size)
         tick = time.time()
         params, opt_state, loss = step(params, opt_state, *(train[k][index] for k in ("tokens", "valid", "ids", "label")))
         loss = float(loss)
