@@ -12,8 +12,15 @@ name, to separate learning colours from learning relations). A small transformer
 wide, 4 heads; no position for the object tokens) reads ``[CLS] question words [objects]`` and classifies the
 answer from CLS: the perception problem removed, what is left is binding words to objects and the relations.
 
-``--warmup_kinds`` / ``--warmup_examples`` / ``--warmup_steps``: a curriculum. The first ``warmup_steps``
-steps draw only from the first ``warmup_examples`` training questions of those kinds; the rest from all.
+Variants of the answering model, each a flag: ``--geometric`` (attention between two objects gets a learned
+per-head bias from their centres' offset and distance, as a relative position bias on a patch grid),
+``--head=relation_network`` (Santoro et al.'s sum over object pairs instead of the transformer), ``--causal``
+(decoder order: objects, words, then the answer token), ``--standardise`` (token features to unit variance),
+``--position_scale`` (the question's word-position embeddings larger than its word embeddings).
+
+``--stages=left_of+above:3000:2500,nearest+farthest:3000:2500``: a curriculum. Each stage in turn draws only from
+the first ``examples`` training questions of its kinds for ``steps`` steps; the steps after the last, from all.
+``--warmup_kinds`` / ``--warmup_examples`` / ``--warmup_steps``: the same for one stage (the earlier spelling).
 
     python experiments/relational_sets.py --out /tmp/relA30k --variant A --train 30000 --eval 100 --seed 0
     python experiments/object_token_probe.py --data=/tmp/relA30k --steps=8000 \
@@ -46,6 +53,8 @@ THUMB = 9  # mask thumbnail side
 FOREGROUND = 0.25  # largest channel difference from the background colour, in [0, 1]
 MIN_PIXELS = 4
 WIDTH, HEADS = 64, 4
+GEOMETRY = 4  # pairwise geometric features of two objects: dx, dy, distance, squared distance (x 4)
+RN_WIDTH = 256  # the relation network's pair and output MLPs (Santoro et al. 2017 use 256 too)
 
 
 def object_tokens(path: str, palette: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -84,20 +93,29 @@ def words(question: str) -> list[str]:
     return question.replace("<image>", " ").lower().replace("?", " ?").split()
 
 
-def load(directory: str, split: str, palette: bool) -> dict:
+def load(directory: str, split: str, palette: bool, cache: str = "") -> dict:
+    """One split's object tokens, questions, answers and kinds; ``cache``: a directory that keeps the tokens
+    (extracting 30,000 images takes ~1 CPU-minute)."""
     path = os.path.join(directory, f"{split}.json")
     try:
         with open(path) as f:
             records = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise app.UsageError(f"cannot read {path} (a relational_sets.py output directory?): {e}") from None
-    cache = {}
-    for r in records:
-        if r["image"] not in cache:
-            cache[r["image"]] = object_tokens(os.path.join(directory, r["image"]), palette)
+    images = sorted({r["image"] for r in records})
+    cached = os.path.join(cache, f"{os.path.abspath(directory).strip('/').replace('/', '_')}_{split}_{palette}.npz")
+    if cache and os.path.exists(cached):
+        with np.load(cached) as z:
+            tokens, valid = z["tokens"], z["valid"]
+    else:
+        tokens, valid = map(np.stack, zip(*(object_tokens(os.path.join(directory, i), palette) for i in images)))
+        if cache:
+            os.makedirs(cache, exist_ok=True)
+            np.savez(cached, tokens=tokens, valid=valid)
+    row = {image: i for i, image in enumerate(images)}
     return {
-        "tokens": np.stack([cache[r["image"]][0] for r in records]),
-        "valid": np.stack([cache[r["image"]][1] for r in records]),
+        "tokens": tokens[[row[r["image"]] for r in records]],
+        "valid": valid[[row[r["image"]] for r in records]],
         "question": [words(r["conversations"][0]["value"]) for r in records],
         "answer": [r["conversations"][1]["value"].strip().lower() for r in records],
         "kind": np.asarray([r.get("kind", "all") for r in records]),
@@ -117,18 +135,23 @@ def encode(split: dict, vocab: dict, answers: dict, length: int) -> dict:
     return dict(split, ids=ids, label=np.asarray([answers.get(a, -1) for a in split["answer"]]))
 
 
-def init_params(key, num_words: int, feature_dim: int, length: int, num_answers: int, layers: int) -> dict:
-    keys = iter(jax.random.split(key, 8 + 4 * layers))
+def init_params(key, num_words: int, feature_dim: int, length: int, num_answers: int, layers: int,
+                position_scale: float = 0.1) -> dict:
+    keys = iter(jax.random.split(key, 16 + 5 * layers))
 
     def dense(n_in, n_out, scale=1.0):
         return jax.random.normal(next(keys), (n_in, n_out)) * scale / np.sqrt(n_in)
 
     return {
         "word": jax.random.normal(next(keys), (num_words, WIDTH)) * 0.1,
-        "position": jax.random.normal(next(keys), (length + 1, WIDTH)) * 0.1,
+        "position": jax.random.normal(next(keys), (length + 1, WIDTH)) * position_scale,
         "kind": jax.random.normal(next(keys), (2, WIDTH)) * 0.1,  # text / object
         "object_in": dense(feature_dim, WIDTH), "object_bias": jnp.zeros(WIDTH), "object_out": dense(WIDTH, WIDTH),
         "answer": dense(WIDTH, num_answers),
+        "relation_pair": [dense(3 * WIDTH, RN_WIDTH)] + [dense(RN_WIDTH, RN_WIDTH) for _ in range(2)],
+        "relation_out": [dense(RN_WIDTH, RN_WIDTH), dense(RN_WIDTH, num_answers)],
+        "question": dense(length * WIDTH, WIDTH),
+        "geometry": [jax.random.normal(next(keys), (GEOMETRY, HEADS)) * 0.1 for _ in range(layers)],
         "blocks": [{"qkv": dense(WIDTH, 3 * WIDTH), "out": dense(WIDTH, WIDTH, 0.5), "up": dense(WIDTH, 3 * WIDTH),
                     "down": dense(3 * WIDTH, WIDTH, 0.5), "ln1": jnp.ones(WIDTH), "ln2": jnp.ones(WIDTH)}
                    for _ in range(layers)],
@@ -140,33 +163,103 @@ def layer_norm(x, gain):
     return gain * x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + 1e-6)
 
 
-def logits_fn(params, tokens, valid, ids):
-    """``tokens [B, K, F]``, ``valid [B, K]``, ``ids [B, L]`` -> answer logits ``[B, A]``."""
-    batch = ids.shape[0]
-    text_ids = jnp.concatenate([jnp.zeros((batch, 1), ids.dtype), ids], 1)  # CLS shares padding's row
-    text = params["word"][text_ids] + params["position"][None] + params["kind"][0]
+def relation_network_logits(params, tokens, valid, ids):
+    """Santoro et al.'s relation network over object pairs: ``f(sum_ij g(o_i, o_j, q))``; shapes as ``logits_fn``.
+
+    The question vector ``q [B, W]`` is one linear map of the question's word + position embeddings (the sets'
+    questions are templates); ``g`` is a 3-layer ReLU MLP on every ordered pair of valid objects ``[B, K, K, 3W]``.
+    """
+    batch, count = tokens.shape[:2]
+    words = params["word"][ids] + params["position"][None, 1:]
+    question = (words * (ids > 0)[..., None]).reshape(batch, -1) @ params["question"]
     objects = jax.nn.gelu(tokens @ params["object_in"] + params["object_bias"]) @ params["object_out"]
-    x = jnp.concatenate([text, objects + params["kind"][1]], 1)
-    keep = jnp.concatenate([jnp.ones((batch, 1), bool), ids > 0, valid], 1)
-    for block in params["blocks"]:
+    x = jnp.concatenate([jnp.broadcast_to(objects[:, :, None], (batch, count, count, WIDTH)),
+                         jnp.broadcast_to(objects[:, None], (batch, count, count, WIDTH)),
+                         jnp.broadcast_to(question[:, None, None], (batch, count, count, WIDTH))], -1)
+    for weight in params["relation_pair"]:
+        x = jax.nn.relu(x @ weight)
+    pair_valid = valid[:, :, None] & valid[:, None, :]
+    x = (x * pair_valid[..., None]).sum((1, 2))
+    return jax.nn.relu(x @ params["relation_out"][0]) @ params["relation_out"][1]
+
+
+def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool = False):
+    """``tokens [B, K, F]``, ``valid [B, K]``, ``ids [B, L]`` -> answer logits ``[B, A]``.
+
+    ``causal``: the sequence is ``[objects] words [ANS]`` as in a decoder VLM: objects see objects, a word sees the
+    objects and the words before it, the answer is read at the last position; otherwise ``[CLS] words [objects]``,
+    all attending to all, the answer read at CLS. ``geometric``: each block's attention between two objects gets a
+    learned per-head bias from their centres' offset (dx, dy, distance, squared distance), as a relative position
+    bias does on a patch grid. (Reads the centres from ``tokens[..., 3:5]``: not with --standardise.)
+    """
+    if not params["blocks"]:  # --head=relation_network
+        return relation_network_logits(params, tokens, valid, ids)
+    batch, count = tokens.shape[:2]
+    objects = jax.nn.gelu(tokens @ params["object_in"] + params["object_bias"]) @ params["object_out"] + params["kind"][1]
+    readout = jnp.zeros((batch, 1), ids.dtype)  # the CLS / ANS token shares padding's row
+    if causal:
+        text = params["word"][jnp.concatenate([ids, readout], 1)] + params["position"][None] + params["kind"][0]
+        x = jnp.concatenate([objects, text], 1)
+        keep = jnp.concatenate([valid, ids > 0, jnp.ones((batch, 1), bool)], 1)
+        position = jnp.arange(x.shape[1])
+        visible = (position[None, :] <= position[:, None]) | (position[None, :] < count)  # [query, key]
+        mask = keep[:, None, None] & visible[None, None]
+    else:
+        text = params["word"][jnp.concatenate([readout, ids], 1)] + params["position"][None] + params["kind"][0]
+        x = jnp.concatenate([text, objects], 1)
+        mask = jnp.concatenate([jnp.ones((batch, 1), bool), ids > 0, valid], 1)[:, None, None]
+    bias = 0.0
+    if geometric:  # object-to-object attention gets a learned function of the two centres' offset
+        centre = tokens[..., 3:5]
+        offset = centre[:, :, None] - centre[:, None]  # [B, K, K, 2]
+        squared = (offset ** 2).sum(-1, keepdims=True)
+        pair = 4.0 * jnp.concatenate([offset, jnp.sqrt(squared + 1e-6), squared], -1)  # [B, K, K, GEOMETRY]
+        first = count if causal else x.shape[1] - count  # where the objects sit in the sequence
+        pad = [(0, 0), (first, x.shape[1] - first - count), (first, x.shape[1] - first - count), (0, 0)]
+        pair = jnp.pad(pair, pad)  # zero for every pair that is not two objects
+    for layer, block in enumerate(params["blocks"]):
+        if geometric:
+            bias = jnp.moveaxis(pair @ params["geometry"][layer], -1, 1)  # [B, H, S, S]
         q, k, v = jnp.split((layer_norm(x, block["ln1"]) @ block["qkv"]).reshape(batch, x.shape[1], 3, HEADS, -1), 3, 2)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q[:, :, 0], k[:, :, 0]) / np.sqrt(WIDTH // HEADS)
-        weights = jax.nn.softmax(jnp.where(keep[:, None, None], scores, -1e9), -1)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q[:, :, 0], k[:, :, 0]) / np.sqrt(WIDTH // HEADS) + bias
+        weights = jax.nn.softmax(jnp.where(mask, scores, -1e9), -1)
         x = x + jnp.einsum("bhqk,bkhd->bqhd", weights, v[:, :, 0]).reshape(x.shape) @ block["out"]
         x = x + jax.nn.gelu(layer_norm(x, block["ln2"]) @ block["up"]) @ block["down"]
-    return x[:, 0] @ params["answer"]
+    return x[:, -1 if causal else 0] @ params["answer"]
+
+
+def parse_stages(text: str) -> list[tuple[list[str], int, int]]:
+    """``"left_of+above:3000:2500,nearest:3000:2000"`` -> ``[(kinds, examples, steps), ...]`` in order."""
+    stages = []
+    for item in filter(None, text.split(",")):
+        try:
+            kinds, examples, steps = item.split(":")
+            stages.append((kinds.split("+"), int(examples), int(steps)))
+        except ValueError:
+            raise app.UsageError(f"--stages item {item!r} is not kind+kind:examples:steps") from None
+        if stages[-1][1] <= 0 or stages[-1][2] <= 0:
+            raise app.UsageError(f"--stages item {item!r}: examples and steps must be positive")
+    return stages
 
 
 def main(argv):
     del argv
     f = flags.FLAGS
     started = time.time()
-    train = load(f.data, "train", f.colour == "palette")
-    evaluation = load(f.data, "eval", f.colour == "palette")
+    if f.geometric and (f.standardise or f.head != "transformer"):
+        raise app.UsageError("--geometric reads raw centres in the transformer head: not with --standardise or "
+                             "--head=relation_network")
+    train = load(f.data, "train", f.colour == "palette", f.cache)
+    evaluation = load(f.data, "eval", f.colour == "palette", f.cache)
     if f.kinds:  # train and evaluate on these kinds only
         train, evaluation = select_kinds(train, f.kinds), select_kinds(evaluation, f.kinds)
     if not len(train["kind"]) or not len(evaluation["kind"]):
         raise app.UsageError(f"--kinds={','.join(f.kinds)} leaves no training or evaluation questions")
+    if f.standardise:  # every token feature to zero mean, unit variance over the training objects
+        objects = train["tokens"][train["valid"]]
+        mean, std = objects.mean(0), objects.std(0) + 1e-6
+        for split in (train, evaluation):
+            split["tokens"] = np.where(split["valid"][..., None], (split["tokens"] - mean) / std, 0.0).astype(np.float32)
     print(f"object tokens: {train['valid'].sum(1).mean():.2f} per training image "
           f"({time.time() - started:.0f} s to extract)", flush=True)
     vocab = {w: i + 2 for i, w in enumerate(sorted({w for q in train["question"] for w in q}))}
@@ -179,29 +272,39 @@ def main(argv):
         values, counts = np.unique(np.asarray(train["answer"])[train["kind"] == kind], return_counts=True)
         majority[kind] = float(np.mean(np.asarray(evaluation["answer"])[evaluation["kind"] == kind] == values[counts.argmax()]))
 
-    warmup = np.nonzero(np.isin(train["kind"], f.warmup_kinds or kinds))[0][:f.warmup_examples]
-    if f.warmup_steps and not len(warmup):
-        raise app.UsageError("--warmup_steps > 0 needs --warmup_examples > 0 and --warmup_kinds present in the data")
+    stages = parse_stages(f.stages)
+    if f.warmup_steps:  # the one-stage shorthand
+        if stages:
+            raise app.UsageError("give the curriculum as --stages or as --warmup_*, not both")
+        stages = [(f.warmup_kinds or kinds, f.warmup_examples, f.warmup_steps)]
+    schedule = []  # (last step + 1, the training questions it draws from) per stage
+    for stage_kinds, examples, stage_steps in stages:
+        pool = np.nonzero(np.isin(train["kind"], stage_kinds))[0][:examples]
+        if not len(pool):
+            raise app.UsageError(f"curriculum stage {','.join(stage_kinds)}: no training questions of those kinds "
+                                 f"(examples={examples}; kinds here: {', '.join(kinds)})")
+        schedule.append(((schedule[-1][0] if schedule else 0) + stage_steps, pool))
     params = init_params(jax.random.PRNGKey(f.seed), len(vocab) + 2, train["tokens"].shape[-1], length,
-                         len(answers), f.layers)
-    optimizer = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, f.learning_rate, 200, f.steps), weight_decay=0.01)
+                         len(answers), f.layers if f.head == "transformer" else 0, f.position_scale)
+    optimizer = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, f.learning_rate, min(200, f.steps // 2), f.steps), weight_decay=0.01)
     opt_state = optimizer.init(params)
 
     @jax.jit
     def step(params, opt_state, tokens, valid, ids, label):
         def loss_fn(p):
-            return optax.softmax_cross_entropy_with_integer_labels(logits_fn(p, tokens, valid, ids), label).mean()
+            return optax.softmax_cross_entropy_with_integer_labels(logits_fn(p, tokens, valid, ids, f.causal, f.geometric), label).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    predict = jax.jit(lambda p, t, v, i: logits_fn(p, t, v, i).argmax(-1))
+    predict = jax.jit(lambda p, t, v, i: logits_fn(p, t, v, i, f.causal, f.geometric).argmax(-1))
     rng = np.random.default_rng(f.seed)
     train_seconds = 0.0
     for i in range(f.steps):
-        if i < f.warmup_steps:
-            index = warmup[rng.integers(0, len(warmup), f.batch_size)]
+        pool = next((p for end, p in schedule if i < end), None)
+        if pool is not None:
+            index = pool[rng.integers(0, len(pool), f.batch_size)]
         else:
             index = rng.integers(0, len(train["ids"]), f.batch_size)
         tick = time.time()
@@ -212,23 +315,32 @@ def main(argv):
             correct = np.asarray(predict(params, *(evaluation[k] for k in ("tokens", "valid", "ids")))) == evaluation["label"]
             per_kind = {k: round(float(correct[evaluation["kind"] == k].mean()), 3) for k in kinds}
             print(f"step {i + 1} loss {loss:.3f} all {correct.mean():.3f} {per_kind} train {train_seconds:.0f} s", flush=True)
-    print(json.dumps({"data": f.data, "seed": f.seed, "steps": f.steps, "kinds": f.kinds, "warmup": [f.warmup_kinds, f.warmup_examples, f.warmup_steps],
-                      "colour": f.colour, "all": round(float(correct.mean()), 3), "per_kind": per_kind,
+    print(json.dumps({"data": f.data, "seed": f.seed, "steps": f.steps, "kinds": f.kinds, "curriculum": [[k, n, t] for k, n, t in stages],
+                      "colour": f.colour, "head": f.head, "standardise": f.standardise, "position_scale": f.position_scale, "causal": f.causal, "geometric": f.geometric, "all": round(float(correct.mean()), 3), "per_kind": per_kind,
                       "majority": {k: round(v, 3) for k, v in majority.items()}, "train_seconds": round(train_seconds)}))
 
 
 def _define_flags():
     flags.DEFINE_string("data", None, "A relational_sets.py output directory (train.json, eval.json, images/).", required=True)
     flags.DEFINE_integer("steps", 8000, "Training steps.")
+    flags.DEFINE_string("cache", "", "A directory to keep the extracted object tokens in (empty: extract every run).")
     flags.DEFINE_integer("batch_size", 64, "Batch size.")
     flags.DEFINE_float("learning_rate", 1e-3, "Peak AdamW learning rate (200 warmup steps, cosine decay).")
     flags.DEFINE_integer("layers", 3, "Transformer blocks.")
+    flags.DEFINE_enum("head", "transformer", ["transformer", "relation_network"],
+                      "What answers from the object tokens: a transformer over [CLS, words, objects], or a relation network over object pairs.")
     flags.DEFINE_integer("seed", 0, "Initialisation and sampling seed.")
     flags.DEFINE_enum("colour", "mean", ["mean", "palette"], "Object colour: its mean RGB only, or + an oracle palette one-hot.")
+    flags.DEFINE_bool("geometric", False, "Attention between two objects gets a learned bias from their centres' offset.")
+    flags.DEFINE_bool("causal", False, "Transformer head as a decoder VLM: [objects] words [ANS], causal text, answer read last.")
+    flags.DEFINE_float("position_scale", 0.1, "Initial scale of the question's word-position embeddings (words: 0.1).")
+    flags.DEFINE_bool("standardise", False, "Scale every token feature to zero mean and unit variance over the training objects.")
     flags.DEFINE_list("kinds", [], "Train and evaluate on these question kinds only (empty: all).")
     flags.DEFINE_list("warmup_kinds", [], "Curriculum: the kinds the first --warmup_steps steps draw from (empty: all).")
     flags.DEFINE_integer("warmup_examples", 0, "Curriculum: only the first N training questions of those kinds.")
     flags.DEFINE_integer("warmup_steps", 0, "Curriculum: its length in steps (0: none).")
+    flags.DEFINE_string("stages", "", "A curriculum of stages, in order, before the full data: kind+kind:examples:steps,... "
+                        "(each draws from the first `examples` training questions of its kinds for `steps` steps).")
     flags.DEFINE_integer("eval_every", 1000, "Evaluate every N steps.")
 
 

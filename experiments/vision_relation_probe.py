@@ -38,6 +38,7 @@ _WIDTH = flags.DEFINE_integer("width", 64, "ViT width.")
 _HEADS = flags.DEFINE_integer("heads", 4, "ViT heads.")
 _PATCH = flags.DEFINE_integer("patch_size", 15, "ViT patch size (75 px images).")
 _RELATIVE = flags.DEFINE_bool("relative_position_bias", False, "ViT: learned relative position bias per head.")
+_DISTANCE = flags.DEFINE_bool("distance_bias", False, "ViT: learned per-head bias linear in the patch offset and distance.")
 _POSEMB = flags.DEFINE_enum("posemb", "learned", ["learned", "sincos2d"], "ViT position embedding.")
 _LR = flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
 _MEMORY_FROM = flags.DEFINE_string("memory_from", "", "Training workdir: probe its frozen visual memory instead.")
@@ -92,7 +93,7 @@ class Probe(nnx.Module):
 
         config = vit.ViTConfig(image_size=75, patch_size=patch_size, width=width, depth=depth, heads=heads,
                                mlp_dim=3 * width, act="gelu", class_token=False, posemb=posemb,
-                               relative_position_bias=_RELATIVE.value)
+                               relative_position_bias=_RELATIVE.value, distance_bias=_DISTANCE.value)
         self.vit = vit.ViT(config, rngs=rngs)
         self.depth = depth
         self.readout = Readout(width, rngs=rngs)
@@ -123,7 +124,7 @@ def main(argv):
     train_x, train_y, _ = make_data("train", _TRAIN.value)
     test_x, test_y, test_cue = make_data("test", _TEST.value)
     print(f"data: {time.time() - t0:.0f}s; ViT depth {_DEPTH.value}, width {_WIDTH.value}, patch {_PATCH.value}, "
-          f"{_POSEMB.value} position embedding, relative bias {_RELATIVE.value}; {_STEPS.value} steps × {_BATCH.value}")
+          f"{_POSEMB.value} position embedding, relative bias {_RELATIVE.value}, distance bias {_DISTANCE.value}; {_STEPS.value} steps × {_BATCH.value}")
     if _MEMORY_FROM.value:
         train_x, test_x, width = frozen_memory(_MEMORY_FROM.value, train_x, test_x)
         model = Readout(width, rngs=nnx.Rngs(0))

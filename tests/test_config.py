@@ -68,19 +68,20 @@ def test_model_config_inconsistencies_are_config_errors(tiny_config):
         config_lib.model_config(tiny_config, vocab_size=50)
 
 
-def test_relative_position_bias_reaches_the_tower_and_not_a_converted_one(tiny_config, tmp_path):
+@pytest.mark.parametrize("key", ["relative_position_bias", "distance_bias"])
+def test_position_biases_reach_the_tower_and_not_a_converted_one(tiny_config, tmp_path, key):
     import transformers
-    assert not config_lib.model_config(tiny_config, vocab_size=50).vision.encoders[0].vit.relative_position_bias
-    tiny_config.model.encoders.vit.relative_position_bias = True
-    assert config_lib.model_config(tiny_config, vocab_size=50).vision.encoders[0].vit.relative_position_bias
+    assert not getattr(config_lib.model_config(tiny_config, vocab_size=50).vision.encoders[0].vit, key)
+    tiny_config.model.encoders.vit[key] = True
+    assert getattr(config_lib.model_config(tiny_config, vocab_size=50).vision.encoders[0].vit, key)
     config_lib.validate(tiny_config)
     # a converted CLIP tower (only its config.json is read here) has no such bias
     transformers.CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=48, intermediate_size=96,
                                   num_hidden_layers=3, num_attention_heads=4).save_pretrained(tmp_path)
     tiny_config.model.encoders.vit.hf_dir = str(tmp_path)
-    with pytest.raises(config_lib.ConfigError, match="relative_position_bias"):
+    with pytest.raises(config_lib.ConfigError, match=key):
         config_lib.validate(tiny_config)
-    tiny_config.model.encoders.vit.relative_position_bias = False
+    tiny_config.model.encoders.vit[key] = False
     config_lib.validate(tiny_config)
 
 

@@ -88,6 +88,40 @@ def test_relative_position_bias_adds_the_offset_table_to_attention_logits():
     assert np.abs(vit(images, (3,))[0] - plain).max() > 1e-3
 
 
+def test_distance_bias_is_a_learned_linear_function_of_patch_offset_and_distance():
+    config = dataclasses.replace(VIT, distance_bias=True, adapter_dim=0)
+    vit = ViT(config, rngs=nnx.Rngs(0))
+    images = jnp.asarray(np.random.default_rng(2).normal(size=(2, 20, 20, 3)), jnp.float32)
+    plain = vit(images, (3,))[0]
+    # zero-initialised: the same function as the tower without it
+    without = ViT(dataclasses.replace(config, distance_bias=False), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(plain, without(images, (3,))[0], atol=1e-6)
+    layer = vit.layers[0]
+    weights = np.random.default_rng(3).normal(size=(4, config.heads)).astype(np.float32)
+    layer.distance_bias[...] = jnp.asarray(weights)
+    # reference: patches i=(yi, xi), j=(yj, xj) of a 4x4 grid, offsets in image widths, times 4; class token none
+    grid, n = 4, 17
+    expected = np.zeros((config.heads, n, n), np.float32)
+    for i in range(grid * grid):
+        for j in range(grid * grid):
+            (yi, xi), (yj, xj) = divmod(i, grid), divmod(j, grid)
+            dx, dy = (xi - xj) / grid, (yi - yj) / grid
+            features = 4 * np.array([dx, dy, np.hypot(dx, dy), dx * dx + dy * dy])
+            expected[:, 1 + i, 1 + j] = features @ weights
+    np.testing.assert_allclose(layer._bias(n, jnp.float32)[0], expected, atol=1e-5)
+    # it adds to the offset table when both are on
+    both = ViT(dataclasses.replace(config, relative_position_bias=True), rngs=nnx.Rngs(0))
+    both.layers[0].distance_bias[...] = jnp.asarray(weights)
+    table = np.random.default_rng(5).normal(size=both.layers[0].relative_bias[...].shape).astype(np.float32)
+    both.layers[0].relative_bias[...] = jnp.asarray(table)
+    table_only = dataclasses.replace(config, distance_bias=False, relative_position_bias=True)
+    reference = ViT(table_only, rngs=nnx.Rngs(0))
+    reference.layers[0].relative_bias[...] = jnp.asarray(table)
+    np.testing.assert_allclose(both.layers[0]._bias(n, jnp.float32), reference.layers[0]._bias(n, jnp.float32) + expected[None],
+                               atol=1e-5)
+    assert np.abs(vit(images, (3,))[0] - plain).max() > 1e-3
+
+
 def test_patchify_matches_conv_layout():
     vit = ViT(VIT, rngs=nnx.Rngs(0))
     images = jnp.arange(2 * 20 * 20 * 3, dtype=jnp.float32).reshape(2, 20, 20, 3)

@@ -56,6 +56,7 @@ def encoder_defaults() -> dict:
         act="quick_gelu",  # CLIP's; the demo's from-scratch tower uses 'gelu' 
         posemb="learned",
         relative_position_bias=False,  # learned per-head bias by patch offset (from-scratch towers only)
+        distance_bias=False,  # learned per-head linear function of the patch offset and distance (from-scratch only)
         taps=(1, 2),  # HF hidden_states indices: an intermediate and the final block
         post_ln=True,
         drop_cls=True,

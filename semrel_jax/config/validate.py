@@ -111,12 +111,13 @@ def _validate_encoder(c, name: str, enc) -> None:
         f"{where}.pool",
         f"expected a divisor of the {grid}x{grid} patch grid (and drop_cls=True when > 1), got {enc.pool!r}",
     )
-    check(
-        isinstance(enc.relative_position_bias, bool) and not (enc.relative_position_bias and enc.hf_dir),
-        f"{where}.relative_position_bias",
-        "expected True or False, and False for a converted tower (hf_dir: its architecture has none); "
-        f"got {enc.relative_position_bias!r}",
-    )
+    for key in ("relative_position_bias", "distance_bias"):
+        value = enc[key]
+        check(
+            isinstance(value, bool) and not (value and enc.hf_dir),
+            f"{where}.{key}",
+            f"expected True or False, and False for a converted tower (hf_dir: its architecture has none); got {value!r}",
+        )
     # None: unset, filled by semrel_jax.config.resolve
     for key, choices in (("normalization", tuple(NORMALIZATION)), ("resample", tuple(RESAMPLE)), ("crop", (True, False))):
         check(enc[key] is None or enc[key] in choices, f"{where}.{key}", f"expected one of {choices}, got {enc[key]!r}")

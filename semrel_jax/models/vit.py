@@ -44,6 +44,11 @@ class ViTConfig:
     # Learned per-head attention bias indexed by the 2-D offset between two patches (Swin / BEiT style),
     # zero-initialised; the class token gets none. Off for converted towers (CLIP/SigLIP/DINOv2 have none).
     relative_position_bias: bool = False
+    # Learned per-head attention bias as a linear function of two patches' offset (dx, dy, distance, squared
+    # distance; in image widths), zero-initialised: 4 x heads numbers per block where the table above has
+    # (2·grid - 1)² x heads, and monotone in distance from the start, the form "attend to the nearest/farthest"
+    # needs (experiments/LOG.md, session 12). Off for converted towers.
+    distance_bias: bool = False
     adapter_dim: int = 0  # 0: no adapters
     adapter_scale: float = 0.1
     adapter_dropout: float = 0.0  # after the adapter's GELU, training only (release: 0.1)
@@ -114,6 +119,19 @@ class Adapter(nnx.Module):
         return self.fc2(layers.dropout(jax.nn.gelu(self.fc1(x), approximate=False), self.rate, dropout_key))
 
 
+DISTANCE_FEATURES = 4  # dx, dy, |d|, |d|² of two patch centres
+
+
+def distance_features(grid: int) -> np.ndarray:
+    """``[grid², grid², 4]`` (dx, dy, |d|, |d|²) x 4 between patch centres i and j, offsets in image widths (the
+    x 4 brings them to order one; the probe this comes from used the same scale)."""
+    y, x = np.divmod(np.arange(grid * grid), grid)
+    dx = (x[:, None] - x[None, :]) / grid
+    dy = (y[:, None] - y[None, :]) / grid
+    squared = dx**2 + dy**2
+    return (4.0 * np.stack([dx, dy, np.sqrt(squared), squared], -1)).astype(np.float32)
+
+
 def relative_offset_index(grid: int) -> np.ndarray:
     """``[grid², grid²]`` index of the offset (dy, dx) between patches i and j into a ``(2·grid - 1)²`` table."""
     y, x = np.divmod(np.arange(grid * grid), grid)
@@ -130,6 +148,8 @@ class EncoderLayer(nnx.Module):
             grid = config.image_size // config.patch_size
             pd = jnp.dtype(config.param_dtype)
             self.relative_bias = nnx.Param(jnp.zeros(((2 * grid - 1) ** 2, config.heads), pd))
+        if config.distance_bias:
+            self.distance_bias = nnx.Param(jnp.zeros((DISTANCE_FEATURES, config.heads), jnp.dtype(config.param_dtype)))
         self.layer_norm1 = _layer_norm(config, rngs)
         self.q_proj = _linear(w, w, config, rngs)
         self.k_proj = _linear(w, w, config, rngs)
@@ -164,11 +184,16 @@ class EncoderLayer(nnx.Module):
         return out
 
     def _bias(self, n: int, dtype) -> Array | None:
-        """``[1, heads, n, n]`` relative position bias (zero rows/columns for a class token), or None."""
-        if not self.config.relative_position_bias:
+        """``[1, heads, n, n]`` relative position and distance biases (zero rows/columns for a class token), or None."""
+        c = self.config
+        if not (c.relative_position_bias or c.distance_bias):
             return None
-        grid = self.config.image_size // self.config.patch_size
-        bias = self.relative_bias[...][relative_offset_index(grid)]  # [P, P, heads]
+        grid = c.image_size // c.patch_size
+        bias = 0.0
+        if c.relative_position_bias:
+            bias = bias + self.relative_bias[...][relative_offset_index(grid)]  # [P, P, heads]
+        if c.distance_bias:
+            bias = bias + jnp.asarray(distance_features(grid)) @ self.distance_bias[...]  # [P, P, heads]
         bias = jnp.moveaxis(bias, -1, 0)
         extra = n - grid * grid  # the class token
         bias = jnp.pad(bias, ((0, 0), (extra, 0), (extra, 0)))

@@ -77,6 +77,7 @@ REPLICATED: tuple[str, ...] = (
     r"/diagonal$",  # SRProj's learnable diagonal [hidden]
     r"^modality_embedding$",  # [2, d]
     r"/relative_bias$",  # [(2·grid - 1)², heads]
+    r"/distance_bias$",  # [4, heads]
     r"/adapter/fc[12]/kernel$",  # bottleneck adapters [width, r] / [r, width], r ~ 12
 )
 
