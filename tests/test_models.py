@@ -120,6 +120,10 @@ def test_distance_bias_is_a_learned_linear_function_of_patch_offset_and_distance
     np.testing.assert_allclose(both.layers[0]._bias(n, jnp.float32), reference.layers[0]._bias(n, jnp.float32) + expected[None],
                                atol=1e-5)
     assert np.abs(vit(images, (3,))[0] - plain).max() > 1e-3
+    # the scanned tower (model.scan_layers) carries both biases through its scan
+    scanned = ViT(dataclasses.replace(config, relative_position_bias=True, scan_layers=True), rngs=nnx.Rngs(0))
+    nnx.update(scanned, nnx.state(both))
+    np.testing.assert_allclose(scanned(images, (2, 3))[1], both(images, (2, 3))[1], atol=1e-5)
 
 
 def test_patchify_matches_conv_layout():
