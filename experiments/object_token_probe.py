@@ -23,8 +23,8 @@ the first ``examples`` training questions of its kinds for ``steps`` steps; the 
 ``--warmup_kinds`` / ``--warmup_examples`` / ``--warmup_steps``: the same for one stage (the earlier spelling).
 
     python experiments/relational_sets.py --out /tmp/relA30k --variant A --train 30000 --eval 100 --seed 0
-    python experiments/object_token_probe.py --data=/tmp/relA30k --steps=8000 \
-        --warmup_kinds=left_of,above,nearest,farthest --warmup_examples=6000 --warmup_steps=3000
+    python experiments/object_token_probe.py --data=/tmp/relA30k --cache=/tmp/otp_cache --steps=14000 \
+        --geometric --stages=left_of:3000:2500,above:3000:2500
 
 Prints the evaluation accuracy per kind every ``--eval_every`` steps, and at the end one JSON line with the
 final accuracies and each kind's majority baseline (the training split's most frequent answer of that kind).
