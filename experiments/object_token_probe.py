@@ -104,14 +104,23 @@ def load(directory: str, split: str, palette: bool, cache: str = "") -> dict:
         raise app.UsageError(f"cannot read {path} (a relational_sets.py output directory?): {e}") from None
     images = sorted({r["image"] for r in records})
     cached = os.path.join(cache, f"{os.path.abspath(directory).strip('/').replace('/', '_')}_{split}_{palette}.npz")
+    # a cache is used only for the same split file (modification time) and the same images; else extracted anew
+    stamp = np.asarray([os.stat(path).st_mtime_ns], np.int64)
+    tokens = None
     if cache and os.path.exists(cached):
-        with np.load(cached) as z:
-            tokens, valid = z["tokens"], z["valid"]
-    else:
+        try:
+            with np.load(cached) as z:
+                if np.array_equal(z["stamp"], stamp) and z["images"].tolist() == images:
+                    tokens, valid = z["tokens"], z["valid"]
+                else:
+                    print(f"token cache {cached} is for another version of {path}: extracting again", flush=True)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"token cache {cached} is unreadable ({e}): extracting again", flush=True)
+    if tokens is None:
         tokens, valid = map(np.stack, zip(*(object_tokens(os.path.join(directory, i), palette) for i in images)))
         if cache:
             os.makedirs(cache, exist_ok=True)
-            np.savez(cached, tokens=tokens, valid=valid)
+            np.savez(cached, tokens=tokens, valid=valid, stamp=stamp, images=np.asarray(images))
     row = {image: i for i, image in enumerate(images)}
     return {
         "tokens": tokens[[row[r["image"]] for r in records]],

@@ -58,6 +58,17 @@ def test_vit_adapter_starts_as_identity():
     assert np.abs(vit(images, (3,))[0] - with_adapter).max() > 1e-3
 
 
+def _pairwise_bias(heads: int, grid: int, bias_of) -> np.ndarray:
+    """``[heads, 1 + grid², 1 + grid²]``: ``bias_of(yi, xi, yj, xj) -> [heads]`` between patches i and j of a
+    row-major grid; zero for the class token (slot 0)."""
+    n = 1 + grid * grid
+    expected = np.zeros((heads, n, n), np.float32)
+    for i in range(grid * grid):
+        for j in range(grid * grid):
+            expected[:, 1 + i, 1 + j] = bias_of(*divmod(i, grid), *divmod(j, grid))
+    return expected
+
+
 def test_relative_position_bias_adds_the_offset_table_to_attention_logits():
     config = dataclasses.replace(VIT, relative_position_bias=True, adapter_dim=0)
     vit = ViT(config, rngs=nnx.Rngs(0))
@@ -71,11 +82,8 @@ def test_relative_position_bias_adds_the_offset_table_to_attention_logits():
     layer.relative_bias[...] = jnp.asarray(table)
     # reference: the bias of patches i=(yi, xi), j=(yj, xj) is table[(yi-yj+3)*7 + (xi-xj+3)], class token none
     grid, n = 4, 17
-    expected = np.zeros((config.heads, n, n), np.float32)
-    for i in range(grid * grid):
-        for j in range(grid * grid):
-            (yi, xi), (yj, xj) = divmod(i, grid), divmod(j, grid)
-            expected[:, 1 + i, 1 + j] = table[(yi - yj + grid - 1) * (2 * grid - 1) + (xi - xj + grid - 1)]
+    expected = _pairwise_bias(config.heads, grid,
+                              lambda yi, xi, yj, xj: table[(yi - yj + grid - 1) * (2 * grid - 1) + (xi - xj + grid - 1)])
     np.testing.assert_array_equal(layer._bias(n, jnp.float32)[0], expected)
     x = jnp.asarray(np.random.default_rng(4).normal(size=(2, n, 24)), jnp.float32)
     y = layer.layer_norm1(x)
@@ -101,13 +109,12 @@ def test_distance_bias_is_a_learned_linear_function_of_patch_offset_and_distance
     layer.distance_bias[...] = jnp.asarray(weights)
     # reference: patches i=(yi, xi), j=(yj, xj) of a 4x4 grid, offsets in image widths, times 4; class token none
     grid, n = 4, 17
-    expected = np.zeros((config.heads, n, n), np.float32)
-    for i in range(grid * grid):
-        for j in range(grid * grid):
-            (yi, xi), (yj, xj) = divmod(i, grid), divmod(j, grid)
-            dx, dy = (xi - xj) / grid, (yi - yj) / grid
-            features = 4 * np.array([dx, dy, np.hypot(dx, dy), dx * dx + dy * dy])
-            expected[:, 1 + i, 1 + j] = features @ weights
+
+    def distance_bias(yi, xi, yj, xj):
+        dx, dy = (xi - xj) / grid, (yi - yj) / grid
+        return 4 * np.array([dx, dy, np.hypot(dx, dy), dx * dx + dy * dy]) @ weights
+
+    expected = _pairwise_bias(config.heads, grid, distance_bias)
     np.testing.assert_allclose(layer._bias(n, jnp.float32)[0], expected, atol=1e-5)
     # it adds to the offset table when both are on
     both = ViT(dataclasses.replace(config, relative_position_bias=True), rngs=nnx.Rngs(0))
