@@ -1,5 +1,6 @@
 """Config presets, validation and command-line overrides fail early with the key named."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -83,6 +84,40 @@ def test_position_biases_reach_the_tower_and_not_a_converted_one(tiny_config, tm
         config_lib.validate(tiny_config)
     tiny_config.model.encoders.vit[key] = False
     config_lib.validate(tiny_config)
+
+
+def test_object_tokens_reach_the_tower_and_refuse_what_needs_a_patch_grid(tiny_config):
+    tiny_config.model.encoders.vit.update(tokens="objects", max_objects=6, image_size=50)  # no patch multiple needed
+    config_lib.validate(tiny_config)
+    spec = config_lib.model_config(tiny_config, vocab_size=50).vision.encoders[0]
+    assert (spec.vit.tokens, spec.vit.max_objects, spec.num_tokens) == ("objects", 6, 6)  # the class token dropped
+    for key, value, complaint in [
+        ("model.encoders.vit.pool", 2, "no patch grid to pool"),
+        ("model.encoders.vit.relative_position_bias", True, "indexes a patch grid"),
+        ("model.encoders.vit.normalization", "clip", "'unit' or 'background'"),
+        ("model.encoders.vit.hf_dir", "/some/clip", "from-scratch tower"),
+        ("train.reconstruction_weight", 1.0, "decodes patch-grid slots"),
+        ("model.encoders.vit.tokens", "pixels", "tokens"),
+    ]:
+        changed = tiny_config.copy_and_resolve_references()
+        section, _, leaf = key.rpartition(".")
+        target = functools.reduce(lambda node, part: node[part], section.split("."), changed)
+        target[leaf] = value
+        with pytest.raises(config_lib.ConfigError, match=complaint):
+            config_lib.validate(changed)
+
+
+@pytest.mark.parametrize("stages, complaint", [
+    (("left_of:3000",), "expected 'kind\\[\\+kind...\\]:examples:steps'"),
+    (("left_of:0:5",), "examples, steps >= 1"),
+    (("left_of:10:4", "above:10:4"), "take 8 steps, not fewer than train.num_steps=6"),
+])
+def test_curriculum_is_checked_before_training(tiny_config, stages, complaint):
+    tiny_config.data.curriculum = ("shape:10:2",)
+    config_lib.validate(tiny_config)
+    tiny_config.data.curriculum = stages
+    with pytest.raises(config_lib.ConfigError, match=complaint):
+        config_lib.validate(tiny_config)
 
 
 def test_mask_start_parsing():

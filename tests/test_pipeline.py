@@ -77,6 +77,30 @@ def test_training_dataset_is_indexable_by_step_and_reshuffles(tokenizer):
     assert not seen0 & seen1 and len(seen0 | seen1) == 16
 
 
+def test_curriculum_stages_draw_their_kinds_subsets_then_the_full_stream_and_resume_exactly(tokenizer):
+    from semrel_jax.errors import UserError
+
+    source = sort_of_clevr.SortOfClevr("train", 20, questions_per_image=6)  # 120 examples
+    kinds = [source.metadata(i)["kind"] for i in range(len(source))]
+    closest = [i for i, k in enumerate(kinds) if k == "closest"][:4]
+    relations = [i for i, k in enumerate(kinds) if k in ("horizontal", "vertical")][:6]
+    featurize = _featurizer(tokenizer).train
+    ds = pipeline.training_dataset(source, featurize, batch_size=2, seed=3,
+                                   curriculum=("closest:4:3", "horizontal+vertical:6:4"))
+    plain = pipeline.training_dataset(source, featurize, batch_size=2, seed=3)
+    drawn = [sorted(int(i) for i in ds[s]["index"]) for s in range(7)]
+    assert set(sum(drawn[:2], [])) == set(closest)  # the first 4 closest questions (2 steps = one epoch of them)
+    assert set(sum(drawn[:3], [])) <= set(closest)
+    assert set(sum(drawn[3:7], [])) <= set(relations) and len(set(sum(drawn[3:6], []))) == 6
+    for step in range(7, 10):  # then the stream without a curriculum, from its start
+        np.testing.assert_array_equal(ds[step]["index"], plain[step - 7]["index"])
+    resumed = pipeline.iterate(ds, start_step=2)  # inside the first stage
+    for step in range(2, 9):
+        np.testing.assert_array_equal(next(resumed)["tokens"], ds[step]["tokens"])
+    with pytest.raises(UserError, match=r"has \d+ examples of kinds \['count'\], fewer than 500; its kinds are"):
+        pipeline.training_dataset(source, featurize, batch_size=2, seed=3, curriculum=("count:500:3",))
+
+
 def test_grouped_batches_hold_each_image_once_with_its_questions(tokenizer):
     source = sort_of_clevr.SortOfClevr("train", 6, questions_per_image=4)  # 24 examples, 6 images
     featurizer = _featurizer(tokenizer)

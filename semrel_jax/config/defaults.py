@@ -37,6 +37,9 @@ _DATA = dict(
     on_bad_data="error",  # 'error' names the bad record | 'skip' drops/replaces it and counts it (logged)
     prepared_dir="",  # read the TFDS array_record copy made by `python -m semrel_jax.data.prepare --out=<dir>`
     examples_per_image=1,  # > 1: training batches hold that many questions per image; the ViT runs once per image
+    # stages 'kind[+kind]:examples:steps' first, each from the first examples of those question kinds
+    # (semrel_jax/data/curriculum.py), then the full stream; e.g. ("left_of:3000:2500", "above:3000:2500")
+    curriculum=(),
     num_workers=0,  # grain worker processes (0: in the main process)
     prefetch=2,
 )
@@ -57,6 +60,10 @@ def encoder_defaults() -> dict:
         posemb="learned",
         relative_position_bias=False,  # learned per-head bias by patch offset (from-scratch towers only)
         distance_bias=False,  # learned per-head linear function of the patch offset and distance (from-scratch only)
+        # 'patches' | 'objects': one token per object found by background subtraction (scenes of flat objects on a
+        # background; from-scratch only, pixels 'unit' or 'background', no pooling or reconstruction)
+        tokens="patches",
+        max_objects=8,  # object slots (tokens='objects'); the largest objects are kept
         taps=(1, 2),  # HF hidden_states indices: an intermediate and the final block
         post_ln=True,
         drop_cls=True,

@@ -73,6 +73,8 @@ def _vit_config(name: str, e: ml_collections.ConfigDict, m: ml_collections.Confi
         posemb=e.posemb,
         relative_position_bias=e.relative_position_bias,
         distance_bias=e.distance_bias,
+        tokens=e.tokens,
+        max_objects=e.max_objects,
         **FAMILY_LAYOUTS[e.family],  # the layout of the named family (shapes of e.g. SigLIP without its hf_dir)
         dtype=m.llm.dtype,
         param_dtype=m.llm.param_dtype,

@@ -53,6 +53,25 @@ def _validate_data(c) -> None:
     )
     one_of(c, "data.prompt_format", ("qa", "raw", "chat"))
     registry.validate(c)  # data.name, its prompt formats, examples_per_image, the dataset's own keys
+    _validate_curriculum(c)
+
+
+def _validate_curriculum(c) -> None:
+    from semrel_jax.data import curriculum
+
+    stages = c.data.curriculum
+    check(isinstance(stages, (tuple, list)) and all(isinstance(s, str) for s in stages), "data.curriculum",
+          f"expected a tuple of 'kind[+kind]:examples:steps' strings, got {stages!r}")
+    if not stages:
+        return
+    try:
+        steps = sum(curriculum.parse(s).steps for s in stages)
+    except ValueError as e:
+        raise ConfigError(f"config.data.curriculum: {e}") from None
+    check(c.data.examples_per_image == 1 and not c.data.get("caption_mix", 0.0), "data.curriculum",
+          "draws single examples from the training split: set data.examples_per_image=1 and no data.caption_mix")
+    check(c.train.epochs > 0 or steps < c.train.num_steps, "data.curriculum",
+          f"its stages take {steps} steps, not fewer than train.num_steps={c.train.num_steps}")
 
 
 def _validate_model(c) -> None:
@@ -105,12 +124,24 @@ def _validate_encoder(c, name: str, enc) -> None:
     )
     check(len(set(taps)) == len(taps), f"{where}.taps", f"duplicate taps in {taps}")
     check(0.0 <= enc.adapter_dropout < 1.0, f"{where}.adapter_dropout", f"expected 0 <= rate < 1, got {enc.adapter_dropout}")
-    grid = enc.image_size // enc.patch_size
-    check(
-        is_int(enc.pool) and enc.pool >= 1 and grid % enc.pool == 0 and (enc.pool == 1 or enc.drop_cls),
-        f"{where}.pool",
-        f"expected a divisor of the {grid}x{grid} patch grid (and drop_cls=True when > 1), got {enc.pool!r}",
-    )
+    one_of(c, f"{where}.tokens", ("patches", "objects"))
+    positive_int(c, f"{where}.max_objects")
+    if enc.tokens == "objects":
+        check(not enc.hf_dir, f"{where}.tokens", "object tokens need a from-scratch tower; a converted one reads patches")
+        check(enc.pool == 1, f"{where}.pool", "object tokens have no patch grid to pool; set 1")
+        check(not enc.relative_position_bias, f"{where}.relative_position_bias",
+              "indexes a patch grid, which object tokens have not (distance_bias uses the objects' centres)")
+        check(enc.normalization in (None, "unit", "background"), f"{where}.normalization",
+              f"object tokens threshold pixel differences in [0, 1]: 'unit' or 'background', got {enc.normalization!r}")
+        check(not c.train.reconstruction_weight, "train.reconstruction_weight",
+              f"decodes patch-grid slots; {where} has object tokens (set 0)")
+    else:
+        grid = enc.image_size // enc.patch_size
+        check(
+            is_int(enc.pool) and enc.pool >= 1 and grid % enc.pool == 0 and (enc.pool == 1 or enc.drop_cls),
+            f"{where}.pool",
+            f"expected a divisor of the {grid}x{grid} patch grid (and drop_cls=True when > 1), got {enc.pool!r}",
+        )
     for key in ("relative_position_bias", "distance_bias"):
         value = enc[key]
         check(

@@ -14,6 +14,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from semrel_jax.data import curriculum as curriculum_lib
 from semrel_jax.data import prompts
 from semrel_jax.data.preprocess import ImagePreprocessor
 from semrel_jax.data.source import Source
@@ -172,6 +173,7 @@ def training_dataset(
     examples_per_image: int = 1,
     featurize_group=None,
     mix: tuple[Source, float] | None = None,
+    curriculum: tuple[str, ...] = (),
 ) -> grain.MapDataset:
     """Infinite stream of per-host batches, reshuffled every epoch; ``ds[step]`` is step's batch.
 
@@ -181,6 +183,9 @@ def training_dataset(
 
     ``mix = (other_source, weight)``: a ``weight`` fraction of the examples comes from ``other_source``
     (each stream shuffled and repeated on its own, then interleaved by weight: still indexable by step).
+
+    ``curriculum``: stages ``kinds:examples:steps`` that come first, each from a small subset of some question
+    kinds (``data/curriculum.py``); stage i's stream is seeded ``seed + 2 + i``.
     """
     if batch_size % (process_count * examples_per_image):
         raise ValueError(
@@ -205,7 +210,17 @@ def training_dataset(
         if not 0.0 < weight < 1.0:
             raise ValueError(f"The mixture weight must be in (0, 1), got {weight}.")
         ds = grain.MapDataset.mix([ds, stream(other, seed + 1)], [1.0 - weight, weight])
-    return ds.map(featurize).batch(per_host, drop_remainder=True)
+    batches = ds.map(featurize).batch(per_host, drop_remainder=True)
+    if not curriculum:
+        return batches
+    if examples_per_image > 1 or mix is not None:
+        raise ValueError("data.curriculum draws single examples from one source: it cannot be combined with "
+                         "data.examples_per_image > 1 or a data mixture (data.caption_mix).")
+    stages = []
+    for i, stage in enumerate(curriculum_lib.parse(spec) for spec in curriculum):
+        subset = stream(curriculum_lib.Subset(source, stage), seed + 2 + i)
+        stages.append((subset.map(featurize).batch(per_host, drop_remainder=True), stage.steps))
+    return curriculum_lib.staged(stages, batches)
 
 
 def iterate(dataset: grain.MapDataset, start_step: int, num_workers: int = 0, prefetch: int = 2) -> Iterator:

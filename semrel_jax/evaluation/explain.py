@@ -86,10 +86,10 @@ def explain_batch(graphdef, states, inputs: dict, generated: np.ndarray, tokeniz
 
 
 def patch_grids(values: np.ndarray, layout: tuple[SlotGroup, ...]) -> dict[str, np.ndarray]:
-    """One row of slot values ``[N]`` -> each encoder's ``[grid, grid]`` map (row-major, as the patches were
-    flattened); class-token and padding slots are left out."""
+    """One row of slot values ``[N]`` -> each patch encoder's ``[grid, grid]`` map (row-major, as the patches were
+    flattened); class-token and padding slots are left out, and so are object-token encoders (no grid to draw on)."""
     values = np.asarray(values)
-    return {g.encoder: values[g.patch_slots.start : g.patch_slots.stop].reshape(g.grid, g.grid) for g in layout}
+    return {g.encoder: values[g.patch_slots.start : g.patch_slots.stop].reshape(g.grid, g.grid) for g in layout if g.grid}
 
 
 def chosen_blocks(num_blocks: int, blocks: tuple[int, ...] = (), most: int = 6) -> tuple[int, ...]:

@@ -1,5 +1,6 @@
 """Figures of ``evaluation.explain.Explanation``: the image and, per generated token, alpha and M (or the prefix
-attention) of chosen blocks over each encoder's patch grid; and a gallery (PNG per example + index.html).
+attention) of chosen blocks over each patch encoder's grid (an object-token encoder has none: the image alone);
+and a gallery (PNG per example + index.html).
 
 Uses matplotlib's object API on the Agg canvas (no pyplot state, no display needed).
 """
@@ -31,7 +32,7 @@ def explanation_figure(explanation: explain_lib.Explanation, blocks: tuple[int, 
     Each readout shares one colour scale over its panels (M: [0, 1]), so blocks and tokens compare directly.
     """
     chosen = explain_lib.chosen_blocks(explanation.num_blocks, blocks)
-    encoders = [g.encoder for g in explanation.layout]
+    encoders = [g.encoder for g in explanation.layout if g.grid]  # object-token encoders have no map to draw
     names = list(explanation.readouts)
     rows = [(t, name) for t in range(min(len(explanation.tokens), max_tokens)) for name in names]
     cols = [(b, e) for b in chosen for e in encoders]
@@ -55,7 +56,8 @@ def explanation_figure(explanation: explain_lib.Explanation, blocks: tuple[int, 
             ax = axes[r, c + 1]
             shown = _overlay(ax, explanation.image, grid, cmap, scales[name])
             ax.set_title(f"block {b}" + (f" · {encoder}" if len(encoders) > 1 else ""), fontsize=8)
-        fig.colorbar(shown, ax=list(axes[r, 1:]), shrink=0.8)
+        if cols:
+            fig.colorbar(shown, ax=list(axes[r, 1:]), shrink=0.8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])

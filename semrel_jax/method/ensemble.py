@@ -43,9 +43,11 @@ class EncoderSpec:
 
     @property
     def num_tokens(self) -> int:
-        return (self.grid // self.pool) ** 2 + int(self.vit.class_token and not self.drop_cls)
+        return self.vit.num_patches // self.pool**2 + int(self.vit.class_token and not self.drop_cls)
 
     def __post_init__(self):
+        if self.vit.tokens == "objects" and self.pool != 1:
+            raise ValueError(f"Encoder {self.name!r}: object tokens have no patch grid to pool (pool={self.pool}).")
         if self.pool < 1 or self.grid % self.pool:
             raise ValueError(f"Encoder {self.name!r}: pool={self.pool} must divide its {self.grid}x{self.grid} patch grid.")
         if self.pool > 1 and self.vit.class_token and not self.drop_cls:

@@ -84,7 +84,8 @@ class VLMConfig:
 @dataclasses.dataclass(frozen=True)
 class SlotGroup:
     """The visual slots of one encoder: ``start`` is its first slot; an optional class token comes first, then
-    its (pooled) patch grid ``grid × grid`` row-major. All its taps are fused into these same slots."""
+    its (pooled) patch grid ``grid × grid`` row-major (``grid`` 0: object tokens, no grid). All its taps are
+    fused into these same slots."""
 
     encoder: str
     taps: tuple[int, ...]
@@ -104,7 +105,8 @@ def slot_layout(vision: EnsembleConfig) -> tuple[SlotGroup, ...]:
     groups, start = [], 0
     for spec in vision.encoders:
         class_token = bool(spec.vit.class_token and not spec.drop_cls)
-        groups.append(SlotGroup(spec.name, tuple(spec.taps), start, spec.grid // spec.pool, class_token))
+        grid = 0 if spec.vit.tokens == "objects" else spec.grid // spec.pool
+        groups.append(SlotGroup(spec.name, tuple(spec.taps), start, grid, class_token))
         start += spec.num_tokens
     return tuple(groups)
 

@@ -9,6 +9,11 @@ are never run (the LLaVA convention of skipping the last block costs nothing).
 Adapters (LSRM/MemVP release): every block gets a bias-free bottleneck parallel to its MLP,
 ``x + MLP(ln_2 x) + s · up(dropout(GELU(down(ln_2 x))))``, with ``up`` zero-initialised so a pretrained
 tower is unchanged at step 0; the dropout (release: 0.1) acts in training only, when a key is given.
+
+``tokens='objects'``: the same transformer over object tokens instead of patches (``models/objects.py``: one
+token per object found by background subtraction, for scenes of flat objects), embedded by a linear map, with no
+position embedding (each token holds its centre); ``distance_bias`` then uses the objects' centres, and the
+slots without an object are masked as keys and come out as zeros (one constant "no object" token downstream).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from semrel_jax.models import layers, scan
+from semrel_jax.models.objects import ObjectTokenizer, pairwise_distance_features
 
 Array = jax.Array
 
@@ -49,6 +55,10 @@ class ViTConfig:
     # (2·grid - 1)² x heads, and monotone in distance from the start, the form "attend to the nearest/farthest"
     # needs (experiments/LOG.md, session 12). Off for converted towers.
     distance_bias: bool = False
+    # 'patches' (a ViT) | 'objects': the image cut into its objects by background subtraction (models/objects.py),
+    # one token each (no position embedding: centres are in the token; distance_bias uses the objects' centres)
+    tokens: str = "patches"
+    max_objects: int = 8
     adapter_dim: int = 0  # 0: no adapters
     adapter_scale: float = 0.1
     adapter_dropout: float = 0.0  # after the adapter's GELU, training only (release: 0.1)
@@ -59,10 +69,11 @@ class ViTConfig:
 
     @property
     def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        """Tokens before the class token: patches, or object slots."""
+        return self.max_objects if self.tokens == "objects" else (self.image_size // self.patch_size) ** 2
 
     def __post_init__(self):
-        if self.image_size % self.patch_size:
+        if self.image_size % self.patch_size and self.tokens == "patches":
             raise ValueError(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}.")
         if self.width % self.heads:
             raise ValueError(f"width={self.width} is not divisible by heads={self.heads}.")
@@ -70,6 +81,10 @@ class ViTConfig:
             raise ValueError(f"posemb must be 'learned' or 'sincos2d', got {self.posemb!r}.")
         if self.posemb == "sincos2d" and self.width % 4:
             raise ValueError(f"sincos2d position embeddings need width % 4 == 0, got {self.width}.")
+        if self.tokens not in ("patches", "objects"):
+            raise ValueError(f"tokens must be 'patches' or 'objects', got {self.tokens!r}.")
+        if self.tokens == "objects" and self.relative_position_bias:
+            raise ValueError("relative_position_bias indexes a patch grid; object tokens have none (use distance_bias).")
 
 
 # The structural flags of each tower family (the rest of a ViTConfig is sizes): 'vit' is the from-scratch
@@ -126,10 +141,7 @@ def distance_features(grid: int) -> np.ndarray:
     """``[grid², grid², 4]`` (dx, dy, |d|, |d|²) x 4 between patch centres i and j, offsets in image widths (the
     x 4 brings them to order one; the probe this comes from used the same scale)."""
     y, x = np.divmod(np.arange(grid * grid), grid)
-    dx = (x[:, None] - x[None, :]) / grid
-    dy = (y[:, None] - y[None, :]) / grid
-    squared = dx**2 + dy**2
-    return (4.0 * np.stack([dx, dy, np.sqrt(squared), squared], -1)).astype(np.float32)
+    return pairwise_distance_features(np.stack([x / grid, y / grid], -1)).astype(np.float32)
 
 
 def relative_offset_index(grid: int) -> np.ndarray:
@@ -164,13 +176,18 @@ class EncoderLayer(nnx.Module):
             self.layer_scale1 = nnx.Param(jnp.ones((w,), pd))
             self.layer_scale2 = nnx.Param(jnp.ones((w,), pd))
 
-    def __call__(self, x: Array, dropout_key: Array | None = None) -> Array:
+    def __call__(self, x: Array, dropout_key: Array | None = None, positions: Array | None = None,
+                 valid: Array | None = None) -> Array:
+        """``x [B, N, width]``; object tokens also give ``positions [B, P, 2]`` (the centres of the tokens after
+        the class token, for distance_bias) and ``valid [B, N]`` (a slot without an object is attended by none)."""
         c = self.config
         b, n, w = x.shape
         hd = w // c.heads
         y = self.layer_norm1(x)
         q, k, v = (proj(y).reshape(b, n, c.heads, hd) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        attn = self.out_proj(jax.nn.dot_product_attention(q, k, v, bias=self._bias(n, q.dtype)).reshape(b, n, w))
+        mask = None if valid is None else valid[:, None, None, :]
+        bias = self._bias(n, q.dtype, positions)
+        attn = self.out_proj(jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask).reshape(b, n, w))
         if c.layer_scale:
             attn = attn * self.layer_scale1[...].astype(attn.dtype)
         x = x + attn
@@ -183,8 +200,9 @@ class EncoderLayer(nnx.Module):
             out = out + c.adapter_scale * self.adapter(y, dropout_key)
         return out
 
-    def _bias(self, n: int, dtype) -> Array | None:
-        """``[1, heads, n, n]`` relative position and distance biases (zero rows/columns for a class token), or None."""
+    def _bias(self, n: int, dtype, positions: Array | None = None) -> Array | None:
+        """``[1 or B, heads, n, n]`` relative position and distance biases (zero rows/columns for a class token),
+        or None; ``positions [B, P, 2]``: the tokens' own centres (object tokens) instead of the patch grid's."""
         c = self.config
         if not (c.relative_position_bias or c.distance_bias):
             return None
@@ -193,11 +211,12 @@ class EncoderLayer(nnx.Module):
         if c.relative_position_bias:
             bias = bias + self.relative_bias[...][relative_offset_index(grid)]  # [P, P, heads]
         if c.distance_bias:
-            bias = bias + jnp.asarray(distance_features(grid)) @ self.distance_bias[...]  # [P, P, heads]
-        bias = jnp.moveaxis(bias, -1, 0)
-        extra = n - grid * grid  # the class token
-        bias = jnp.pad(bias, ((0, 0), (extra, 0), (extra, 0)))
-        return bias[None].astype(dtype)
+            features = jnp.asarray(distance_features(grid)) if positions is None else pairwise_distance_features(positions)
+            bias = bias + features @ self.distance_bias[...]  # [(B,) P, P, heads]
+        bias = jnp.moveaxis(bias, -1, -3)
+        extra = n - bias.shape[-1]  # the class token
+        bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 2) + [(extra, 0), (extra, 0)])
+        return (bias if bias.ndim == 4 else bias[None]).astype(dtype)
 
 
 def sincos2d_position_embedding(grid: int, width: int) -> Array:
@@ -217,13 +236,17 @@ class ViT(nnx.Module):
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
         self.config = config
         pd = jnp.dtype(config.param_dtype)
-        patch_dim = config.channels * config.patch_size**2
-        # Patch embedding as a linear map over flattened (C, p, p) patches: the same numbers as
-        # CLIP's bias-free Conv2d with stride = kernel = patch size, and one big matmul.
-        self.patch_embedding = _linear(patch_dim, config.width, config, rngs, bias=config.patch_bias)
+        if config.tokens == "objects":
+            self.tokenizer = ObjectTokenizer(config.max_objects)
+            self.patch_embedding = _linear(self.tokenizer.feature_dim(config.channels), config.width, config, rngs)
+        else:
+            patch_dim = config.channels * config.patch_size**2
+            # Patch embedding as a linear map over flattened (C, p, p) patches: the same numbers as
+            # CLIP's bias-free Conv2d with stride = kernel = patch size, and one big matmul.
+            self.patch_embedding = _linear(patch_dim, config.width, config, rngs, bias=config.patch_bias)
         if config.class_token:
             self.class_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.width,), pd))
-        if config.posemb == "learned":
+        if config.posemb == "learned" and config.tokens == "patches":
             n_pos = config.num_patches + int(config.class_token)
             self.position_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (n_pos, config.width), pd))
         self.pre_layrnorm = _layer_norm(config, rngs) if config.pre_ln else None
@@ -251,15 +274,22 @@ class ViT(nnx.Module):
         bad = [t for t in taps if not 0 <= t <= c.depth]
         if bad:
             raise ValueError(f"Tap indices {bad} out of range 0..{c.depth} (hidden_states numbering).")
-        x = self.patch_embedding(self.patchify(images.astype(jnp.dtype(c.dtype))))
-        if c.posemb == "learned":
-            posemb = self.position_embedding[...]
+        positions = valid = None
+        if c.tokens == "objects":
+            objects, positions, valid = self.tokenizer(images)
+            x = self.patch_embedding(objects.astype(jnp.dtype(c.dtype)))
+            posemb = jnp.zeros((), x.dtype)
         else:
-            posemb = sincos2d_position_embedding(c.image_size // c.patch_size, c.width)
-            posemb = posemb if c.class_token else posemb[1:]
+            x = self.patch_embedding(self.patchify(images.astype(jnp.dtype(c.dtype))))
+            if c.posemb == "learned":
+                posemb = self.position_embedding[...]
+            else:
+                posemb = sincos2d_position_embedding(c.image_size // c.patch_size, c.width)
+                posemb = posemb if c.class_token else posemb[1:]
         if c.class_token:
             cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (x.shape[0], 1, c.width))
             x = jnp.concatenate([cls, x], axis=1)
+            valid = None if valid is None else jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1)
         x = x + posemb.astype(x.dtype)
         if self.pre_layrnorm is not None:
             x = self.pre_layrnorm(x)
@@ -268,7 +298,7 @@ class ViT(nnx.Module):
 
         def block(layer, x, index):
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
-            return layers.constrain(call(layer, x, key), ("batch", None, None))
+            return layers.constrain(call(layer, x, key, positions, valid), ("batch", None, None))
 
         deepest = max(taps)
         if c.scan_layers and deepest > 0:
@@ -280,4 +310,6 @@ class ViT(nnx.Module):
             for i in range(max(taps)):
                 x = block(self.layers[i], x, i)
                 hidden[i + 1] = x
+        if valid is not None:
+            return [jnp.where(valid[..., None], hidden[t], 0.0) for t in taps]
         return [hidden[t] for t in taps]

@@ -50,6 +50,7 @@ from semrel_jax.method import reconstruction
 from semrel_jax.method.ensemble import projector_name
 from semrel_jax.method.vlm import VLMConfig, slot_layout
 from semrel_jax.models import abstract as abstract_init
+from semrel_jax.models.objects import ObjectTokenizer
 
 PARTS = ("vision", "projector", "llm", "ica", "lm_head")
 
@@ -175,7 +176,11 @@ def _vision(ledger: _Ledger, config: VLMConfig) -> bool:
         v = spec.vit
         root = f"vision/encoders/{spec.name}"
         n = v.num_patches + int(v.class_token)
-        patch_dim = v.channels * v.patch_size**2
+        # object tokens: their features (the tokenizer itself is not matmul work and is not counted)
+        if v.tokens == "objects":
+            patch_dim = ObjectTokenizer(v.max_objects).feature_dim(v.channels)
+        else:
+            patch_dim = v.channels * v.patch_size**2
         # pixels never need gradients; the embedding output does if any embedding parameter trains
         x_grad = ledger.linear(f"{root}/patch_embedding", "vision", v.num_patches, patch_dim, v.width, False)
         x_grad = x_grad or t(f"{root}/class_embedding", f"{root}/position_embedding", f"{root}/pre_layrnorm")

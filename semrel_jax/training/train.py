@@ -74,6 +74,7 @@ def _run(c, workdir, mesh, is_main, t0, filled):
     dataset = pipeline.training_dataset(
         data.train, featurizer.train, c.train.batch_size, c.seed, jax.process_index(), jax.process_count(),
         examples_per_image=c.data.examples_per_image, featurize_group=featurizer.train_group, mix=data.mix,
+        curriculum=tuple(c.data.curriculum),
     )
     batches = pipeline.iterate(dataset, start_step, c.data.num_workers, c.data.prefetch)
     writer = metric_writers.MetricWriter(workdir, total_steps=c.train.num_steps, start_step=start_step, enabled=is_main)

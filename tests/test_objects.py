@@ -1,0 +1,180 @@
+"""Object tokens (models/objects.py) against a scipy reference of their definition, and the tower that reads them."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from semrel_jax.models.objects import ObjectTokenizer, connected_components
+from semrel_jax.models.vit import ViT, ViTConfig
+
+THUMB = 9
+
+
+def _scene(background: str, seed: int, size: int = 64) -> np.ndarray:
+    """``[64, 64, 3]`` in [0, 1]: six coloured shapes, two touching rectangles and a 2-pixel speck, on white or grey
+    noise."""
+    rng = np.random.default_rng(seed)
+    if background == "white":
+        image = Image.new("RGB", (size, size), (255, 255, 255))
+    else:
+        grey = rng.integers(120, 180, size=(size, size)).astype(np.uint8)
+        image = Image.fromarray(np.stack([grey] * 3, -1))
+    draw = ImageDraw.Draw(image)
+    colours = [(230, 30, 30), (30, 160, 40), (30, 60, 220), (240, 200, 0), (150, 30, 200), (0, 180, 200)]
+    for i, colour in enumerate(colours):  # a 3 x 2 layout with jitter: no two shapes touch
+        x, y = 4 + 20 * (i % 3) + int(rng.integers(0, 4)), 4 + 18 * (i // 3) + int(rng.integers(0, 4))
+        r = int(rng.integers(3, 7))
+        if i % 3 == 0:
+            draw.ellipse([x, y, x + 2 * r, y + 2 * r], fill=colour)
+        elif i % 3 == 1:
+            draw.rectangle([x, y, x + 2 * r, y + r], fill=colour)
+        else:
+            draw.polygon([(x, y + 2 * r), (x + r, y), (x + 2 * r, y + 2 * r)], fill=colour)
+    draw.rectangle([1, 1, 2, 1], fill=(200, 0, 0))  # 2 pixels: below min_pixels
+    draw.rectangle([40, 50, 47, 55], fill=(0, 0, 120))  # two touching rectangles: one object
+    draw.rectangle([48, 52, 52, 58], fill=(0, 0, 120))
+    return np.asarray(image, np.float32) / 255
+
+
+def _reference(image: np.ndarray, max_objects: int, threshold=0.25, min_pixels=4):
+    """The documented definition, with scipy's labelling and numpy loops."""
+    h, w, c = image.shape
+    background = np.median(image[::4, ::4].reshape(-1, c), 0)
+    labels, count = ndimage.label(np.abs(image - background).max(-1) > threshold)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    tokens = np.zeros((max_objects, c + 4 + THUMB * THUMB), np.float32)
+    valid = np.zeros(max_objects, bool)
+    for slot, index in enumerate(np.argsort(-areas, kind="stable")[:max_objects]):
+        if areas[index] < min_pixels:
+            continue
+        ys, xs = np.nonzero(labels == index + 1)
+        x0, y0 = xs.min(), ys.min()
+        bw, bh = xs.max() - x0 + 1, ys.max() - y0 + 1
+        thumb = np.zeros((THUMB, THUMB))
+        box_cells = np.zeros((THUMB, THUMB))
+        for y in range(y0, y0 + bh):
+            for x in range(x0, x0 + bw):
+                cell = ((y - y0) * THUMB // bh, (x - x0) * THUMB // bw)
+                box_cells[cell] += 1
+                thumb[cell] += labels[y, x] == index + 1
+        tokens[slot, :c] = image[ys, xs].mean(0) - background
+        tokens[slot, c:c + 4] = [xs.mean() / w - 0.5, ys.mean() / h - 0.5, bw / w, bh / h]
+        tokens[slot, c + 4:] = (thumb / np.maximum(box_cells, 1)).ravel()
+        valid[slot] = True
+    return tokens, valid
+
+
+def test_connected_components_label_each_component_by_its_first_pixel():
+    mask = np.random.default_rng(0).random((30, 41)) > 0.55
+    labels = np.asarray(jax.jit(connected_components)(jnp.asarray(mask)))
+    reference, count = ndimage.label(mask)
+    assert (labels[~mask] == mask.size).all()
+    for i in range(1, count + 1):
+        component = np.flatnonzero(reference.ravel() == i)
+        assert (labels.ravel()[component] == component[0]).all()  # one label per component: its first pixel
+    assert len(np.unique(labels[mask])) == count
+
+
+@pytest.mark.parametrize("background", ["white", "grey_noise"])
+def test_object_tokens_match_the_reference_definition(background):
+    images = np.stack([_scene(background, seed) for seed in range(3)])
+    tokenizer = ObjectTokenizer(max_objects=6)  # fewer slots than objects: the largest are kept
+    tokens, centres, valid = jax.jit(tokenizer)(jnp.asarray(images))
+    assert tokens.shape == (3, 6, tokenizer.feature_dim(3)) and valid.dtype == jnp.bool_
+    for image, got_tokens, got_centres, got_valid in zip(images, tokens, centres, valid):
+        want_tokens, want_valid = _reference(image, 6)
+        np.testing.assert_array_equal(got_valid, want_valid)
+        np.testing.assert_allclose(got_tokens, want_tokens, atol=1e-5)
+        np.testing.assert_allclose(got_centres, want_tokens[:, 3:5], atol=1e-6)
+    # with room for every object the speck is still left out and the touching rectangles are one object
+    _, want_valid = _reference(images[0], 12)
+    np.testing.assert_array_equal(jax.jit(ObjectTokenizer(max_objects=12))(jnp.asarray(images[:1]))[2][0], want_valid)
+    assert want_valid.sum() == 7  # 6 shapes + the joined rectangles, not the speck
+
+
+def test_object_tokens_are_the_same_for_background_normalised_pixels():
+    image = _scene("grey_noise", 4)
+    shifted = image - np.median(image.reshape(-1, 3), 0)  # preprocess 'background' (all pixels)
+    tokenizer = jax.jit(ObjectTokenizer())
+    for got, want in zip(tokenizer(jnp.asarray(shifted[None])), tokenizer(jnp.asarray(image[None]))):
+        np.testing.assert_allclose(got, want, atol=1e-5)  # float rounding of the shift
+
+
+OBJECTS = ViTConfig(image_size=64, patch_size=64, width=24, depth=2, heads=4, mlp_dim=48, tokens="objects",
+                    max_objects=8, distance_bias=True)
+
+
+def test_object_tower_masks_empty_slots_and_biases_attention_by_object_distance():
+    images = jnp.asarray(np.stack([_scene("white", 7), np.ones((64, 64, 3), np.float32)]))  # the second: no objects
+    vit = ViT(OBJECTS, rngs=nnx.Rngs(0))
+    objects, centres, valid = vit.tokenizer(images)
+    assert valid[0].sum() == 7 and not valid[1].any()
+    (hidden,) = vit(images, (2,))
+    assert hidden.shape == (2, 1 + 8, 24)
+    slots = jnp.concatenate([jnp.ones((2, 1), bool), valid], 1)
+    assert (np.asarray(hidden)[~np.asarray(slots)] == 0).all()  # empty slots come out as zeros
+    assert np.isfinite(np.asarray(hidden)).all()  # an image without objects: the class token attends itself
+    # an empty slot is attended by no token: changing what it holds changes nothing
+    x = vit.patch_embedding(objects)
+    x = jnp.concatenate([jnp.broadcast_to(vit.class_embedding[...], (2, 1, 24)), x], 1)
+    x = vit.pre_layrnorm(x)
+    layer = vit.layers[0]
+    out = layer(x, None, centres, slots)
+    noisy = jnp.where(slots[..., None], x, 5.0)
+    np.testing.assert_allclose(layer(noisy, None, centres, slots)[slots], out[slots], atol=1e-5)
+    # the distance bias of objects i, j is 4 (dx, dy, |d|, |d|^2) @ weights from their centres; class token none
+    weights = np.random.default_rng(3).normal(size=(4, 4)).astype(np.float32)
+    layer.distance_bias[...] = jnp.asarray(weights)
+    c = np.asarray(centres[0])
+    d = c[:, None] - c[None]
+    features = 4 * np.concatenate([d, np.hypot(d[..., :1], d[..., 1:]), (d**2).sum(-1, keepdims=True)], -1)
+    expected = np.zeros((4, 9, 9), np.float32)
+    expected[:, 1:, 1:] = np.moveaxis(features @ weights, -1, 0)
+    np.testing.assert_allclose(layer._bias(9, jnp.float32, centres)[0], expected, atol=1e-5)
+    # the scanned tower computes the same
+    scanned = ViT(dataclasses.replace(OBJECTS, scan_layers=True), rngs=nnx.Rngs(0))
+    nnx.update(scanned, nnx.state(vit))
+    np.testing.assert_allclose(scanned(images, (1, 2))[1], vit(images, (1, 2))[1], atol=1e-5)
+
+
+def test_object_tokens_refuse_a_patch_table():
+    with pytest.raises(ValueError, match="object tokens have none"):
+        dataclasses.replace(OBJECTS, relative_position_bias=True)
+
+
+def test_a_vlm_reads_object_tokens_beside_patches_and_learns_through_them():
+    from semrel_jax.evaluation import explain
+    from semrel_jax.method import ica
+    from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
+    from semrel_jax.method.vlm import VisionLanguageModel, VLMConfig, slot_layout
+    from semrel_jax.models.llama import LlamaConfig
+
+    llm = LlamaConfig(vocab_size=30, dim=16, n_layers=2, n_heads=2, n_kv_heads=1, mlp_dim=24)
+    patches = ViTConfig(image_size=64, patch_size=16, width=8, depth=1, heads=1, mlp_dim=8)
+    vision = EnsembleConfig(encoders=(EncoderSpec("p", patches, (1,)), EncoderSpec("o", OBJECTS, (1, 2))),
+                            out_dim=16, projector_hidden=8, memory_scale=1.0)
+    assert vision.num_tokens == 16 + 8
+    config = VLMConfig(llm=llm, vision=vision, num_memory_slots=24, ica=ica.ICAConfig(scale=1.0, dropout=0.0))
+    model = VisionLanguageModel(config, rngs=nnx.Rngs(0))
+    scenes = np.stack([_scene("white", 1), _scene("grey_noise", 2)])
+    images = {name: jnp.asarray(scenes) for name in ("p", "o")}
+    tokens = jnp.asarray([[1, 5, 6, 7], [1, 8, 9, 7]], jnp.int32)
+    valid = jnp.ones((2, 4), bool)
+    graphdef, state = nnx.split(model)
+
+    def loss(state):
+        logits = nnx.merge(graphdef, state)(images, jnp.ones((2,), jnp.int32), tokens, valid)
+        return jnp.mean(logits.astype(jnp.float32) ** 2)
+
+    grads = jax.jit(jax.grad(loss))(state)
+    embedding = grads["vision"]["encoders"]["o"]["patch_embedding"]["kernel"][...]
+    assert np.isfinite(embedding).all() and np.abs(embedding).max() > 0  # the answer's gradient reaches the objects
+    layout = slot_layout(vision)
+    assert [(g.encoder, g.start, g.grid) for g in layout] == [("p", 0, 4), ("o", 16, 0)]
+    assert list(explain.patch_grids(np.arange(24.0), layout)) == ["p"]  # objects: no grid to draw on
