@@ -93,6 +93,19 @@ def test_the_figure_draws_each_panel_from_the_readouts_over_its_patches():
         assert axes[r * columns + 2].images[-1].get_clim() == shared  # one colour scale per readout
 
 
+def test_an_object_token_encoder_gets_no_panel_and_an_objects_only_model_the_image_alone():
+    import dataclasses
+
+    expl = _explanation()
+    b = expl.layout[1]
+    expl.layout = (expl.layout[0], dataclasses.replace(b, grid=0))  # encoder b: object tokens
+    fig = explain_plot.explanation_figure(expl, blocks=(0,))
+    assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) == 2 * 4  # the image, block 0 x encoder a
+    expl.layout = (dataclasses.replace(expl.layout[0], grid=0), expl.layout[1])
+    fig = explain_plot.explanation_figure(expl, blocks=(0,))
+    assert len(fig.axes) == 4 and all(len(ax.images) == 1 for ax in fig.axes)  # one image per row, no colour bar
+
+
 def test_gallery_writes_figures_samples_and_html(tmp_path):
     samples = explain_plot.write_gallery([_explanation(), _explanation(tokens=("no",))], str(tmp_path))
     assert [s["figure"] for s in samples] == ["example_0.png", "example_1.png"]

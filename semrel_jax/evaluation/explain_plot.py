@@ -36,7 +36,8 @@ def explanation_figure(explanation: explain_lib.Explanation, blocks: tuple[int, 
     names = list(explanation.readouts)
     rows = [(t, name) for t in range(min(len(explanation.tokens), max_tokens)) for name in names]
     cols = [(b, e) for b in chosen for e in encoders]
-    fig = Figure(figsize=(1.9 * (len(cols) + 1), 1.9 * len(rows) + 0.6), layout="constrained")
+    width = max(1.9 * (len(cols) + 1), 4.0)  # room for the title when the image is the only column
+    fig = Figure(figsize=(width, 1.9 * len(rows) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = np.asarray(fig.subplots(len(rows), len(cols) + 1, squeeze=False))
     title = f"Q: {explanation.question}\nprediction: {explanation.prediction}"
