@@ -86,6 +86,8 @@ def _run(c, workdir, mesh, is_main, t0, filled):
     )
     for line in filled + run.derived:
         writer.log(f"config: {line}")
+    if c.data.curriculum:
+        writer.log(f"data.curriculum: {', '.join(c.data.curriculum)} (kinds:examples:steps), then the full split")
     device_bytes = sharding_lib.per_device_bytes((state, frozen))
     writer.log(
         f"per-device state bytes: max {max(device_bytes.values()):,}, min {min(device_bytes.values()):,} "
