@@ -68,7 +68,7 @@ def _validate_curriculum(c) -> None:
         steps = sum(curriculum.parse(s).steps for s in stages)
     except ValueError as e:
         raise ConfigError(f"config.data.curriculum: {e}") from None
-    check(c.data.examples_per_image == 1 and not c.data.get("caption_mix", 0.0), "data.curriculum",
+    check(c.data.examples_per_image == 1 and not ("caption_mix" in c.data and c.data.caption_mix), "data.curriculum",
           "draws single examples from the training split: set data.examples_per_image=1 and no data.caption_mix")
     check(c.train.epochs > 0 or steps < c.train.num_steps, "data.curriculum",
           f"its stages take {steps} steps, not fewer than train.num_steps={c.train.num_steps}")
