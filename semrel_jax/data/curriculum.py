@@ -38,7 +38,7 @@ class Stage:
 def parse(spec: str) -> Stage:
     """``"left_of+above:3000:2500"`` -> ``Stage``; ValueError saying what is wrong."""
     parts = str(spec).split(":")
-    kinds = tuple(k for k in parts[0].split("+") if k) if parts else ()
+    kinds = tuple(k for k in parts[0].split("+") if k)
     try:
         examples, steps = (int(p) for p in parts[1:])
     except ValueError:
