@@ -150,6 +150,9 @@ def base_config() -> ml_collections.ConfigDict:
         method="lsrm",  # 'lsrm' (the VLM of method/vlm.py) | 'semvlp' (method/semvlp, its own keys below)
         semvlp=semvlp_defaults(),
         injection="ica",  # 'ica' (LSRM/MemVP memory in every block) | 'prefix' (LLaVA)
+        # 'causal' | 'bidirectional': the prompt (and a prefix injection's image tokens) read both ways, the
+        # answer causally (PaliGemma's prefix-LM); the converted LLMs were trained causal
+        prompt_attention="causal",
         remat="none",  # activation rematerialisation per block: none | full | dots | dots_no_batch
         scan_layers=False,  # True: the LLM's and vision towers' blocks run as lax.scans (compile once)
         attention="xla",  # the LLM's attention kernel: xla (anywhere) | cudnn (NVIDIA GPU) | splash (TPU, Pallas)

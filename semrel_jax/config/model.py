@@ -114,6 +114,7 @@ def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
         slot_key_init_std=m.slot_key_init_std,
         slot_value_init_std=m.slot_value_init_std,
         slot_decoder=c.train.reconstruction_weight > 0,
+        prompt_attention=m.prompt_attention,
     )
 
 

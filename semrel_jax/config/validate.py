@@ -81,6 +81,9 @@ def _validate_model(c) -> None:
     one_of(c, "model.injection", ("ica", "prefix"))
     one_of(c, "model.remat", ("none", "full", "dots", "dots_no_batch"))
     one_of(c, "model.attention", ATTENTION_IMPLEMENTATIONS)
+    one_of(c, "model.prompt_attention", ("causal", "bidirectional"))
+    check(c.model.prompt_attention == "causal" or c.model.attention != "splash", "model.prompt_attention",
+          "'bidirectional' needs model.attention 'xla' or 'cudnn' (the splash kernel's mask is causal only)")
     boolean(c, "model.scan_layers")
     positive_int(c, "model.num_memory_slots", allow_zero=True)
     for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):

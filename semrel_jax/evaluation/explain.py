@@ -52,7 +52,10 @@ def captured_readouts(graphdef, states: tuple, inputs: dict, generated: jax.Arra
     n = generated.shape[1]
     tokens = jnp.concatenate([inputs["prompt"], generated[:, :-1]], axis=1)
     valid = jnp.concatenate([inputs["prompt_valid"], jnp.ones(generated[:, :-1].shape, bool)], axis=1)
-    _, captured = model(inputs["images"], inputs["has_image"], tokens, valid, mask_enabled=True, capture=True)
+    # the left-padded prompt is the prompt (read both ways under model.prompt_attention='bidirectional')
+    prompt_length = jnp.full(tokens.shape[:1], inputs["prompt"].shape[1], jnp.int32)
+    _, captured = model(inputs["images"], inputs["has_image"], tokens, valid, mask_enabled=True, capture=True,
+                        prompt_length=prompt_length)
     if captured.alpha is not None:
         return {"alpha": captured.alpha[:, :, -n:], "mask": captured.mask[:, :, -n:]}
     return {"attention": captured.image_attention[:, :, -n:]}

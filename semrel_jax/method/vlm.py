@@ -60,6 +60,9 @@ class VLMConfig:
     # a linear decoder from each patch slot's visual token to its region's pixels (method/reconstruction.py),
     # created for the slot-reconstruction objective (train.reconstruction_weight > 0); the forward never uses it
     slot_decoder: bool = False
+    # 'causal': the LLM reads image and prompt left to right; 'bidirectional': the image tokens (prefix
+    # injection) and the prompt attend to each other both ways, the answer causally (PaliGemma's prefix-LM)
+    prompt_attention: str = "causal"
 
     @property
     def memory_slots(self) -> int:
@@ -72,6 +75,8 @@ class VLMConfig:
     def __post_init__(self):
         if self.injection not in ("ica", "prefix"):
             raise ValueError(f"injection must be 'ica' or 'prefix', got {self.injection!r}.")
+        if self.prompt_attention not in ("causal", "bidirectional"):
+            raise ValueError(f"prompt_attention must be 'causal' or 'bidirectional', got {self.prompt_attention!r}.")
         if self.vision.out_dim != self.llm.dim:
             raise ValueError(f"Projector output {self.vision.out_dim} must equal the LLM width {self.llm.dim}.")
         if self.injection == "ica" and self.memory_slots < self.vision.num_tokens:
@@ -134,6 +139,17 @@ def share_images(x: Array, rows: int) -> Array:
     if rows % x.shape[0]:
         raise ValueError(f"{rows} text rows cannot share {x.shape[0]} images evenly (rows r uses image r // G).")
     return jnp.repeat(x, rows // x.shape[0], axis=0)
+
+
+def prompt_lengths(loss_mask: Array) -> Array:
+    """``[B]`` how many leading text positions hold the prompt, from the loss mask ``[B, T]``.
+
+    Position ``t`` is a target position when token ``t + 1`` is an answer token, so the first target position
+    holds the prompt's last token: the prompt is the positions up to and including it (a row without targets
+    is all prompt). Later turns of a conversation count as answer: only the first prompt is read both ways.
+    """
+    targets = loss_mask > 0
+    return jnp.where(targets.any(-1), jnp.argmax(targets, -1) + 1, loss_mask.shape[-1]).astype(jnp.int32)
 
 
 def share_memory(memory: ica.Memory, rows: int) -> ica.Memory:
@@ -220,6 +236,7 @@ class VisionLanguageModel(nnx.Module):
         capture: bool = False,
         head: bool = True,
         visual: Array | None = None,
+        prompt_length: Array | None = None,
     ) -> Array | tuple[Array, Intermediates]:
         """Teacher-forced logits ``[B, T, vocab]`` for the text tokens ``[B, T]``.
 
@@ -228,22 +245,32 @@ class VisionLanguageModel(nnx.Module):
         (``self.llm.logits`` maps them; a chunked loss applies it a slice at a time).
         ``visual``: ``visual_tokens(images, has_image, dropout_key)`` when the caller has already computed them
         (the train step, whose auxiliary objectives read them too: the towers run once); ``images`` is then unused.
+        ``prompt_length``: ``[B]`` the prompt's text positions (``prompt_lengths(loss_mask)``); needed with
+        ``prompt_attention='bidirectional'``, unused with 'causal'.
         """
         if visual is None:
             visual = self.visual_tokens(images, has_image, dropout_key)
+        p = self.config.num_prefix_tokens
+        prefix_length = None
+        if self.config.prompt_attention == "bidirectional":
+            if prompt_length is None:
+                raise ValueError("prompt_attention='bidirectional' needs each row's prompt_length "
+                                 "(method/vlm.prompt_lengths(loss_mask)).")
+            prefix_length = p + prompt_length
         if self.config.injection == "prefix":
             embeddings, full_valid = self._prefixed(visual, tokens, valid)
-            p = self.config.num_prefix_tokens
+            run = dict(valid=full_valid, embeddings=embeddings, prefix_length=prefix_length)
             if not capture:
-                logits, _ = self.llm(valid=full_valid, embeddings=embeddings, head=head)
+                logits, _ = self.llm(**run, head=head)
                 return logits[:, p:]
-            logits, _, trace = self.llm(valid=full_valid, embeddings=embeddings, capture=True)
+            logits, _, trace = self.llm(**run, capture=True)
             return logits[:, p:], Intermediates(image_attention=trace.attention[:, :, p:, :p])
         memory = share_memory(self.memory_of(visual, mask_enabled), tokens.shape[0])
+        run = dict(dropout_key=dropout_key, prefix_length=prefix_length)
         if not capture:
-            logits, _ = self._read_memory(memory, tokens, valid, dropout_key=dropout_key, head=head)
+            logits, _ = self._read_memory(memory, tokens, valid, head=head, **run)
             return logits
-        logits, _, trace = self._read_memory(memory, tokens, valid, capture=True, dropout_key=dropout_key)
+        logits, _, trace = self._read_memory(memory, tokens, valid, capture=True, **run)
         alpha = jnp.stack([weights.alpha for weights in trace.side_states])
         mask = jnp.stack([weights.mask for weights in trace.side_states])
         return logits, Intermediates(alpha=alpha, mask=mask)
@@ -257,13 +284,16 @@ class VisionLanguageModel(nnx.Module):
         from ones for every new token, which is exactly what a full forward pass would give it.
         """
         batch, t = tokens.shape
-        cache = KVCache.empty(self.config.llm, batch, self.config.num_prefix_tokens + t + max_new_tokens)
+        p = self.config.num_prefix_tokens
+        cache = KVCache.empty(self.config.llm, batch, p + t + max_new_tokens)
+        # the whole prompt is the bidirectional prefix; the tokens decoded after it attend causally
+        prefix_length = jnp.full((batch,), p + t, jnp.int32) if self.config.prompt_attention == "bidirectional" else None
         if self.config.injection == "prefix":
             embeddings, full_valid = self._prefixed(self.visual_tokens(images, has_image), tokens, valid)
-            logits, cache = self.llm(valid=full_valid, embeddings=embeddings, cache=cache)
+            logits, cache = self.llm(valid=full_valid, embeddings=embeddings, cache=cache, prefix_length=prefix_length)
             return logits[:, -1], cache, None
         memory = share_memory(self.memory(images, has_image, True), batch)
-        logits, cache = self._read_memory(memory, tokens, valid, cache=cache)
+        logits, cache = self._read_memory(memory, tokens, valid, cache=cache, prefix_length=prefix_length)
         return logits[:, -1], cache, memory
 
     def decode_step(self, token: Array, cache: KVCache, memory: ica.Memory | None) -> tuple[Array, KVCache]:

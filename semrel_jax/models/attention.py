@@ -39,18 +39,21 @@ SPLASH_BLOCK = 128  # the kernel's default block; sequences are padded up to a m
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class Mask:
-    """Who attends to whom: a query sees the valid keys at slots up to its own (within ``sliding_window``).
+    """Who attends to whom: a query sees the valid keys at slots up to its own (within ``sliding_window``),
+    and every valid key at slots before ``prefix_end``.
 
-    query_slots: ``[B, T]`` each query's slot in the key sequence; key_valid: ``[B, S]`` False at padding.
+    query_slots: ``[B, T]`` each query's slot in the key sequence; key_valid: ``[B, S]`` False at padding;
+    prefix_end: ``[B]`` or None (causal): the slots before it attend to each other both ways (prefix-LM).
     """
 
     query_slots: Array
     key_valid: Array
     sliding_window: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    prefix_end: Array | None = None
 
     def dense(self) -> Array:
         """``[B, 1, T, S]`` booleans (``layers.causal_mask``)."""
-        return layers.causal_mask(self.query_slots, self.key_valid, self.sliding_window)
+        return layers.causal_mask(self.query_slots, self.key_valid, self.sliding_window, self.prefix_end)
 
 
 _INTERPRET: contextvars.ContextVar[bool] = contextvars.ContextVar("semrel_jax_interpret_kernels", default=False)
@@ -76,6 +79,9 @@ def attend(q: Array, k: Array, v: Array, mask: Mask, implementation: str = "xla"
     if implementation == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, mask=mask.dense(), implementation="cudnn")
     if implementation == "splash":
+        if mask.prefix_end is not None:  # the kernel's mask is static per head; a per-row prefix is not
+            raise ValueError("The splash kernel runs causal attention only; a bidirectional prompt "
+                             "(model.prompt_attention='bidirectional') needs attention 'xla' or 'cudnn'.")
         return _splash(q, k, v, mask.key_valid, mask.sliding_window)
     raise ValueError(f"Unknown attention implementation {implementation!r}; expected one of {IMPLEMENTATIONS}.")
 

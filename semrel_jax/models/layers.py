@@ -88,7 +88,9 @@ def dropout(x: Array, rate: float, key: Array | None) -> Array:
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
-def causal_mask(query_slots: Array, key_valid: Array, sliding_window: int | None = None) -> Array:
+def causal_mask(
+    query_slots: Array, key_valid: Array, sliding_window: int | None = None, prefix_end: Array | None = None
+) -> Array:
     """Boolean attention mask ``[B, 1, T, S]``.
 
     Args:
@@ -97,6 +99,8 @@ def causal_mask(query_slots: Array, key_valid: Array, sliding_window: int | None
       sliding_window: if set, a query sees only the last ``sliding_window`` slots (itself included),
         as in Mistral. Slots, not token positions: with left padding the two differ only for
         padding keys, which are masked anyway.
+      prefix_end: ``[B]`` optional; every query also sees the keys at slots ``< prefix_end`` (a prefix-LM, as
+        PaliGemma: the slots before ``prefix_end`` attend to each other both ways, later ones causally).
 
     A query sees keys at slots ``<=`` its own that are valid. A padding query would see
     nothing; it is allowed to see itself so its (ignored) softmax row stays finite.
@@ -105,6 +109,8 @@ def causal_mask(query_slots: Array, key_valid: Array, sliding_window: int | None
     visible = key_slots[None, None, :] <= query_slots[:, :, None]
     if sliding_window is not None:
         visible &= key_slots[None, None, :] > query_slots[:, :, None] - sliding_window
+    if prefix_end is not None:
+        visible |= key_slots[None, None, :] < prefix_end[:, None, None]
     visible &= key_valid[:, None, :] | (key_slots[None, None, :] == query_slots[:, :, None])
     return visible[:, None, :, :]
 

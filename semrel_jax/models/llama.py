@@ -336,6 +336,7 @@ class Llama(nnx.Module):
         cache: KVCache | None = None,
         capture: bool = False,
         head: bool = True,
+        prefix_length: Array | None = None,
     ) -> tuple[Array, KVCache | None] | tuple[Array, KVCache | None, DecoderTrace]:
         """Runs the decoder.
 
@@ -349,6 +350,9 @@ class Llama(nnx.Module):
           capture: static; also return a ``DecoderTrace`` of every block (off: the plain computation).
           head: static; False returns the final-normed hidden states ``[B, T, d]`` (compute dtype) in place of
             the logits, for a loss that applies ``logits`` a chunk at a time (training/chunked_loss.py).
+          prefix_length: ``[B]`` or None (causal): the first ``prefix_length`` slots of this call's sequence
+            attend to each other both ways, the rest causally (a prefix-LM; with a cache, counted from the
+            cache's current slot, so a prefill passes its whole length and the decoded tokens stay causal).
 
         Returns:
           logits ``[B, T, vocab]`` in float32, the updated cache (None without one) and, with ``capture``,
@@ -359,12 +363,13 @@ class Llama(nnx.Module):
         b, t, _ = x.shape
         if cache is None:
             positions = layers.positions_from_mask(valid)
-            mask = attention_lib.Mask(jnp.broadcast_to(jnp.arange(t), (b, t)), valid, c.sliding_window)
+            mask = attention_lib.Mask(jnp.broadcast_to(jnp.arange(t), (b, t)), valid, c.sliding_window, prefix_length)
         else:
             positions = cache.lengths[:, None] + layers.positions_from_mask(valid)
             key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.index))
             query_slots = cache.index + jnp.broadcast_to(jnp.arange(t), (b, t))
-            mask = attention_lib.Mask(query_slots, key_valid, c.sliding_window)
+            prefix_end = None if prefix_length is None else cache.index + prefix_length
+            mask = attention_lib.Mask(query_slots, key_valid, c.sliding_window, prefix_end)
         new_keys, new_values, side_states, attentions = [], [], [], []
 
         def run_layer(layer, x, positions, mask, kv, side, side_state, key):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from semrel_jax.method import alignment, reconstruction
+from semrel_jax.method import alignment, reconstruction, vlm
 from semrel_jax.training import chunked_loss
 
 Array = jax.Array
@@ -96,6 +96,7 @@ def train_step(
             dropout_key=key,
             head=not loss_chunk,
             visual=visual,
+            prompt_length=vlm.prompt_lengths(micro["loss_mask"]),  # read only by a bidirectional prompt
         )
         if loss_chunk:
             losses, correct = chunked_loss.chunked_token_losses(outputs, model.llm.logits, micro["targets"], loss_chunk)
