@@ -1,7 +1,6 @@
 """``model.prompt_attention='bidirectional'``: the image and the prompt read each other both ways, the answer
 stays causal (a prefix-LM), and decoding computes exactly the function training fits."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
