@@ -151,7 +151,11 @@ def init_params(key, num_words: int, feature_dim: int, length: int, num_answers:
     def dense(n_in, n_out, scale=1.0):
         return jax.random.normal(next(keys), (n_in, n_out)) * scale / np.sqrt(n_in)
 
+    # the VLM-part variants' weights from keys of their own, so the other parameters stay as before
+    extra = iter(jax.random.split(jax.random.fold_in(key, 1000), 1 + layers))
     return {
+        "vlm_projector": jax.random.normal(next(extra), (WIDTH, WIDTH)) / np.sqrt(WIDTH),
+        "vlm_gates": [jax.random.normal(next(extra), (WIDTH, 3 * WIDTH)) / np.sqrt(WIDTH) for _ in range(layers)],
         "word": jax.random.normal(next(keys), (num_words, WIDTH)) * 0.1,
         "position": jax.random.normal(next(keys), (length + 1, WIDTH)) * position_scale,
         "kind": jax.random.normal(next(keys), (2, WIDTH)) * 0.1,  # text / object
@@ -169,6 +173,10 @@ def init_params(key, num_words: int, feature_dim: int, length: int, num_answers:
 
 def layer_norm(x, gain):
     x = x - x.mean(-1, keepdims=True)
+    return gain * x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + 1e-6)
+
+
+def rms_norm(x, gain):
     return gain * x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + 1e-6)
 
 
@@ -192,7 +200,8 @@ def relation_network_logits(params, tokens, valid, ids):
     return jax.nn.relu(x @ params["relation_out"][0]) @ params["relation_out"][1]
 
 
-def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool = False):
+def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool = False, vlm_objects: bool = False,
+              vlm_block: bool = False):
     """``tokens [B, K, F]``, ``valid [B, K]``, ``ids [B, L]`` -> answer logits ``[B, A]``.
 
     ``causal``: the sequence is ``[objects] words [ANS]`` as in a decoder VLM: objects see objects, a word sees the
@@ -200,11 +209,19 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
     all attending to all, the answer read at CLS. ``geometric``: each block's attention between two objects gets a
     learned per-head bias from their centres' offset (dx, dy, distance, squared distance), as a relative position
     bias does on a patch grid. (Reads the centres from ``tokens[..., 3:5]``: not with --standardise.)
+    ``vlm_objects``: the objects embedded as the VLM's tower does with no blocks (linear map, LayerNorm, then a
+    SiLU projector) in place of the GELU MLP; ``vlm_block``: the VLM's LLM block (RMSNorm, SwiGLU) in place of
+    LayerNorm and a GELU MLP.
     """
     if not params["blocks"]:  # --head=relation_network
         return relation_network_logits(params, tokens, valid, ids)
     batch, count = tokens.shape[:2]
-    objects = jax.nn.gelu(tokens @ params["object_in"] + params["object_bias"]) @ params["object_out"] + params["kind"][1]
+    if vlm_objects:
+        embedded = layer_norm(tokens @ params["object_in"] + params["object_bias"], 1.0)
+        objects = jax.nn.silu(embedded @ params["vlm_projector"]) @ params["object_out"] + params["kind"][1]
+    else:
+        objects = jax.nn.gelu(tokens @ params["object_in"] + params["object_bias"]) @ params["object_out"] + params["kind"][1]
+    norm = rms_norm if vlm_block else layer_norm
     readout = jnp.zeros((batch, 1), ids.dtype)  # the CLS / ANS token shares padding's row
     if causal:
         text = params["word"][jnp.concatenate([ids, readout], 1)] + params["position"][None] + params["kind"][0]
@@ -229,11 +246,15 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
     for layer, block in enumerate(params["blocks"]):
         if geometric:
             bias = jnp.moveaxis(pair @ params["geometry"][layer], -1, 1)  # [B, H, S, S]
-        q, k, v = jnp.split((layer_norm(x, block["ln1"]) @ block["qkv"]).reshape(batch, x.shape[1], 3, HEADS, -1), 3, 2)
+        q, k, v = jnp.split((norm(x, block["ln1"]) @ block["qkv"]).reshape(batch, x.shape[1], 3, HEADS, -1), 3, 2)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q[:, :, 0], k[:, :, 0]) / np.sqrt(WIDTH // HEADS) + bias
         weights = jax.nn.softmax(jnp.where(mask, scores, -1e9), -1)
         x = x + jnp.einsum("bhqk,bkhd->bqhd", weights, v[:, :, 0]).reshape(x.shape) @ block["out"]
-        x = x + jax.nn.gelu(layer_norm(x, block["ln2"]) @ block["up"]) @ block["down"]
+        h = norm(x, block["ln2"])
+        if vlm_block:
+            x = x + (jax.nn.silu(h @ params["vlm_gates"][layer]) * (h @ block["up"])) @ block["down"]
+        else:
+            x = x + jax.nn.gelu(h @ block["up"]) @ block["down"]
     return x[:, -1 if causal else 0] @ params["answer"]
 
 
@@ -295,19 +316,20 @@ def main(argv):
         schedule.append(((schedule[-1][0] if schedule else 0) + stage_steps, pool))
     params = init_params(jax.random.PRNGKey(f.seed), len(vocab) + 2, train["tokens"].shape[-1], length,
                          len(answers), f.layers if f.head == "transformer" else 0, f.position_scale)
+    vlm = (f.vlm_objects, f.vlm_block)
     optimizer = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, f.learning_rate, min(200, f.steps // 2), f.steps), weight_decay=0.01)
     opt_state = optimizer.init(params)
 
     @jax.jit
     def step(params, opt_state, tokens, valid, ids, label):
         def loss_fn(p):
-            return optax.softmax_cross_entropy_with_integer_labels(logits_fn(p, tokens, valid, ids, f.causal, f.geometric), label).mean()
+            return optax.softmax_cross_entropy_with_integer_labels(logits_fn(p, tokens, valid, ids, f.causal, f.geometric, *vlm), label).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    predict = jax.jit(lambda p, t, v, i: logits_fn(p, t, v, i, f.causal, f.geometric).argmax(-1))
+    predict = jax.jit(lambda p, t, v, i: logits_fn(p, t, v, i, f.causal, f.geometric, *vlm).argmax(-1))
     rng = np.random.default_rng(f.seed)
     train_seconds = 0.0
     for i in range(f.steps):
@@ -325,7 +347,7 @@ def main(argv):
             per_kind = {k: round(float(correct[evaluation["kind"] == k].mean()), 3) for k in kinds}
             print(f"step {i + 1} loss {loss:.3f} all {correct.mean():.3f} {per_kind} train {train_seconds:.0f} s", flush=True)
     print(json.dumps({"data": f.data, "seed": f.seed, "steps": f.steps, "kinds": f.kinds, "curriculum": [[k, n, t] for k, n, t in stages],
-                      "colour": f.colour, "head": f.head, "standardise": f.standardise, "position_scale": f.position_scale, "causal": f.causal, "geometric": f.geometric, "all": round(float(correct.mean()), 3), "per_kind": per_kind,
+                      "colour": f.colour, "head": f.head, "standardise": f.standardise, "position_scale": f.position_scale, "causal": f.causal, "geometric": f.geometric, "vlm_objects": f.vlm_objects, "vlm_block": f.vlm_block, "all": round(float(correct.mean()), 3), "per_kind": per_kind,
                       "majority": {k: round(v, 3) for k, v in majority.items()}, "train_seconds": round(train_seconds)}))
 
 
@@ -342,6 +364,8 @@ def _define_flags():
     flags.DEFINE_enum("colour", "mean", ["mean", "palette"], "Object colour: its mean RGB only, or + an oracle palette one-hot.")
     flags.DEFINE_bool("geometric", False, "Attention between two objects gets a learned bias from their centres' offset.")
     flags.DEFINE_bool("causal", False, "Transformer head as a decoder VLM: [objects] words [ANS], causal text, answer read last.")
+    flags.DEFINE_bool("vlm_objects", False, "Objects embedded as the VLM's tower with no blocks: linear, LayerNorm, SiLU projector.")
+    flags.DEFINE_bool("vlm_block", False, "The VLM's LLM block: RMSNorm and SwiGLU instead of LayerNorm and a GELU MLP.")
     flags.DEFINE_float("position_scale", 0.1, "Initial scale of the question's word-position embeddings (words: 0.1).")
     flags.DEFINE_bool("standardise", False, "Scale every token feature to zero mean and unit variance over the training objects.")
     flags.DEFINE_list("kinds", [], "Train and evaluate on these question kinds only (empty: all).")
