@@ -18,6 +18,10 @@ per-head bias from their centres' offset and distance, as a relative position bi
 (decoder order: objects, words, then the answer token), ``--standardise`` (token features to unit variance),
 ``--position_scale`` (the question's word-position embeddings larger than its word embeddings).
 
+The VLM's parts, each a flag, to find what delays the VLM (experiments/LOG.md, sessions 14-15): ``--vlm_objects``,
+``--vlm_block``, ``--in_model_tokens``, and with ``--causal`` ``--rope``, ``--read_last_word``, ``--all_slots``;
+``--word_scale``; its optimiser's settings ``--batch_size --learning_rate --b2 --weight_decay --grad_clip --lr_warmup``.
+
 ``--stages=left_of+above:3000:2500,nearest+farthest:3000:2500``: a curriculum. Each stage in turn draws only from
 the first ``examples`` training questions of its kinds for ``steps`` steps; the steps after the last, from all.
 ``--warmup_kinds`` / ``--warmup_examples`` / ``--warmup_steps``: the same for one stage (the earlier spelling).
@@ -93,7 +97,24 @@ def words(question: str) -> list[str]:
     return question.replace("<image>", " ").lower().replace("?", " ?").split()
 
 
-def load(directory: str, split: str, palette: bool, cache: str = "") -> dict:
+def in_model_tokens(directory: str, images: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens the VLM computes inside its step (``semrel_jax.models.objects``, pixels normalised against the
+    background as ``configs/vqa.py:scratch`` does; its thumbnail is each cell's covered fraction, not a resize)."""
+    from semrel_jax.data.preprocess import ImagePreprocessor
+    from semrel_jax.models.objects import ObjectTokenizer
+
+    tokenizer = jax.jit(ObjectTokenizer(MAX_OBJECTS))
+    tokens, valid = [], []
+    for start in range(0, len(images), 500):
+        arrays = [np.asarray(Image.open(os.path.join(directory, i)).convert("RGB")) for i in images[start:start + 500]]
+        preprocess = ImagePreprocessor(arrays[0].shape[0], "background", "bicubic", True, 0)
+        batch_tokens, _, batch_valid = tokenizer(np.stack([preprocess(a) for a in arrays]))
+        tokens.append(np.asarray(batch_tokens))
+        valid.append(np.asarray(batch_valid))
+    return np.concatenate(tokens), np.concatenate(valid)
+
+
+def load(directory: str, split: str, palette: bool, cache: str = "", in_model: bool = False) -> dict:
     """One split's object tokens, questions, answers and kinds; ``cache``: a directory that keeps the tokens
     (extracting 30,000 images takes ~1 CPU-minute)."""
     path = os.path.join(directory, f"{split}.json")
@@ -103,7 +124,8 @@ def load(directory: str, split: str, palette: bool, cache: str = "") -> dict:
     except (OSError, json.JSONDecodeError) as e:
         raise app.UsageError(f"cannot read {path} (a relational_sets.py output directory?): {e}") from None
     images = sorted({r["image"] for r in records})
-    cached = os.path.join(cache, f"{os.path.abspath(directory).strip('/').replace('/', '_')}_{split}_{palette}.npz")
+    suffix = "_in_model" if in_model else ""
+    cached = os.path.join(cache, f"{os.path.abspath(directory).strip('/').replace('/', '_')}_{split}_{palette}{suffix}.npz")
     # a cache is used only for the same split file (modification time) and the same images; else extracted anew
     stamp = np.asarray([os.stat(path).st_mtime_ns], np.int64)
     tokens = None
@@ -117,7 +139,10 @@ def load(directory: str, split: str, palette: bool, cache: str = "") -> dict:
         except (OSError, ValueError, KeyError) as e:
             print(f"token cache {cached} is unreadable ({e}): extracting again", flush=True)
     if tokens is None:
-        tokens, valid = map(np.stack, zip(*(object_tokens(os.path.join(directory, i), palette) for i in images)))
+        if in_model:
+            tokens, valid = in_model_tokens(directory, images)
+        else:
+            tokens, valid = map(np.stack, zip(*(object_tokens(os.path.join(directory, i), palette) for i in images)))
         if cache:
             os.makedirs(cache, exist_ok=True)
             np.savez(cached, tokens=tokens, valid=valid, stamp=stamp, images=np.asarray(images))
@@ -145,7 +170,7 @@ def encode(split: dict, vocab: dict, answers: dict, length: int) -> dict:
 
 
 def init_params(key, num_words: int, feature_dim: int, length: int, num_answers: int, layers: int,
-                position_scale: float = 0.1) -> dict:
+                position_scale: float = 0.1, word_scale: float = 0.1) -> dict:
     keys = iter(jax.random.split(key, 16 + 5 * layers))
 
     def dense(n_in, n_out, scale=1.0):
@@ -156,7 +181,7 @@ def init_params(key, num_words: int, feature_dim: int, length: int, num_answers:
     return {
         "vlm_projector": jax.random.normal(next(extra), (WIDTH, WIDTH)) / np.sqrt(WIDTH),
         "vlm_gates": [jax.random.normal(next(extra), (WIDTH, 3 * WIDTH)) / np.sqrt(WIDTH) for _ in range(layers)],
-        "word": jax.random.normal(next(keys), (num_words, WIDTH)) * 0.1,
+        "word": jax.random.normal(next(keys), (num_words, WIDTH)) * word_scale,
         "position": jax.random.normal(next(keys), (length + 1, WIDTH)) * position_scale,
         "kind": jax.random.normal(next(keys), (2, WIDTH)) * 0.1,  # text / object
         "object_in": dense(feature_dim, WIDTH), "object_bias": jnp.zeros(WIDTH), "object_out": dense(WIDTH, WIDTH),
@@ -168,6 +193,7 @@ def init_params(key, num_words: int, feature_dim: int, length: int, num_answers:
         "blocks": [{"qkv": dense(WIDTH, 3 * WIDTH), "out": dense(WIDTH, WIDTH, 0.5), "up": dense(WIDTH, 3 * WIDTH),
                     "down": dense(3 * WIDTH, WIDTH, 0.5), "ln1": jnp.ones(WIDTH), "ln2": jnp.ones(WIDTH)}
                    for _ in range(layers)],
+        "final_norm": jnp.ones(WIDTH),
     }
 
 
@@ -200,8 +226,17 @@ def relation_network_logits(params, tokens, valid, ids):
     return jax.nn.relu(x @ params["relation_out"][0]) @ params["relation_out"][1]
 
 
+def rotate(x, positions, theta: float = 10_000.0):
+    """RoPE (rotate-half, as the VLM's Llama) on ``x [B, S, H, D]`` at ``positions [S]``."""
+    half = x.shape[-1] // 2
+    angles = positions[:, None] / theta ** (jnp.arange(half) / half)  # [S, D/2]
+    cos, sin = jnp.cos(angles)[None, :, None], jnp.sin(angles)[None, :, None]
+    first, second = x[..., :half], x[..., half:]
+    return jnp.concatenate([first * cos - second * sin, second * cos + first * sin], -1)
+
+
 def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool = False, vlm_objects: bool = False,
-              vlm_block: bool = False):
+              vlm_block: bool = False, rope: bool = False, read_last_word: bool = False, all_slots: bool = False):
     """``tokens [B, K, F]``, ``valid [B, K]``, ``ids [B, L]`` -> answer logits ``[B, A]``.
 
     ``causal``: the sequence is ``[objects] words [ANS]`` as in a decoder VLM: objects see objects, a word sees the
@@ -211,7 +246,8 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
     bias does on a patch grid. (Reads the centres from ``tokens[..., 3:5]``: not with --standardise.)
     ``vlm_objects``: the objects embedded as the VLM's tower does with no blocks (linear map, LayerNorm, then a
     SiLU projector) in place of the GELU MLP; ``vlm_block``: the VLM's LLM block (RMSNorm, SwiGLU) in place of
-    LayerNorm and a GELU MLP.
+    LayerNorm and a GELU MLP. ``rope``, ``read_last_word``, ``all_slots``: the VLM's positions, answer readout and
+    image prefix (causal only; see the flags).
     """
     if not params["blocks"]:  # --head=relation_network
         return relation_network_logits(params, tokens, valid, ids)
@@ -224,11 +260,15 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
     norm = rms_norm if vlm_block else layer_norm
     readout = jnp.zeros((batch, 1), ids.dtype)  # the CLS / ANS token shares padding's row
     if causal:
-        text = params["word"][jnp.concatenate([ids, readout], 1)] + params["position"][None] + params["kind"][0]
+        words = ids if read_last_word else jnp.concatenate([ids, readout], 1)
+        text = params["word"][words] + params["kind"][0]
+        if not rope:
+            text = text + params["position"][None, :text.shape[1]]
         x = jnp.concatenate([objects, text], 1)
-        keep = jnp.concatenate([valid, ids > 0, jnp.ones((batch, 1), bool)], 1)
+        keep = jnp.concatenate([jnp.ones_like(valid) if all_slots else valid, ids > 0, jnp.ones((batch, 1), bool)], 1)
+        keep = keep[:, :x.shape[1]]  # no readout token: nothing after the words
         position = jnp.arange(x.shape[1])
-        visible = (position[None, :] <= position[:, None]) | (position[None, :] < count)  # [query, key]
+        visible = (position[None, :] <= position[:, None]) | ((position[None, :] < count) & (not all_slots))
         mask = keep[:, None, None] & visible[None, None]
     else:
         text = params["word"][jnp.concatenate([readout, ids], 1)] + params["position"][None] + params["kind"][0]
@@ -247,7 +287,10 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
         if geometric:
             bias = jnp.moveaxis(pair @ params["geometry"][layer], -1, 1)  # [B, H, S, S]
         q, k, v = jnp.split((norm(x, block["ln1"]) @ block["qkv"]).reshape(batch, x.shape[1], 3, HEADS, -1), 3, 2)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q[:, :, 0], k[:, :, 0]) / np.sqrt(WIDTH // HEADS) + bias
+        q, k = q[:, :, 0], k[:, :, 0]
+        if rope:
+            q, k = rotate(q, jnp.arange(x.shape[1])), rotate(k, jnp.arange(x.shape[1]))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(WIDTH // HEADS) + bias
         weights = jax.nn.softmax(jnp.where(mask, scores, -1e9), -1)
         x = x + jnp.einsum("bhqk,bkhd->bqhd", weights, v[:, :, 0]).reshape(x.shape) @ block["out"]
         h = norm(x, block["ln2"])
@@ -255,6 +298,9 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
             x = x + (jax.nn.silu(h @ params["vlm_gates"][layer]) * (h @ block["up"])) @ block["down"]
         else:
             x = x + jax.nn.gelu(h @ block["up"]) @ block["down"]
+    if causal and read_last_word:  # the question's last word: the '?' the VLM answers after
+        last = count + (ids > 0).sum(1) - 1
+        return rms_norm(x[jnp.arange(batch), last], params["final_norm"]) @ params["answer"]
     return x[:, -1 if causal else 0] @ params["answer"]
 
 
@@ -279,8 +325,10 @@ def main(argv):
     if f.geometric and (f.standardise or f.head != "transformer"):
         raise app.UsageError("--geometric reads raw centres in the transformer head: not with --standardise or "
                              "--head=relation_network")
-    train = load(f.data, "train", f.colour == "palette", f.cache)
-    evaluation = load(f.data, "eval", f.colour == "palette", f.cache)
+    if f.in_model_tokens and f.colour == "palette":
+        raise app.UsageError("--in_model_tokens are the VLM's tokens: no oracle palette colour (--colour=mean)")
+    train = load(f.data, "train", f.colour == "palette", f.cache, f.in_model_tokens)
+    evaluation = load(f.data, "eval", f.colour == "palette", f.cache, f.in_model_tokens)
     if f.kinds:  # train and evaluate on these kinds only
         train, evaluation = select_kinds(train, f.kinds), select_kinds(evaluation, f.kinds)
     if not len(train["kind"]) or not len(evaluation["kind"]):
@@ -315,9 +363,14 @@ def main(argv):
                                  f"(examples={examples}; kinds here: {', '.join(kinds)})")
         schedule.append(((schedule[-1][0] if schedule else 0) + stage_steps, pool))
     params = init_params(jax.random.PRNGKey(f.seed), len(vocab) + 2, train["tokens"].shape[-1], length,
-                         len(answers), f.layers if f.head == "transformer" else 0, f.position_scale)
-    vlm = (f.vlm_objects, f.vlm_block)
-    optimizer = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, f.learning_rate, min(200, f.steps // 2), f.steps), weight_decay=0.01)
+                         len(answers), f.layers if f.head == "transformer" else 0, f.position_scale, f.word_scale)
+    vlm = (f.vlm_objects, f.vlm_block, f.rope, f.read_last_word, f.all_slots)
+    if (f.rope or f.read_last_word or f.all_slots) and not f.causal:
+        raise app.UsageError("--rope, --read_last_word and --all_slots are variants of --causal")
+    learning_rate = optax.warmup_cosine_decay_schedule(0.0, f.learning_rate, min(f.lr_warmup, f.steps // 2), f.steps)
+    optimizer = optax.adamw(learning_rate, b2=f.b2, weight_decay=f.weight_decay)
+    if f.grad_clip:
+        optimizer = optax.chain(optax.clip_by_global_norm(f.grad_clip), optimizer)
     opt_state = optimizer.init(params)
 
     @jax.jit
@@ -347,7 +400,9 @@ def main(argv):
             per_kind = {k: round(float(correct[evaluation["kind"] == k].mean()), 3) for k in kinds}
             print(f"step {i + 1} loss {loss:.3f} all {correct.mean():.3f} {per_kind} train {train_seconds:.0f} s", flush=True)
     print(json.dumps({"data": f.data, "seed": f.seed, "steps": f.steps, "kinds": f.kinds, "curriculum": [[k, n, t] for k, n, t in stages],
-                      "colour": f.colour, "head": f.head, "standardise": f.standardise, "position_scale": f.position_scale, "causal": f.causal, "geometric": f.geometric, "vlm_objects": f.vlm_objects, "vlm_block": f.vlm_block, "all": round(float(correct.mean()), 3), "per_kind": per_kind,
+                      "colour": f.colour, "head": f.head, "standardise": f.standardise, "position_scale": f.position_scale, "causal": f.causal, "geometric": f.geometric, "vlm_objects": f.vlm_objects, "vlm_block": f.vlm_block, "in_model_tokens": f.in_model_tokens, "rope": f.rope, "read_last_word": f.read_last_word,
+                      "word_scale": f.word_scale, "all_slots": f.all_slots, "b2": f.b2, "weight_decay": f.weight_decay, "grad_clip": f.grad_clip,
+                      "lr_warmup": f.lr_warmup, "batch_size": f.batch_size, "learning_rate": f.learning_rate, "all": round(float(correct.mean()), 3), "per_kind": per_kind,
                       "majority": {k: round(v, 3) for k, v in majority.items()}, "train_seconds": round(train_seconds)}))
 
 
@@ -356,7 +411,7 @@ def _define_flags():
     flags.DEFINE_integer("steps", 8000, "Training steps.")
     flags.DEFINE_string("cache", "", "A directory to keep the extracted object tokens in (empty: extract every run).")
     flags.DEFINE_integer("batch_size", 64, "Batch size.")
-    flags.DEFINE_float("learning_rate", 1e-3, "Peak AdamW learning rate (200 warmup steps, cosine decay).")
+    flags.DEFINE_float("learning_rate", 1e-3, "Peak AdamW learning rate (--lr_warmup steps of warmup, cosine decay).")
     flags.DEFINE_integer("layers", 3, "Transformer blocks.")
     flags.DEFINE_enum("head", "transformer", ["transformer", "relation_network"],
                       "What answers from the object tokens: a transformer over [CLS, words, objects], or a relation network over object pairs.")
@@ -366,6 +421,18 @@ def _define_flags():
     flags.DEFINE_bool("causal", False, "Transformer head as a decoder VLM: [objects] words [ANS], causal text, answer read last.")
     flags.DEFINE_bool("vlm_objects", False, "Objects embedded as the VLM's tower with no blocks: linear, LayerNorm, SiLU projector.")
     flags.DEFINE_bool("vlm_block", False, "The VLM's LLM block: RMSNorm and SwiGLU instead of LayerNorm and a GELU MLP.")
+    flags.DEFINE_bool("in_model_tokens", False, "The object tokens the VLM computes in its step (semrel_jax.models.objects) "
+                      "instead of this script's (same definition, but the thumbnail is each cell's covered fraction).")
+    flags.DEFINE_bool("rope", False, "Decoder positions as the VLM's LLM has them: RoPE in every block, no learned word positions.")
+    flags.DEFINE_bool("read_last_word", False, "Causal: read the answer at the question's last word (the VLM's '?') through a "
+                      "final RMSNorm, not at a readout token of its own.")
+    flags.DEFINE_float("word_scale", 0.1, "Initial scale of the word embeddings (the VLM's: 1.0).")
+    flags.DEFINE_bool("all_slots", False, "Causal: all MAX_OBJECTS slots visible (empty ones as zero tokens) and each "
+                      "object sees only the slots before it, as the VLM's causal image prefix.")
+    flags.DEFINE_float("b2", 0.999, "AdamW's b2 (the VLM's: 0.95).")
+    flags.DEFINE_float("weight_decay", 0.01, "AdamW's weight decay (the VLM's: 0.02).")
+    flags.DEFINE_float("grad_clip", 0.0, "Clip gradients to this global norm (0: none; the VLM's: 1).")
+    flags.DEFINE_integer("lr_warmup", 200, "Learning-rate warmup steps (the VLM's: 100), then cosine decay.")
     flags.DEFINE_float("position_scale", 0.1, "Initial scale of the question's word-position embeddings (words: 0.1).")
     flags.DEFINE_bool("standardise", False, "Scale every token feature to zero mean and unit variance over the training objects.")
     flags.DEFINE_list("kinds", [], "Train and evaluate on these question kinds only (empty: all).")
