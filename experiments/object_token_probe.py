@@ -226,13 +226,12 @@ def relation_network_logits(params, tokens, valid, ids):
     return jax.nn.relu(x @ params["relation_out"][0]) @ params["relation_out"][1]
 
 
-def rotate(x, positions, theta: float = 10_000.0):
-    """RoPE (rotate-half, as the VLM's Llama) on ``x [B, S, H, D]`` at ``positions [S]``."""
-    half = x.shape[-1] // 2
-    angles = positions[:, None] / theta ** (jnp.arange(half) / half)  # [S, D/2]
-    cos, sin = jnp.cos(angles)[None, :, None], jnp.sin(angles)[None, :, None]
-    first, second = x[..., :half], x[..., half:]
-    return jnp.concatenate([first * cos - second * sin, second * cos + first * sin], -1)
+def rotate(x, positions):
+    """The VLM's RoPE (``semrel_jax.models.layers``, theta 10,000) on ``x [B, S, H, D]`` at ``positions [S]``."""
+    from semrel_jax.models import layers
+
+    inv_freq = layers.rope_frequencies(x.shape[-1], 10_000.0)
+    return layers.apply_rope(x, jnp.broadcast_to(positions, x.shape[:2]), inv_freq)
 
 
 def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool = False, vlm_objects: bool = False,
