@@ -162,10 +162,18 @@ def select_kinds(split: dict, kinds: list[str]) -> dict:
     return {k: [v[i] for i in keep] if isinstance(v, list) else v[keep] for k, v in split.items()}
 
 
-def encode(split: dict, vocab: dict, answers: dict, length: int) -> dict:
+ROLE = 100_000  # --oracle_roles: ids + ROLE x (1 for the question's first colour word, 2 for its second)
+
+
+def encode(split: dict, vocab: dict, answers: dict, length: int, colours: frozenset = frozenset()) -> dict:
     ids = np.zeros((len(split["question"]), length), np.int32)  # 0: padding
     for i, q in enumerate(split["question"]):
         ids[i, :len(q)] = [vocab.get(w, 1) for w in q[:length]]  # 1: unknown word
+        seen = 0
+        for j, w in enumerate(q[:length]):
+            if w in colours:
+                seen += 1
+                ids[i, j] += ROLE * min(seen, 2)
     return dict(split, ids=ids, label=np.asarray([answers.get(a, -1) for a in split["answer"]]))
 
 
@@ -194,6 +202,7 @@ def init_params(key, num_words: int, feature_dim: int, length: int, num_answers:
                     "down": dense(3 * WIDTH, WIDTH, 0.5), "ln1": jnp.ones(WIDTH), "ln2": jnp.ones(WIDTH)}
                    for _ in range(layers)],
         "final_norm": jnp.ones(WIDTH),
+        "role": jnp.zeros((3, WIDTH)).at[1:].set(jax.random.normal(jax.random.fold_in(key, 2000), (2, WIDTH))),
     }
 
 
@@ -235,7 +244,8 @@ def rotate(x, positions):
 
 
 def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool = False, vlm_objects: bool = False,
-              vlm_block: bool = False, rope: bool = False, read_last_word: bool = False, all_slots: bool = False):
+              vlm_block: bool = False, rope: bool = False, read_last_word: bool = False, all_slots: bool = False,
+              alibi: bool = False, sincos: int = 0):
     """``tokens [B, K, F]``, ``valid [B, K]``, ``ids [B, L]`` -> answer logits ``[B, A]``.
 
     ``causal``: the sequence is ``[objects] words [ANS]`` as in a decoder VLM: objects see objects, a word sees the
@@ -251,16 +261,25 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
     if not params["blocks"]:  # --head=relation_network
         return relation_network_logits(params, tokens, valid, ids)
     batch, count = tokens.shape[:2]
+    role, ids = ids // ROLE, ids % ROLE
     if vlm_objects:
         embedded = layer_norm(tokens @ params["object_in"] + params["object_bias"], 1.0)
         objects = jax.nn.silu(embedded @ params["vlm_projector"]) @ params["object_out"] + params["kind"][1]
     else:
         objects = jax.nn.gelu(tokens @ params["object_in"] + params["object_bias"]) @ params["object_out"] + params["kind"][1]
+    if sincos:  # the patch grid's 2-D sine-cosine position embedding, at each object's centre on a sincos-cell grid
+        centre = (tokens[..., 3:5] + 0.5) * sincos  # [B, K, 2] in grid cells
+        omega = 1.0 / (10_000.0 ** (jnp.arange(WIDTH // 4) / (WIDTH // 4)))
+        x_angle, y_angle = centre[..., :1] * omega, centre[..., 1:] * omega
+        objects = objects + jnp.concatenate([jnp.sin(x_angle), jnp.cos(x_angle), jnp.sin(y_angle), jnp.cos(y_angle)],
+                                            -1) * valid[..., None]
     norm = rms_norm if vlm_block else layer_norm
     readout = jnp.zeros((batch, 1), ids.dtype)  # the CLS / ANS token shares padding's row
     if causal:
         words = ids if read_last_word else jnp.concatenate([ids, readout], 1)
         text = params["word"][words] + params["kind"][0]
+        roles = jnp.concatenate([role, jnp.zeros_like(readout)], 1)[:, :text.shape[1]]
+        text = text + params["role"][roles] * (roles > 0)[..., None]  # no role (every run without the oracle): + 0
         if not rope:
             text = text + params["position"][None, :text.shape[1]]
         x = jnp.concatenate([objects, text], 1)
@@ -273,7 +292,12 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
         text = params["word"][jnp.concatenate([readout, ids], 1)] + params["position"][None] + params["kind"][0]
         x = jnp.concatenate([text, objects], 1)
         mask = jnp.concatenate([jnp.ones((batch, 1), bool), ids > 0, valid], 1)[:, None, None]
-    bias = 0.0
+    bias = text_bias = 0.0
+    if alibi and causal:  # ALiBi between words: head h weights a word d words back by exp(-d * 4^-(h+1))
+        slopes = 4.0 ** -(1.0 + jnp.arange(HEADS))
+        position = jnp.arange(x.shape[1])
+        back = jnp.maximum(position[:, None] - position[None, :], 0) * (position[None, :] >= count)
+        bias = text_bias = -slopes[None, :, None, None] * back[None, None].astype(jnp.float32)
     if geometric:  # object-to-object attention gets a learned function of the two centres' offset
         centre = tokens[..., 3:5]
         offset = centre[:, :, None] - centre[:, None]  # [B, K, K, 2]
@@ -284,7 +308,7 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
         pair = jnp.pad(pair, pad)  # zero for every pair that is not two objects
     for layer, block in enumerate(params["blocks"]):
         if geometric:
-            bias = jnp.moveaxis(pair @ params["geometry"][layer], -1, 1)  # [B, H, S, S]
+            bias = jnp.moveaxis(pair @ params["geometry"][layer], -1, 1) + text_bias  # [B, H, S, S]
         q, k, v = jnp.split((norm(x, block["ln1"]) @ block["qkv"]).reshape(batch, x.shape[1], 3, HEADS, -1), 3, 2)
         q, k = q[:, :, 0], k[:, :, 0]
         if rope:
@@ -321,6 +345,8 @@ def main(argv):
     del argv
     f = flags.FLAGS
     started = time.time()
+    global WIDTH, HEADS  # read by init_params and logits_fn
+    WIDTH, HEADS = f.width, f.heads
     if f.geometric and (f.standardise or f.head != "transformer"):
         raise app.UsageError("--geometric reads raw centres in the transformer head: not with --standardise or "
                              "--head=relation_network")
@@ -342,7 +368,10 @@ def main(argv):
     vocab = {w: i + 2 for i, w in enumerate(sorted({w for q in train["question"] for w in q}))}
     answers = {a: i for i, a in enumerate(sorted(set(train["answer"])))}
     length = max(len(q) for q in train["question"] + evaluation["question"])
-    train, evaluation = (encode(s, vocab, answers, length) for s in (train, evaluation))
+    colours = frozenset(q[q.index("object") - 1] for q, kind in zip(train["question"], train["kind"])
+                        if kind == "shape" and "object" in q) if f.oracle_roles else frozenset()
+    print("oracle role words:", sorted(colours)) if colours else None
+    train, evaluation = (encode(s, vocab, answers, length, colours) for s in (train, evaluation))
     kinds = sorted({str(k) for k in evaluation["kind"]})
     majority = {}
     for kind in kinds:
@@ -363,7 +392,7 @@ def main(argv):
         schedule.append(((schedule[-1][0] if schedule else 0) + stage_steps, pool))
     params = init_params(jax.random.PRNGKey(f.seed), len(vocab) + 2, train["tokens"].shape[-1], length,
                          len(answers), f.layers if f.head == "transformer" else 0, f.position_scale, f.word_scale)
-    vlm = (f.vlm_objects, f.vlm_block, f.rope, f.read_last_word, f.all_slots)
+    vlm = (f.vlm_objects, f.vlm_block, f.rope, f.read_last_word, f.all_slots, f.alibi, f.sincos)
     if (f.rope or f.read_last_word or f.all_slots) and not f.causal:
         raise app.UsageError("--rope, --read_last_word and --all_slots are variants of --causal")
     learning_rate = optax.warmup_cosine_decay_schedule(0.0, f.learning_rate, min(f.lr_warmup, f.steps // 2), f.steps)
@@ -398,8 +427,8 @@ def main(argv):
             correct = np.asarray(predict(params, *(evaluation[k] for k in ("tokens", "valid", "ids")))) == evaluation["label"]
             per_kind = {k: round(float(correct[evaluation["kind"] == k].mean()), 3) for k in kinds}
             print(f"step {i + 1} loss {loss:.3f} all {correct.mean():.3f} {per_kind} train {train_seconds:.0f} s", flush=True)
-    print(json.dumps({"data": f.data, "seed": f.seed, "steps": f.steps, "kinds": f.kinds, "curriculum": [[k, n, t] for k, n, t in stages],
-                      "colour": f.colour, "head": f.head, "standardise": f.standardise, "position_scale": f.position_scale, "causal": f.causal, "geometric": f.geometric, "vlm_objects": f.vlm_objects, "vlm_block": f.vlm_block, "in_model_tokens": f.in_model_tokens, "rope": f.rope, "read_last_word": f.read_last_word,
+    print(json.dumps({"data": f.data, "seed": f.seed, "steps": f.steps, "layers": f.layers, "width": f.width, "heads": f.heads, "kinds": f.kinds, "curriculum": [[k, n, t] for k, n, t in stages],
+                      "colour": f.colour, "head": f.head, "standardise": f.standardise, "position_scale": f.position_scale, "causal": f.causal, "geometric": f.geometric, "vlm_objects": f.vlm_objects, "vlm_block": f.vlm_block, "in_model_tokens": f.in_model_tokens, "rope": f.rope, "alibi": f.alibi, "sincos": f.sincos, "read_last_word": f.read_last_word,
                       "word_scale": f.word_scale, "all_slots": f.all_slots, "b2": f.b2, "weight_decay": f.weight_decay, "grad_clip": f.grad_clip,
                       "lr_warmup": f.lr_warmup, "batch_size": f.batch_size, "learning_rate": f.learning_rate, "all": round(float(correct.mean()), 3), "per_kind": per_kind,
                       "majority": {k: round(v, 3) for k, v in majority.items()}, "train_seconds": round(train_seconds)}))
@@ -412,6 +441,8 @@ def _define_flags():
     flags.DEFINE_integer("batch_size", 64, "Batch size.")
     flags.DEFINE_float("learning_rate", 1e-3, "Peak AdamW learning rate (--lr_warmup steps of warmup, cosine decay).")
     flags.DEFINE_integer("layers", 3, "Transformer blocks.")
+    flags.DEFINE_integer("width", WIDTH, "Transformer width (the VLM's LLM: 64).")
+    flags.DEFINE_integer("heads", HEADS, "Attention heads (the VLM's LLM: 4).")
     flags.DEFINE_enum("head", "transformer", ["transformer", "relation_network"],
                       "What answers from the object tokens: a transformer over [CLS, words, objects], or a relation network over object pairs.")
     flags.DEFINE_integer("seed", 0, "Initialisation and sampling seed.")
@@ -422,6 +453,12 @@ def _define_flags():
     flags.DEFINE_bool("vlm_block", False, "The VLM's LLM block: RMSNorm and SwiGLU instead of LayerNorm and a GELU MLP.")
     flags.DEFINE_bool("in_model_tokens", False, "The object tokens the VLM computes in its step (semrel_jax.models.objects) "
                       "instead of this script's (same definition, but the thumbnail is each cell's covered fraction).")
+    flags.DEFINE_bool("alibi", False, "Causal: ALiBi between words (head h's weight on a word d back falls as "
+                      "exp(-d * 4^-(h+1))): each head prefers nearer words by its own amount from the first step.")
+    flags.DEFINE_integer("sincos", 0, "> 0: add the patch grid's 2-D sine-cosine position embedding to each object's "
+                         "embedding, at its centre on a grid of this many cells (0: the centre is only in the token).")
+    flags.DEFINE_bool("oracle_roles", False, "Causal, diagnostic: the question's first and second colour word get "
+                      "an embedding of their role (an oracle: tells the two named objects apart).")
     flags.DEFINE_bool("rope", False, "Decoder positions as the VLM's LLM has them: RoPE in every block, no learned word positions.")
     flags.DEFINE_bool("read_last_word", False, "Causal: read the answer at the question's last word (the VLM's '?') through a "
                       "final RMSNorm, not at a readout token of its own.")
