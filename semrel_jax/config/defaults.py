@@ -153,6 +153,9 @@ def base_config() -> ml_collections.ConfigDict:
         # 'causal' | 'bidirectional': the prompt (and a prefix injection's image tokens) read both ways, the
         # answer causally (PaliGemma's prefix-LM); the converted LLMs were trained causal
         prompt_attention="causal",
+        # prefix injection: every LLM block's attention between two image tokens gets a learned per-head bias of
+        # their centres' offset (dx, dy, |d|, |d|^2; object centres or patch centres), zero-initialised
+        prefix_distance_bias=False,
         remat="none",  # activation rematerialisation per block: none | full | dots | dots_no_batch
         scan_layers=False,  # True: the LLM's and vision towers' blocks run as lax.scans (compile once)
         attention="xla",  # the LLM's attention kernel: xla (anywhere) | cudnn (NVIDIA GPU) | splash (TPU, Pallas)

@@ -12,7 +12,7 @@ from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
 from semrel_jax.method.ica import ICAConfig
 from semrel_jax.method.vlm import VLMConfig
 from semrel_jax.models.llama import LlamaConfig
-from semrel_jax.models.vit import FAMILY_LAYOUTS, ViTConfig
+from semrel_jax.models.vit import DISTANCE_FEATURES, FAMILY_LAYOUTS, ViTConfig
 
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
@@ -29,6 +29,7 @@ def _llm_config(m: ml_collections.ConfigDict, vocab_size: int) -> LlamaConfig:
     ours = dict(
         lora_rank=m.llm.lora_rank, lora_alpha=m.llm.lora_alpha, lora_targets=tuple(m.llm.lora_targets), remat=m.remat,
         attention=m.attention, scan_layers=m.scan_layers,
+        pair_bias_features=DISTANCE_FEATURES if m.prefix_distance_bias else 0,
     )
     if m.llm.hf_dir:  # the checkpoint's architecture (incl. what the config has no key for: biases, qk-norm, ...)
         return dataclasses.replace(llm_family(m.llm.hf_dir, m.llm.dtype, m.llm.param_dtype), **ours)
@@ -115,6 +116,7 @@ def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
         slot_value_init_std=m.slot_value_init_std,
         slot_decoder=c.train.reconstruction_weight > 0,
         prompt_attention=m.prompt_attention,
+        prefix_distance_bias=m.prefix_distance_bias,
     )
 
 

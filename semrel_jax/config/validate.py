@@ -84,6 +84,12 @@ def _validate_model(c) -> None:
     one_of(c, "model.prompt_attention", ("causal", "bidirectional"))
     check(c.model.prompt_attention == "causal" or c.model.attention != "splash", "model.prompt_attention",
           "'bidirectional' needs model.attention 'xla' or 'cudnn' (the splash kernel's mask is causal only)")
+    boolean(c, "model.prefix_distance_bias")
+    if c.model.prefix_distance_bias:
+        check(c.model.injection == "prefix", "model.prefix_distance_bias",
+              "biases the attention between the image tokens of a prefix injection; set model.injection='prefix'")
+        check(c.model.attention != "splash", "model.prefix_distance_bias",
+              "needs model.attention 'xla' or 'cudnn' (the splash kernel takes no attention bias)")
     boolean(c, "model.scan_layers")
     positive_int(c, "model.num_memory_slots", allow_zero=True)
     for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):

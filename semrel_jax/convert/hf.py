@@ -25,7 +25,8 @@ from semrel_jax.convert import bert_family, families, loader
 from semrel_jax.convert.safetensors_io import CheckpointError, SafetensorsCheckpoint, save_file
 from semrel_jax.models import abstract as abstract_init
 from semrel_jax.models.bert import Bert
-from semrel_jax.models.llama import Llama, LlamaConfig, LoRALinear
+from semrel_jax.models.llama import Llama, LlamaConfig
+from semrel_jax.models.lora import LoRALinear
 from semrel_jax.models.vit import ViT
 
 _TOKENIZER_FILES = (

@@ -18,6 +18,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from semrel_jax.method.srproj import SRProj
@@ -144,3 +145,29 @@ class EncoderEnsemble(nnx.Module):
             per_encoder.append(fused)
         tokens = jnp.concatenate(per_encoder, axis=1) if len(per_encoder) > 1 else per_encoder[0]
         return self.config.memory_scale * tokens
+
+    def token_positions(self, images: dict[str, Array]) -> tuple[Array, Array]:
+        """Where each fused visual token sits in its image: ``positions [B, N_vis, 2]`` (x, y in image widths)
+        and ``valid [B, N_vis]`` (False for a class token and an empty object slot, whose position is 0).
+
+        A patch token sits at its (pooled) patch's centre; an object token at its object's centre
+        (``models/objects.py``, recomputed from the image: the tokenizer has no parameters).
+        """
+        positions, valid = [], []
+        for spec in self.config.encoders:
+            image = images[spec.name]
+            if spec.vit.tokens == "objects":
+                _, where, present = self.encoders[spec.name].tokenizer(image)
+                where = jnp.where(present[..., None], where + 0.5, 0.0)  # the tokenizer's centres are minus 0.5
+            else:
+                grid = spec.grid // spec.pool
+                y, x = np.divmod(np.arange(grid * grid), grid)
+                centres = np.stack([(x + 0.5) / grid, (y + 0.5) / grid], -1).astype(np.float32)
+                where = jnp.broadcast_to(jnp.asarray(centres), (image.shape[0], grid * grid, 2))
+                present = jnp.ones(where.shape[:2], bool)
+            if spec.vit.class_token and not spec.drop_cls:
+                where = jnp.pad(where, ((0, 0), (1, 0), (0, 0)))
+                present = jnp.pad(present, ((0, 0), (1, 0)))
+            positions.append(where.astype(jnp.float32))
+            valid.append(present)
+        return jnp.concatenate(positions, 1), jnp.concatenate(valid, 1)

@@ -41,6 +41,8 @@ from semrel_jax.method import ica
 from semrel_jax.method.ensemble import EncoderEnsemble, EnsembleConfig
 from semrel_jax.method.reconstruction import SlotDecoder
 from semrel_jax.models.llama import KVCache, Llama, LlamaConfig
+from semrel_jax.models.objects import pairwise_distance_features
+from semrel_jax.models.vit import DISTANCE_FEATURES
 
 Array = jax.Array
 VISION_DROPOUT_STREAM = 1  # fold_in index of the vision towers' dropout key
@@ -63,6 +65,10 @@ class VLMConfig:
     # 'causal': the LLM reads image and prompt left to right; 'bidirectional': the image tokens (prefix
     # injection) and the prompt attend to each other both ways, the answer causally (PaliGemma's prefix-LM)
     prompt_attention: str = "causal"
+    # prefix injection: each LLM block's attention between two image tokens gets a learned per-head bias of their
+    # centres' offset (dx, dy, |d|, |d|²: models/objects.pairwise_distance_features); needs
+    # llm.pair_bias_features == 4. The object-token probe's --geometric (experiments/LOG.md, session 12).
+    prefix_distance_bias: bool = False
 
     @property
     def memory_slots(self) -> int:
@@ -77,6 +83,8 @@ class VLMConfig:
             raise ValueError(f"injection must be 'ica' or 'prefix', got {self.injection!r}.")
         if self.prompt_attention not in ("causal", "bidirectional"):
             raise ValueError(f"prompt_attention must be 'causal' or 'bidirectional', got {self.prompt_attention!r}.")
+        if self.prefix_distance_bias and (self.injection != "prefix" or self.llm.pair_bias_features != DISTANCE_FEATURES):
+            raise ValueError(f"prefix_distance_bias needs injection='prefix' and llm.pair_bias_features={DISTANCE_FEATURES}.")
         if self.vision.out_dim != self.llm.dim:
             raise ValueError(f"Projector output {self.vision.out_dim} must equal the LLM width {self.llm.dim}.")
         if self.injection == "ica" and self.memory_slots < self.vision.num_tokens:
@@ -204,6 +212,15 @@ class VisionLanguageModel(nnx.Module):
             mask_enabled=jnp.asarray(mask_enabled, bool),
         )
 
+    def prefix_pair_features(self, images: dict[str, Array], rows: int) -> Array | None:
+        """``[rows, N_vis, N_vis, 4]`` distance features of the image tokens' centres, zero for a pair with a class
+        token or an empty object slot; None without ``prefix_distance_bias``."""
+        if not self.config.prefix_distance_bias:
+            return None
+        positions, valid = self.vision.token_positions(images)
+        features = pairwise_distance_features(positions) * (valid[:, :, None] & valid[:, None, :])[..., None]
+        return share_images(features, rows)
+
     def _prefixed(self, visual: Array, tokens: Array, valid: Array):
         """The visual tokens ``[B_img, N_vis, d]`` prepended to the text embeddings of ``tokens`` ``[B, T]``."""
         prefix = share_images(visual, tokens.shape[0])
@@ -244,7 +261,8 @@ class VisionLanguageModel(nnx.Module):
         ``head`` (static): False returns the LLM's final-normed hidden states ``[B, T, d]`` instead of logits
         (``self.llm.logits`` maps them; a chunked loss applies it a slice at a time).
         ``visual``: ``visual_tokens(images, has_image, dropout_key)`` when the caller has already computed them
-        (the train step, whose auxiliary objectives read them too: the towers run once); ``images`` is then unused.
+        (the train step, whose auxiliary objectives read them too: the towers run once); ``images`` is then read only
+        for the image tokens' centres (``prefix_distance_bias``).
         ``prompt_length``: ``[B]`` the prompt's text positions (``prompt_lengths(loss_mask)``); needed with
         ``prompt_attention='bidirectional'``, unused with 'causal'.
         """
@@ -259,7 +277,8 @@ class VisionLanguageModel(nnx.Module):
             prefix_length = p + prompt_length
         if self.config.injection == "prefix":
             embeddings, full_valid = self._prefixed(visual, tokens, valid)
-            run = dict(valid=full_valid, embeddings=embeddings, prefix_length=prefix_length)
+            run = dict(valid=full_valid, embeddings=embeddings, prefix_length=prefix_length,
+                       pair_features=self.prefix_pair_features(images, tokens.shape[0]))
             if not capture:
                 logits, _ = self.llm(**run, head=head)
                 return logits[:, p:]
@@ -290,7 +309,8 @@ class VisionLanguageModel(nnx.Module):
         prefix_length = jnp.full((batch,), p + t, jnp.int32) if self.config.prompt_attention == "bidirectional" else None
         if self.config.injection == "prefix":
             embeddings, full_valid = self._prefixed(self.visual_tokens(images, has_image), tokens, valid)
-            logits, cache = self.llm(valid=full_valid, embeddings=embeddings, cache=cache, prefix_length=prefix_length)
+            logits, cache = self.llm(valid=full_valid, embeddings=embeddings, cache=cache, prefix_length=prefix_length,
+                                     pair_features=self.prefix_pair_features(images, batch))
             return logits[:, -1], cache, None
         memory = share_memory(self.memory(images, has_image, True), batch)
         logits, cache = self._read_memory(memory, tokens, valid, cache=cache, prefix_length=prefix_length)

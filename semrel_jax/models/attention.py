@@ -69,19 +69,23 @@ def interpret_kernels() -> Iterator[None]:
         _INTERPRET.reset(token)
 
 
-def attend(q: Array, k: Array, v: Array, mask: Mask, implementation: str = "xla") -> Array:
+def attend(q: Array, k: Array, v: Array, mask: Mask, implementation: str = "xla", bias: Array | None = None) -> Array:
     """Softmax attention. q ``[B, T, H, hd]``, k/v ``[B, S, K, hd]`` (``H % K == 0``) -> ``[B, T, H, hd]``.
 
-    ``splash`` needs self-attention without a cache (``S == T``, query ``i`` at slot ``i``).
+    ``bias``: ``[B, H, T, S]`` added to the scores, or None. ``splash`` needs self-attention without a cache
+    (``S == T``, query ``i`` at slot ``i``) and no bias.
     """
     if implementation == "xla":
-        return jax.nn.dot_product_attention(q, k, v, mask=mask.dense())
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask.dense())
     if implementation == "cudnn":
-        return jax.nn.dot_product_attention(q, k, v, mask=mask.dense(), implementation="cudnn")
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask.dense(), implementation="cudnn")
     if implementation == "splash":
         if mask.prefix_end is not None:  # the kernel's mask is static per head; a per-row prefix is not
             raise ValueError("The splash kernel runs causal attention only; a bidirectional prompt "
                              "(model.prompt_attention='bidirectional') needs attention 'xla' or 'cudnn'.")
+        if bias is not None:
+            raise ValueError("The splash kernel takes no attention bias (model.prefix_distance_bias); "
+                             "use attention 'xla' or 'cudnn'.")
         return _splash(q, k, v, mask.key_valid, mask.sliding_window)
     raise ValueError(f"Unknown attention implementation {implementation!r}; expected one of {IMPLEMENTATIONS}.")
 

@@ -30,6 +30,7 @@ from flax import nnx
 
 from semrel_jax.models import attention as attention_lib
 from semrel_jax.models import layers, scan
+from semrel_jax.models.lora import LoRALinear
 
 Array = jax.Array
 
@@ -61,6 +62,10 @@ class LlamaConfig:
     remat: str = "none"  # rematerialisation policy per decoder layer (layers.REMAT_POLICIES)
     scan_layers: bool = False  # training/prefill run the blocks as one lax.scan (models/scan.py): compiles once
     attention: str = "xla"  # attention_lib.IMPLEMENTATIONS: xla | cudnn (GPU) | splash (TPU); decoding always uses xla
+    # > 0: every block's attention adds a learned per-head bias  features @ W  [F, heads] (zero-initialised) for
+    # the token pairs of the sequence's first P slots, from pair features [B, P, P, F] given at call time
+    # (``pair_features``; e.g. the image tokens' 2-D offsets, method/vlm.py); other pairs get none
+    pair_bias_features: int = 0
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
 
@@ -83,31 +88,6 @@ class LlamaConfig:
 
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-class LoRALinear(nnx.Linear):
-    """``nnx.Linear`` plus a low-rank update: ``x W + b + (alpha / r) · (x A) B``.
-
-    ``kernel``/``bias`` keep nnx.Linear's paths, so converted checkpoints map unchanged; ``lora_a``
-    (``[in, r]``, fan-in normal) and ``lora_b`` (``[r, out]``, zeros) sit beside them, and the layer
-    starts as the plain linear map. ``merged_kernel`` folds the update in for export.
-    """
-
-    def __init__(self, n_in: int, n_out: int, *, rank: int, alpha: float, rngs: nnx.Rngs, **kwargs):
-        super().__init__(n_in, n_out, rngs=rngs, **kwargs)
-        pd = kwargs.get("param_dtype", jnp.float32)
-        self.lora_a = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (n_in, rank), pd))
-        self.lora_b = nnx.Param(jnp.zeros((rank, n_out), pd))
-        self.lora_scale = alpha / rank
-
-    def __call__(self, x: Array) -> Array:
-        y = super().__call__(x)
-        a = self.lora_a[...].astype(y.dtype)
-        b = self.lora_b[...].astype(y.dtype)
-        return y + self.lora_scale * ((x.astype(y.dtype) @ a) @ b)
-
-    def merged_kernel(self) -> Array:
-        return self.kernel[...] + self.lora_scale * (self.lora_a[...] @ self.lora_b[...]).astype(self.kernel.dtype)
 
 
 @jax.tree_util.register_dataclass
@@ -163,10 +143,12 @@ class Attention(nnx.Module):
         self.k_proj = _linear(config.dim, config.n_kv_heads * hd, config, rngs, config.attention_bias, "k_proj")
         self.v_proj = _linear(config.dim, config.n_kv_heads * hd, config, rngs, config.attention_bias, "v_proj")
         self.o_proj = _linear(config.n_heads * hd, config.dim, config, rngs, config.o_proj_bias, "o_proj")
+        pd = jnp.dtype(config.param_dtype)
         if config.qk_norm:
-            pd = jnp.dtype(config.param_dtype)
             self.q_norm = layers.RMSNorm(hd, eps=config.norm_eps, param_dtype=pd)
             self.k_norm = layers.RMSNorm(hd, eps=config.norm_eps, param_dtype=pd)
+        if config.pair_bias_features:
+            self.pair_bias = nnx.Param(jnp.zeros((config.pair_bias_features, config.n_heads), pd))
 
     def __call__(
         self,
@@ -175,11 +157,14 @@ class Attention(nnx.Module):
         mask: attention_lib.Mask,
         kv: tuple[Array, Array, Array] | None = None,
         capture: bool = False,
+        pair_features: Array | None = None,
     ) -> tuple[Array, tuple[Array, Array], Array | None]:
         """x: ``[B, T, d]``; positions ``[B, T]``; mask: queries ``[B, T]`` over keys ``[B, S]``.
 
         kv: optional ``(cached_keys, cached_values, write_index)`` with caches ``[B, S, K, hd]``;
         the new keys/values are written at ``write_index`` and attention runs over the cache.
+        pair_features: ``[B, P, P, F]`` for the pairs among the first ``P`` queries and the first ``P`` keys
+        (``config.pair_bias_features``; a prefill writes from slot 0, so its prefix is both), or None.
         Returns the output, the (possibly updated) keys/values ``[B, S, K, hd]`` and, with ``capture``, the
         attention probabilities averaged over heads ``[B, T, S]`` (else None).
         """
@@ -208,19 +193,29 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), (0, index, 0, 0))
         # the fused kernels serve training and prefill; a decoding step (one query over the cache) uses XLA's
         implementation = c.attention if kv is None else "xla"
-        out = attention_lib.attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, implementation)
-        probabilities = attention_probabilities(q, k.astype(q.dtype), mask.dense()) if capture else None
+        bias = None if pair_features is None else self._pair_bias(pair_features, t, k.shape[1], q.dtype)
+        out = attention_lib.attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, implementation, bias)
+        probabilities = attention_probabilities(q, k.astype(q.dtype), mask.dense(), bias) if capture else None
         return self.o_proj(out.reshape(b, t, c.n_heads * hd)), (k, v), probabilities
 
+    def _pair_bias(self, pair_features: Array, t: int, s: int, dtype) -> Array:
+        """``[B, P, P, F]`` -> the additive attention bias ``[B, heads, T, S]``, zero outside the first P x P."""
+        p = pair_features.shape[1]
+        bias = jnp.moveaxis(pair_features.astype(jnp.float32) @ self.pair_bias[...].astype(jnp.float32), -1, 1)
+        return jnp.pad(bias, ((0, 0), (0, 0), (0, t - p), (0, s - p))).astype(dtype)
 
-def attention_probabilities(q: Array, k: Array, mask: Array) -> Array:
+
+def attention_probabilities(q: Array, k: Array, mask: Array, bias: Array | None = None) -> Array:
     """Softmax attention weights averaged over heads ``[B, T, S]`` (what ``dot_product_attention`` applies).
 
     q ``[B, T, H, hd]``, k ``[B, S, K, hd]`` (grouped-query: each of the K heads serves H / K query heads),
-    mask ``[B, 1, T, S]``. A query row with no visible key (padding) gets uniform weights, not NaN.
+    mask ``[B, 1, T, S]``, bias ``[B, H, T, S]`` or None. A query row with no visible key (padding) gets
+    uniform weights, not NaN.
     """
     k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)
     logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(logits, axis=-1).mean(axis=1)
 
@@ -268,13 +263,16 @@ class DecoderLayer(nnx.Module):
         side_state: Any = None,
         dropout_key: Array | None = None,
         capture: bool = False,
+        pair_features: Array | None = None,
     ) -> tuple[Array, tuple[Array, Array], Any, Array | None]:
         """x ``[B, T, d]`` -> ``(out [B, T, d], keys/values, side_state after this block, attention [B, T, S]
         averaged over heads with ``capture``, else None)``.
 
         The block itself has no dropout: ``dropout_key`` is the side branch's.
         """
-        attn_out, new_kv, attention = self.self_attn(self.input_layernorm(x), positions, mask, kv, capture)
+        attn_out, new_kv, attention = self.self_attn(
+            self.input_layernorm(x), positions, mask, kv, capture, pair_features
+        )
         h = x + attn_out
         u = self.post_attention_layernorm(h)
         out = h + self.mlp(u)
@@ -337,6 +335,7 @@ class Llama(nnx.Module):
         capture: bool = False,
         head: bool = True,
         prefix_length: Array | None = None,
+        pair_features: Array | None = None,
     ) -> tuple[Array, KVCache | None] | tuple[Array, KVCache | None, DecoderTrace]:
         """Runs the decoder.
 
@@ -353,6 +352,9 @@ class Llama(nnx.Module):
           prefix_length: ``[B]`` or None (causal): the first ``prefix_length`` slots of this call's sequence
             attend to each other both ways, the rest causally (a prefix-LM; with a cache, counted from the
             cache's current slot, so a prefill passes its whole length and the decoded tokens stay causal).
+          pair_features: ``[B, P, P, F]`` features of the pairs among this call's first ``P`` slots, turned
+            into an attention bias by every block (``config.pair_bias_features == F``); None: no bias. With a
+            cache, only a prefill (the cache empty) may pass them.
 
         Returns:
           logits ``[B, T, vocab]`` in float32, the updated cache (None without one) and, with ``capture``,
@@ -361,6 +363,10 @@ class Llama(nnx.Module):
         c = self.config
         x = self.embed(tokens) if embeddings is None else embeddings.astype(jnp.dtype(c.dtype))
         b, t, _ = x.shape
+        if pair_features is not None and (pair_features.shape[-1] != c.pair_bias_features
+                                          or pair_features.shape[1] > t):
+            raise ValueError(f"pair_features {pair_features.shape} need config.pair_bias_features="
+                             f"{pair_features.shape[-1]} (is {c.pair_bias_features}) and at most {t} slots.")
         if cache is None:
             positions = layers.positions_from_mask(valid)
             mask = attention_lib.Mask(jnp.broadcast_to(jnp.arange(t), (b, t)), valid, c.sliding_window, prefix_length)
@@ -372,8 +378,8 @@ class Llama(nnx.Module):
             mask = attention_lib.Mask(query_slots, key_valid, c.sliding_window, prefix_end)
         new_keys, new_values, side_states, attentions = [], [], [], []
 
-        def run_layer(layer, x, positions, mask, kv, side, side_state, key):
-            return layer(x, positions, mask, kv, side, side_state, key, capture)
+        def run_layer(layer, x, positions, mask, kv, side, side_state, key, pair_features):
+            return layer(x, positions, mask, kv, side, side_state, key, capture, pair_features)
 
         # Remat wraps the whole block, side branch included; the side branch crosses it as a pytree argument.
         call = layers.remat(run_layer, c.remat)
@@ -381,7 +387,7 @@ class Llama(nnx.Module):
         def block(layer, carry, index):
             x, side_state = carry
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
-            x, _, side_state, _ = call(layer, x, positions, mask, None, side, side_state, key)
+            x, _, side_state, _ = call(layer, x, positions, mask, None, side, side_state, key, pair_features)
             return layers.constrain(x, ("batch", None, None)), side_state
 
         # the scan serves training and prefill; capture reads every block out, so it runs the blocks unrolled
@@ -391,7 +397,9 @@ class Llama(nnx.Module):
             for i, layer in enumerate(self.layers):
                 kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
                 key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-                x, (k, v), side_state, attention = call(layer, x, positions, mask, kv, side, side_state, key)
+                x, (k, v), side_state, attention = call(
+                    layer, x, positions, mask, kv, side, side_state, key, pair_features
+                )
                 x = layers.constrain(x, ("batch", None, None))
                 new_keys.append(k)
                 new_values.append(v)

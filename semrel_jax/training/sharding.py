@@ -78,6 +78,7 @@ REPLICATED: tuple[str, ...] = (
     r"^modality_embedding$",  # [2, d]
     r"/relative_bias$",  # [(2·grid - 1)², heads]
     r"/distance_bias$",  # [4, heads]
+    r"self_attn/pair_bias$",  # [pair_bias_features, heads] (LLM; model.prefix_distance_bias)
     r"/adapter/fc[12]/kernel$",  # bottleneck adapters [width, r] / [r, width], r ~ 12
 )
 

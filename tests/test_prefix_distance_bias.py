@@ -1,0 +1,150 @@
+"""``model.prefix_distance_bias``: the LLM's attention between two image tokens of a prefix injection gets a learned
+per-head bias of their centres' offset (the object-token probe's --geometric, inside the VLM's reader)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from semrel_jax import config as config_lib
+from semrel_jax.errors import ConfigError
+from semrel_jax.method import ica
+from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
+from semrel_jax.method.vlm import VisionLanguageModel, VLMConfig
+from semrel_jax.models.llama import Llama
+from semrel_jax.models.vit import ViTConfig
+from semrel_jax.training import sharding
+
+from toy_vlm import LLM, inputs, vit_config
+
+BIASED = dataclasses.replace(LLM, pair_bias_features=4)
+
+
+def _model(bias: bool, prompt_attention: str = "causal", vit: ViTConfig | None = None, llm=None) -> VisionLanguageModel:
+    """The toy ViT's class token kept: 17 image tokens, CLS first."""
+    ens = EnsembleConfig(encoders=(EncoderSpec("vit", vit or vit_config(depth=1), (1,), drop_cls=False),),
+                         out_dim=LLM.dim, projector_hidden=8, memory_scale=1.0)
+    cfg = VLMConfig(llm=llm or (BIASED if bias else LLM), vision=ens, injection="prefix",
+                    ica=ica.ICAConfig(scale=1.0, dropout=0.0), prompt_attention=prompt_attention,
+                    prefix_distance_bias=bias)
+    return VisionLanguageModel(cfg, rngs=nnx.Rngs(0))
+
+
+def _randomise_biases(model: VisionLanguageModel, seed: int = 1) -> None:
+    rng = np.random.default_rng(seed)
+    for layer in model.llm.layers:
+        layer.self_attn.pair_bias[...] = jnp.asarray(rng.normal(size=(4, LLM.n_heads)), jnp.float32)
+
+
+def _distance_features(centres: np.ndarray) -> np.ndarray:
+    d = centres[:, None] - centres[None]
+    return 4 * np.concatenate([d, np.hypot(d[..., :1], d[..., 1:]), (d**2).sum(-1, keepdims=True)], -1)
+
+
+def test_patch_tokens_pair_by_their_patch_centres_and_the_class_token_by_none():
+    images, has_image, tokens, valid = inputs(batch=2, t=6)
+    model = _model(True)
+    features = np.asarray(model.prefix_pair_features(images, rows=2))
+    assert features.shape == (2, 17, 17, 4)  # CLS + a 4 x 4 grid
+    y, x = np.divmod(np.arange(16), 4)
+    want = _distance_features(np.stack([(x + 0.5) / 4, (y + 0.5) / 4], -1))
+    np.testing.assert_allclose(features[1, 1:, 1:], want, atol=1e-6)
+    assert not features[:, 0].any() and not features[:, :, 0].any()
+    assert _model(False).prefix_pair_features(images, rows=2) is None
+
+
+def test_object_tokens_pair_by_their_objects_centres_and_empty_slots_by_none():
+    objects = ViTConfig(image_size=32, patch_size=32, width=16, depth=1, heads=2, mlp_dim=16, tokens="objects",
+                        max_objects=4, class_token=False)
+    image = np.ones((2, 32, 32, 3), np.float32)  # white; the second image has no objects
+    image[0, 4:10, 2:8] = (1.0, 0.0, 0.0)  # its pixels' mean (x, y) = (4.5, 6.5)
+    image[0, 20:28, 18:30] = (0.0, 0.0, 1.0)  # (23.5, 23.5), the larger: slot 0
+    model = _model(True, vit=objects)
+    images = {"vit": jnp.asarray(image)}
+    features = np.asarray(model.prefix_pair_features(images, rows=4))  # 2 text rows per image
+    _, centres, present = model.vision.encoders["vit"].tokenizer(images["vit"])
+    assert np.asarray(present).sum(1).tolist() == [2, 0]
+    np.testing.assert_allclose(np.asarray(centres[0, :2]) + 0.5, [[23.5 / 32, 23.5 / 32], [4.5 / 32, 6.5 / 32]], atol=1e-6)
+    want = np.zeros((4, 4, 4), np.float32)
+    want[:2, :2] = _distance_features(np.asarray(centres[0, :2]))
+    np.testing.assert_allclose(features[0], want, atol=1e-6)
+    np.testing.assert_array_equal(features[1], features[0])  # row 1 reads image 0
+    assert not features[2:].any()
+
+
+def test_the_bias_starts_at_zero_and_suppresses_the_pairs_it_is_told_to():
+    images, has_image, tokens, valid = inputs(batch=2, t=6)
+    plain, biased = _model(False), _model(True)
+    np.testing.assert_allclose(biased(images, has_image, tokens, valid), plain(images, has_image, tokens, valid),
+                               atol=1e-6)  # zero-initialised: the model starts as the one without it
+    # one feature marks the pairs to suppress; a large negative weight on it removes them from the softmax
+    llm = Llama(dataclasses.replace(BIASED, n_layers=1), rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 8, LLM.dim)), jnp.float32)
+    marked = np.zeros((1, 5, 5, 4), np.float32)
+    marked[0, 4, 1, 0] = marked[0, 3, 0, 0] = marked[0, 2, 4, 0] = 1.0  # (query, key): 2 -> 4 lies in the future
+    weights = np.zeros((4, LLM.n_heads), np.float32)
+    weights[0] = -1e4
+    llm.layers[0].self_attn.pair_bias[...] = jnp.asarray(weights)
+    full_valid = jnp.ones((1, 8), bool)
+    _, _, base = llm(valid=full_valid, embeddings=x, capture=True)
+    _, _, trace = llm(valid=full_valid, embeddings=x, capture=True, pair_features=jnp.asarray(marked))
+    got, base = np.asarray(trace.attention[0, 0]), np.asarray(base.attention[0, 0])
+    assert got[4, 1] < 1e-6 and got[3, 0] < 1e-6 and base[4, 1] > 0.01 and base[3, 0] > 0.01
+    np.testing.assert_allclose(got[5:], base[5:], atol=1e-6)  # text queries see no bias
+    np.testing.assert_allclose(got[:3], base[:3], atol=1e-6)  # nor do image queries with no marked pair
+    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="pair_bias_features"):
+        Llama(LLM, rngs=nnx.Rngs(0))(valid=full_valid, embeddings=x, pair_features=jnp.asarray(marked))
+
+
+@pytest.mark.parametrize("prompt_attention", ["causal", "bidirectional"])
+def test_decoding_computes_the_function_training_fits(prompt_attention):
+    images, has_image, tokens, valid = inputs(batch=2, t=7)
+    model = _model(True, prompt_attention)
+    _randomise_biases(model)
+    p = 4
+    full = model(images, has_image, tokens, valid, prompt_length=jnp.full((2,), p))
+    unbiased = _model(False, prompt_attention)(images, has_image, tokens, valid, prompt_length=jnp.full((2,), p))
+    assert np.abs(np.asarray(full - unbiased)).max() > 1e-3  # the bias is in the function
+    prompt = jnp.concatenate([jnp.full((2, 1), 9, jnp.int32), tokens[:, :p]], 1)  # left-padded by one slot
+    prompt_valid = jnp.concatenate([jnp.zeros((2, 1), bool), jnp.ones((2, p), bool)], 1)
+    last, cache, memory = model.prefill(images, has_image, prompt, prompt_valid, max_new_tokens=3)
+    np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, p - 1]), atol=2e-5, rtol=2e-5)
+    for step in range(2):
+        logits, cache = model.decode_step(tokens[:, p + step], cache, memory)
+        np.testing.assert_allclose(np.asarray(logits), np.asarray(full[:, p + step]), atol=2e-5, rtol=2e-5)
+
+
+def test_scanned_blocks_compute_the_same_and_the_weights_learn():
+    images, has_image, tokens, valid = inputs(batch=2, t=6)
+    model = _model(True)
+    _randomise_biases(model)
+    scanned = _model(True, llm=dataclasses.replace(BIASED, scan_layers=True))
+    nnx.update(scanned, nnx.state(model))
+    np.testing.assert_allclose(scanned(images, has_image, tokens, valid), model(images, has_image, tokens, valid),
+                               atol=1e-5)
+    graphdef, state = nnx.split(_model(True))  # from zero weights, as training starts
+
+    def loss(state):
+        return jnp.mean(nnx.merge(graphdef, state)(images, has_image, tokens, valid) ** 2)
+
+    grads = jax.jit(jax.grad(loss))(state)
+    learnt = [np.abs(np.asarray(grads["llm"]["layers"][i]["self_attn"]["pair_bias"][...])).max() for i in range(3)]
+    # the last block's bias moves only the image tokens' outputs, which no later block reads: no gradient there
+    assert learnt[0] > 0 and learnt[1] > 0 and learnt[2] == 0
+    assert sharding.logical_axes("llm/layers/0/self_attn/pair_bias", 2) == (None, None)
+
+
+def test_config_turns_it_on_for_a_prefix_injection_only(tiny_config):
+    tiny_config.model.update(prefix_distance_bias=True, injection="prefix")
+    config_lib.validate(tiny_config)
+    assert config_lib.model_config(tiny_config, vocab_size=64).llm.pair_bias_features == 4
+    tiny_config.model.injection = "ica"
+    with pytest.raises(ConfigError, match="model.prefix_distance_bias.*prefix"):
+        config_lib.validate(tiny_config)
+    tiny_config.model.update(injection="prefix", attention="splash")
+    with pytest.raises(ConfigError, match="model.prefix_distance_bias.*splash"):
+        config_lib.validate(tiny_config)
