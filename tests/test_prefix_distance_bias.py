@@ -18,7 +18,7 @@ from semrel_jax.models.llama import Llama
 from semrel_jax.models.vit import ViTConfig
 from semrel_jax.training import sharding
 
-from toy_vlm import LLM, inputs, vit_config
+from toy_vlm import LLM, assert_decoding_matches_training, inputs, vit_config
 
 BIASED = dataclasses.replace(LLM, pair_bias_features=4)
 
@@ -109,13 +109,7 @@ def test_decoding_computes_the_function_training_fits(prompt_attention):
     full = model(images, has_image, tokens, valid, prompt_length=jnp.full((2,), p))
     unbiased = _model(False, prompt_attention)(images, has_image, tokens, valid, prompt_length=jnp.full((2,), p))
     assert np.abs(np.asarray(full - unbiased)).max() > 1e-3  # the bias is in the function
-    prompt = jnp.concatenate([jnp.full((2, 1), 9, jnp.int32), tokens[:, :p]], 1)  # left-padded by one slot
-    prompt_valid = jnp.concatenate([jnp.zeros((2, 1), bool), jnp.ones((2, p), bool)], 1)
-    last, cache, memory = model.prefill(images, has_image, prompt, prompt_valid, max_new_tokens=3)
-    np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, p - 1]), atol=2e-5, rtol=2e-5)
-    for step in range(2):
-        logits, cache = model.decode_step(tokens[:, p + step], cache, memory)
-        np.testing.assert_allclose(np.asarray(logits), np.asarray(full[:, p + step]), atol=2e-5, rtol=2e-5)
+    assert_decoding_matches_training(model, images, has_image, tokens, full, p)
 
 
 def test_scanned_blocks_compute_the_same_and_the_weights_learn():

@@ -13,7 +13,7 @@ from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
 from semrel_jax.method.vlm import VisionLanguageModel, VLMConfig, prompt_lengths
 from semrel_jax.models import attention, layers
 
-from toy_vlm import LLM, inputs, vit_config
+from toy_vlm import LLM, assert_decoding_matches_training, inputs, vit_config
 
 
 def _model(injection: str, prompt_attention: str) -> VisionLanguageModel:
@@ -72,14 +72,7 @@ def test_decoding_computes_the_function_training_fits(injection):
     model = _model(injection, "bidirectional")
     p = 4
     full = model(images, has_image, tokens, valid, prompt_length=jnp.full((2,), p))
-    # the prompt left-padded by one slot, as generation batches are: the padding must not count
-    prompt = jnp.concatenate([jnp.full((2, 1), 9, jnp.int32), tokens[:, :p]], 1)
-    prompt_valid = jnp.concatenate([jnp.zeros((2, 1), bool), jnp.ones((2, p), bool)], 1)
-    last, cache, memory = model.prefill(images, has_image, prompt, prompt_valid, max_new_tokens=3)
-    np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, p - 1]), atol=2e-5, rtol=2e-5)
-    for step in range(2):
-        logits, cache = model.decode_step(tokens[:, p + step], cache, memory)
-        np.testing.assert_allclose(np.asarray(logits), np.asarray(full[:, p + step]), atol=2e-5, rtol=2e-5)
+    last = assert_decoding_matches_training(model, images, has_image, tokens, full, p)
     # and the causal model's training pass would not match this prefill: the check above can fail
     causal_full = _model(injection, "causal")(images, has_image, tokens, valid)
     assert np.abs(np.asarray(causal_full[:, p - 1] - last)).max() > 1e-4

@@ -31,3 +31,17 @@ def inputs(batch: int = 2, t: int = 6):
     images = {"vit": jnp.asarray(rng.normal(size=(batch, 20, 20, 3)), jnp.float32)}
     tokens = jnp.asarray(rng.integers(4, 40, size=(batch, t)), jnp.int32)
     return images, jnp.ones((batch,), jnp.int32), tokens, jnp.ones((batch, t), bool)
+
+
+def assert_decoding_matches_training(model, images, has_image, tokens, full, p: int):
+    """Prefill of the first ``p`` tokens (left-padded by one slot, as generation batches are: the padding must not
+    count), then two decode steps, give the teacher-forced logits ``full [B, T, vocab]``; returns the prefill's."""
+    batch = tokens.shape[0]
+    prompt = jnp.concatenate([jnp.full((batch, 1), 9, jnp.int32), tokens[:, :p]], 1)
+    prompt_valid = jnp.concatenate([jnp.zeros((batch, 1), bool), jnp.ones((batch, p), bool)], 1)
+    last, cache, memory = model.prefill(images, has_image, prompt, prompt_valid, max_new_tokens=3)
+    np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, p - 1]), atol=2e-5, rtol=2e-5)
+    for step in range(2):
+        logits, cache = model.decode_step(tokens[:, p + step], cache, memory)
+        np.testing.assert_allclose(np.asarray(logits), np.asarray(full[:, p + step]), atol=2e-5, rtol=2e-5)
+    return last
