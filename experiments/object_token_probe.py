@@ -16,11 +16,13 @@ Variants of the answering model, each a flag: ``--geometric`` (attention between
 per-head bias from their centres' offset and distance, as a relative position bias on a patch grid),
 ``--head=relation_network`` (Santoro et al.'s sum over object pairs instead of the transformer), ``--causal``
 (decoder order: objects, words, then the answer token), ``--standardise`` (token features to unit variance),
-``--position_scale`` (the question's word-position embeddings larger than its word embeddings).
+``--position_scale`` (the question's word-position embeddings larger than its word embeddings), ``--self_pair``
+(with ``--geometric``: an object's attention to itself gets a bias of its own).
 
-The VLM's parts, each a flag, to find what delays the VLM (experiments/LOG.md, sessions 14-15): ``--vlm_objects``,
-``--vlm_block``, ``--in_model_tokens``, and with ``--causal`` ``--rope``, ``--read_last_word``, ``--all_slots``;
-``--word_scale``; its optimiser's settings ``--batch_size --learning_rate --b2 --weight_decay --grad_clip --lr_warmup``.
+The VLM's parts, each a flag, to find what delays the VLM (experiments/LOG.md, sessions 14-15 and 19):
+``--vlm_objects``, ``--vlm_block``, ``--in_model_tokens``, ``--rope``, ``--read_last_word`` (without ``--causal``: the
+VLM's bidirectional prompt, ``[objects] words`` read at the last word), ``--word_scale``, with ``--causal`` also
+``--all_slots``; its optimiser's settings ``--batch_size --learning_rate --b2 --weight_decay --grad_clip --lr_warmup``.
 
 ``--stages=left_of+above:3000:2500,nearest+farthest:3000:2500``: a curriculum. Each stage in turn draws only from
 the first ``examples`` training questions of its kinds for ``steps`` steps; the steps after the last, from all.
@@ -198,6 +200,7 @@ def init_params(key, num_words: int, feature_dim: int, length: int, num_answers:
         "relation_out": [dense(RN_WIDTH, RN_WIDTH), dense(RN_WIDTH, num_answers)],
         "question": dense(length * WIDTH, WIDTH),
         "geometry": [jax.random.normal(next(keys), (GEOMETRY, HEADS)) * 0.1 for _ in range(layers)],
+        "geometry_self": [jnp.zeros(HEADS) for _ in range(layers)],  # --self_pair: an object's bias on itself
         "blocks": [{"qkv": dense(WIDTH, 3 * WIDTH), "out": dense(WIDTH, WIDTH, 0.5), "up": dense(WIDTH, 3 * WIDTH),
                     "down": dense(3 * WIDTH, WIDTH, 0.5), "ln1": jnp.ones(WIDTH), "ln2": jnp.ones(WIDTH)}
                    for _ in range(layers)],
@@ -245,7 +248,7 @@ def rotate(x, positions):
 
 def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool = False, vlm_objects: bool = False,
               vlm_block: bool = False, rope: bool = False, read_last_word: bool = False, all_slots: bool = False,
-              alibi: bool = False, sincos: int = 0):
+              alibi: bool = False, sincos: int = 0, self_pair: bool = False):
     """``tokens [B, K, F]``, ``valid [B, K]``, ``ids [B, L]`` -> answer logits ``[B, A]``.
 
     ``causal``: the sequence is ``[objects] words [ANS]`` as in a decoder VLM: objects see objects, a word sees the
@@ -256,7 +259,10 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
     ``vlm_objects``: the objects embedded as the VLM's tower does with no blocks (linear map, LayerNorm, then a
     SiLU projector) in place of the GELU MLP; ``vlm_block``: the VLM's LLM block (RMSNorm, SwiGLU) in place of
     LayerNorm and a GELU MLP. ``rope``, ``read_last_word``, ``all_slots``: the VLM's positions, answer readout and
-    image prefix (causal only; see the flags).
+    image prefix (see the flags); not causal, ``read_last_word`` is the VLM's bidirectional prompt: ``[objects]
+    words``, all attending to all, the answer read at the last word. ``self_pair``: with ``geometric``, an object's
+    attention to itself gets a learned per-head bias of its own, as a relative position table has an entry for
+    offset 0.
     """
     if not params["blocks"]:  # --head=relation_network
         return relation_network_logits(params, tokens, valid, ids)
@@ -288,9 +294,17 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
         position = jnp.arange(x.shape[1])
         visible = (position[None, :] <= position[:, None]) | ((position[None, :] < count) & (not all_slots))
         mask = keep[:, None, None] & visible[None, None]
+    elif read_last_word:  # the VLM's bidirectional prompt: [objects] words, all attending to all, no readout token
+        text = params["word"][ids] + params["kind"][0]
+        if not rope:
+            text = text + params["position"][None, 1:]
+        x = jnp.concatenate([objects, text], 1)
+        mask = jnp.concatenate([valid, ids > 0], 1)[:, None, None]
     else:
-        text = params["word"][jnp.concatenate([readout, ids], 1)] + params["position"][None] + params["kind"][0]
-        x = jnp.concatenate([text, objects], 1)
+        text = params["word"][jnp.concatenate([readout, ids], 1)]
+        if not rope:
+            text = text + params["position"][None]
+        x = jnp.concatenate([text + params["kind"][0], objects], 1)
         mask = jnp.concatenate([jnp.ones((batch, 1), bool), ids > 0, valid], 1)[:, None, None]
     bias = text_bias = 0.0
     if alibi and causal:  # ALiBi between words: head h weights a word d words back by exp(-d * 4^-(h+1))
@@ -303,12 +317,15 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
         offset = centre[:, :, None] - centre[:, None]  # [B, K, K, 2]
         squared = (offset ** 2).sum(-1, keepdims=True)
         pair = 4.0 * jnp.concatenate([offset, jnp.sqrt(squared + 1e-6), squared], -1)  # [B, K, K, GEOMETRY]
-        first = count if causal else x.shape[1] - count  # where the objects sit in the sequence
+        first = count if causal or read_last_word else x.shape[1] - count  # where the objects sit in the sequence
         pad = [(0, 0), (first, x.shape[1] - first - count), (first, x.shape[1] - first - count), (0, 0)]
         pair = jnp.pad(pair, pad)  # zero for every pair that is not two objects
+        same = jnp.pad(jnp.eye(count), pad[1:3])  # [S, S]: 1 where an object meets itself
     for layer, block in enumerate(params["blocks"]):
         if geometric:
             bias = jnp.moveaxis(pair @ params["geometry"][layer], -1, 1) + text_bias  # [B, H, S, S]
+            if self_pair:
+                bias = bias + params["geometry_self"][layer][:, None, None] * same
         q, k, v = jnp.split((norm(x, block["ln1"]) @ block["qkv"]).reshape(batch, x.shape[1], 3, HEADS, -1), 3, 2)
         q, k = q[:, :, 0], k[:, :, 0]
         if rope:
@@ -321,7 +338,7 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
             x = x + (jax.nn.silu(h @ params["vlm_gates"][layer]) * (h @ block["up"])) @ block["down"]
         else:
             x = x + jax.nn.gelu(h @ block["up"]) @ block["down"]
-    if causal and read_last_word:  # the question's last word: the '?' the VLM answers after
+    if read_last_word:  # the question's last word: the '?' the VLM answers after
         last = count + (ids > 0).sum(1) - 1
         return rms_norm(x[jnp.arange(batch), last], params["final_norm"]) @ params["answer"]
     return x[:, -1 if causal else 0] @ params["answer"]
@@ -392,9 +409,11 @@ def main(argv):
         schedule.append(((schedule[-1][0] if schedule else 0) + stage_steps, pool))
     params = init_params(jax.random.PRNGKey(f.seed), len(vocab) + 2, train["tokens"].shape[-1], length,
                          len(answers), f.layers if f.head == "transformer" else 0, f.position_scale, f.word_scale)
-    vlm = (f.vlm_objects, f.vlm_block, f.rope, f.read_last_word, f.all_slots, f.alibi, f.sincos)
-    if (f.rope or f.read_last_word or f.all_slots) and not f.causal:
-        raise app.UsageError("--rope, --read_last_word and --all_slots are variants of --causal")
+    vlm = (f.vlm_objects, f.vlm_block, f.rope, f.read_last_word, f.all_slots, f.alibi, f.sincos, f.self_pair)
+    if f.self_pair and not f.geometric:
+        raise app.UsageError("--self_pair is a variant of --geometric")
+    if f.all_slots and not f.causal:
+        raise app.UsageError("--all_slots is a variant of --causal")
     learning_rate = optax.warmup_cosine_decay_schedule(0.0, f.learning_rate, min(f.lr_warmup, f.steps // 2), f.steps)
     optimizer = optax.adamw(learning_rate, b2=f.b2, weight_decay=f.weight_decay)
     if f.grad_clip:
@@ -428,7 +447,7 @@ def main(argv):
             per_kind = {k: round(float(correct[evaluation["kind"] == k].mean()), 3) for k in kinds}
             print(f"step {i + 1} loss {loss:.3f} all {correct.mean():.3f} {per_kind} train {train_seconds:.0f} s", flush=True)
     print(json.dumps({"data": f.data, "seed": f.seed, "steps": f.steps, "layers": f.layers, "width": f.width, "heads": f.heads, "kinds": f.kinds, "curriculum": [[k, n, t] for k, n, t in stages],
-                      "colour": f.colour, "head": f.head, "standardise": f.standardise, "position_scale": f.position_scale, "causal": f.causal, "geometric": f.geometric, "vlm_objects": f.vlm_objects, "vlm_block": f.vlm_block, "in_model_tokens": f.in_model_tokens, "rope": f.rope, "alibi": f.alibi, "sincos": f.sincos, "read_last_word": f.read_last_word,
+                      "colour": f.colour, "head": f.head, "standardise": f.standardise, "position_scale": f.position_scale, "causal": f.causal, "geometric": f.geometric, "vlm_objects": f.vlm_objects, "vlm_block": f.vlm_block, "in_model_tokens": f.in_model_tokens, "rope": f.rope, "alibi": f.alibi, "sincos": f.sincos, "read_last_word": f.read_last_word, "self_pair": f.self_pair,
                       "word_scale": f.word_scale, "all_slots": f.all_slots, "b2": f.b2, "weight_decay": f.weight_decay, "grad_clip": f.grad_clip,
                       "lr_warmup": f.lr_warmup, "batch_size": f.batch_size, "learning_rate": f.learning_rate, "all": round(float(correct.mean()), 3), "per_kind": per_kind,
                       "majority": {k: round(v, 3) for k, v in majority.items()}, "train_seconds": round(train_seconds)}))
@@ -448,6 +467,8 @@ def _define_flags():
     flags.DEFINE_integer("seed", 0, "Initialisation and sampling seed.")
     flags.DEFINE_enum("colour", "mean", ["mean", "palette"], "Object colour: its mean RGB only, or + an oracle palette one-hot.")
     flags.DEFINE_bool("geometric", False, "Attention between two objects gets a learned bias from their centres' offset.")
+    flags.DEFINE_bool("self_pair", False, "--geometric: an object's attention to itself gets a learned bias of its own "
+                      "(its offset, zero, is otherwise the nearest one).")
     flags.DEFINE_bool("causal", False, "Transformer head as a decoder VLM: [objects] words [ANS], causal text, answer read last.")
     flags.DEFINE_bool("vlm_objects", False, "Objects embedded as the VLM's tower with no blocks: linear, LayerNorm, SiLU projector.")
     flags.DEFINE_bool("vlm_block", False, "The VLM's LLM block: RMSNorm and SwiGLU instead of LayerNorm and a GELU MLP.")
@@ -460,8 +481,9 @@ def _define_flags():
     flags.DEFINE_bool("oracle_roles", False, "Causal, diagnostic: the question's first and second colour word get "
                       "an embedding of their role (an oracle: tells the two named objects apart).")
     flags.DEFINE_bool("rope", False, "Decoder positions as the VLM's LLM has them: RoPE in every block, no learned word positions.")
-    flags.DEFINE_bool("read_last_word", False, "Causal: read the answer at the question's last word (the VLM's '?') through a "
-                      "final RMSNorm, not at a readout token of its own.")
+    flags.DEFINE_bool("read_last_word", False, "Read the answer at the question's last word (the VLM's '?') through a "
+                      "final RMSNorm, not at a readout token of its own; not --causal: the order [objects] words, all "
+                      "attending to all (the VLM's prompt_attention='bidirectional').")
     flags.DEFINE_float("word_scale", 0.1, "Initial scale of the word embeddings (the VLM's: 1.0).")
     flags.DEFINE_bool("all_slots", False, "Causal: all MAX_OBJECTS slots visible (empty ones as zero tokens) and each "
                       "object sees only the slots before it, as the VLM's causal image prefix.")
