@@ -20,7 +20,8 @@ per-head bias from their centres' offset and distance, as a relative position bi
 (with ``--geometric``: an object's attention to itself gets a bias of its own).
 
 The VLM's parts, each a flag, to find what delays the VLM (experiments/LOG.md, sessions 14-15 and 19):
-``--vlm_objects``, ``--vlm_block``, ``--in_model_tokens``, ``--rope``, ``--read_last_word`` (without ``--causal``: the
+``--vlm_objects``, ``--vlm_block``, ``--in_model_tokens``, ``--rope`` (``--rope_one_object_position``: all objects at
+one position), ``--read_last_word`` (without ``--causal``: the
 VLM's bidirectional prompt, ``[objects] words`` read at the last word), ``--word_scale``, with ``--causal`` also
 ``--all_slots``; its optimiser's settings ``--batch_size --learning_rate --b2 --weight_decay --grad_clip --lr_warmup``.
 
@@ -248,7 +249,7 @@ def rotate(x, positions):
 
 def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool = False, vlm_objects: bool = False,
               vlm_block: bool = False, rope: bool = False, read_last_word: bool = False, all_slots: bool = False,
-              alibi: bool = False, sincos: int = 0, self_pair: bool = False):
+              alibi: bool = False, sincos: int = 0, self_pair: bool = False, rope_one_object_position: bool = False):
     """``tokens [B, K, F]``, ``valid [B, K]``, ``ids [B, L]`` -> answer logits ``[B, A]``.
 
     ``causal``: the sequence is ``[objects] words [ANS]`` as in a decoder VLM: objects see objects, a word sees the
@@ -262,7 +263,7 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
     image prefix (see the flags); not causal, ``read_last_word`` is the VLM's bidirectional prompt: ``[objects]
     words``, all attending to all, the answer read at the last word. ``self_pair``: with ``geometric``, an object's
     attention to itself gets a learned per-head bias of its own, as a relative position table has an entry for
-    offset 0.
+    offset 0. ``rope_one_object_position``: with ``rope``, every object slot at one position (the objects are a set).
     """
     if not params["blocks"]:  # --head=relation_network
         return relation_network_logits(params, tokens, valid, ids)
@@ -329,7 +330,11 @@ def logits_fn(params, tokens, valid, ids, causal: bool = False, geometric: bool 
         q, k, v = jnp.split((norm(x, block["ln1"]) @ block["qkv"]).reshape(batch, x.shape[1], 3, HEADS, -1), 3, 2)
         q, k = q[:, :, 0], k[:, :, 0]
         if rope:
-            q, k = rotate(q, jnp.arange(x.shape[1])), rotate(k, jnp.arange(x.shape[1]))
+            position = jnp.arange(x.shape[1])
+            if rope_one_object_position:  # the object slots as a set: one position for all of them
+                first = 0 if causal or read_last_word else x.shape[1] - count
+                position = jnp.where((position >= first) & (position < first + count), first, position)
+            q, k = rotate(q, position), rotate(k, position)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(WIDTH // HEADS) + bias
         weights = jax.nn.softmax(jnp.where(mask, scores, -1e9), -1)
         x = x + jnp.einsum("bhqk,bkhd->bqhd", weights, v[:, :, 0]).reshape(x.shape) @ block["out"]
@@ -409,9 +414,12 @@ def main(argv):
         schedule.append(((schedule[-1][0] if schedule else 0) + stage_steps, pool))
     params = init_params(jax.random.PRNGKey(f.seed), len(vocab) + 2, train["tokens"].shape[-1], length,
                          len(answers), f.layers if f.head == "transformer" else 0, f.position_scale, f.word_scale)
-    vlm = (f.vlm_objects, f.vlm_block, f.rope, f.read_last_word, f.all_slots, f.alibi, f.sincos, f.self_pair)
+    vlm = (f.vlm_objects, f.vlm_block, f.rope, f.read_last_word, f.all_slots, f.alibi, f.sincos, f.self_pair,
+           f.rope_one_object_position)
     if f.self_pair and not f.geometric:
         raise app.UsageError("--self_pair is a variant of --geometric")
+    if f.rope_one_object_position and not f.rope:
+        raise app.UsageError("--rope_one_object_position is a variant of --rope")
     if f.all_slots and not f.causal:
         raise app.UsageError("--all_slots is a variant of --causal")
     learning_rate = optax.warmup_cosine_decay_schedule(0.0, f.learning_rate, min(f.lr_warmup, f.steps // 2), f.steps)
@@ -447,7 +455,7 @@ def main(argv):
             per_kind = {k: round(float(correct[evaluation["kind"] == k].mean()), 3) for k in kinds}
             print(f"step {i + 1} loss {loss:.3f} all {correct.mean():.3f} {per_kind} train {train_seconds:.0f} s", flush=True)
     print(json.dumps({"data": f.data, "seed": f.seed, "steps": f.steps, "layers": f.layers, "width": f.width, "heads": f.heads, "kinds": f.kinds, "curriculum": [[k, n, t] for k, n, t in stages],
-                      "colour": f.colour, "head": f.head, "standardise": f.standardise, "position_scale": f.position_scale, "causal": f.causal, "geometric": f.geometric, "vlm_objects": f.vlm_objects, "vlm_block": f.vlm_block, "in_model_tokens": f.in_model_tokens, "rope": f.rope, "alibi": f.alibi, "sincos": f.sincos, "read_last_word": f.read_last_word, "self_pair": f.self_pair,
+                      "colour": f.colour, "head": f.head, "standardise": f.standardise, "position_scale": f.position_scale, "causal": f.causal, "geometric": f.geometric, "vlm_objects": f.vlm_objects, "vlm_block": f.vlm_block, "in_model_tokens": f.in_model_tokens, "rope": f.rope, "alibi": f.alibi, "sincos": f.sincos, "read_last_word": f.read_last_word, "self_pair": f.self_pair, "rope_one_object_position": f.rope_one_object_position,
                       "word_scale": f.word_scale, "all_slots": f.all_slots, "b2": f.b2, "weight_decay": f.weight_decay, "grad_clip": f.grad_clip,
                       "lr_warmup": f.lr_warmup, "batch_size": f.batch_size, "learning_rate": f.learning_rate, "all": round(float(correct.mean()), 3), "per_kind": per_kind,
                       "majority": {k: round(v, 3) for k, v in majority.items()}, "train_seconds": round(train_seconds)}))
@@ -484,6 +492,8 @@ def _define_flags():
     flags.DEFINE_bool("read_last_word", False, "Read the answer at the question's last word (the VLM's '?') through a "
                       "final RMSNorm, not at a readout token of its own; not --causal: the order [objects] words, all "
                       "attending to all (the VLM's prompt_attention='bidirectional').")
+    flags.DEFINE_bool("rope_one_object_position", False, "--rope: every object slot at one position, so RoPE "
+                      "adds nothing between two objects (they are a set; their slot order is arbitrary).")
     flags.DEFINE_float("word_scale", 0.1, "Initial scale of the word embeddings (the VLM's: 1.0).")
     flags.DEFINE_bool("all_slots", False, "Causal: all MAX_OBJECTS slots visible (empty ones as zero tokens) and each "
                       "object sees only the slots before it, as the VLM's causal image prefix.")
