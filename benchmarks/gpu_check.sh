@@ -3,38 +3,45 @@
 # the fly, rows padded to 512 text tokens) with each attention path, through benchmarks/step_throughput.py:
 # step time, tokens/s, model TFLOP/s, MFU against the GPU's dense bf16 peak (semrel_jax/training/chips.py),
 # compiled and peak device memory. Installs nothing: it needs what `pip install "jax[cuda12]" && pip install -e .`
-# gave. Budget ≈ 8 min on one H100/H200 (each run is capped at RUN_TIMEOUT seconds).
+# gave (PYTHON picks the interpreter, python3 by default). Budget ≈ 8 min on one H100/H200 (each run is capped at
+# RUN_TIMEOUT seconds: 90 for the 1B, 150 for the 7B, whose unrolled 32 blocks take the longest to compile).
+# Each run's whole output goes to $LOG_DIR/<preset>_<attention>.log (LOG_DIR: a temporary folder unless set); a
+# failing run's last lines are printed.
 #
 #   bash benchmarks/gpu_check.sh          # on the GPU host
 #   bash benchmarks/gpu_check.sh --dry    # the same loop with the tiny preset on any machine (checks the script)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+LOG_DIR=${LOG_DIR:-$(mktemp -d)}
 
 if [[ "${1:-}" == "--dry" ]]; then
-  runs=("tiny:8")                       # preset:batch
+  runs=("tiny:8:${RUN_TIMEOUT:-300}")   # preset:batch:seconds
   attentions=(xla)
-  steps=2; text_len=20; RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+  steps=2; text_len=20
 else
-  python - <<'PY'
+  "$PYTHON" - <<'PY'
 import jax, sys
 if jax.default_backend() != "gpu":
     sys.exit(f"gpu_check: no GPU visible to JAX (backend {jax.default_backend()!r}); install jax[cuda12], or use --dry")
 print("devices:", jax.devices())
 PY
-  runs=("lsrm_llama3.2_1b:32" "lsrm_7b:16")
+  runs=("lsrm_llama3.2_1b:32:${RUN_TIMEOUT:-90}" "lsrm_7b:16:${RUN_TIMEOUT:-150}")
   attentions=(xla cudnn)
-  steps=10; text_len=512; RUN_TIMEOUT=${RUN_TIMEOUT:-110}
+  steps=10; text_len=512
 fi
 
 for run in "${runs[@]}"; do
-  preset=${run%%:*}; batch=${run##*:}
+  IFS=: read -r preset batch run_timeout <<< "${run}"
   for attention in "${attentions[@]}"; do
     echo "=== ${preset}, batch ${batch} x ${text_len} tokens, model.attention=${attention}"
     # a failing path (e.g. cuDNN refusing a shape) is reported and the loop goes on to the next
-    timeout "${RUN_TIMEOUT}" python benchmarks/step_throughput.py --presets="${preset}" --batch_size="${batch}" \
+    log=${LOG_DIR}/${preset}_${attention}.log
+    timeout "${run_timeout}" "$PYTHON" benchmarks/step_throughput.py --presets="${preset}" --batch_size="${batch}" \
       --steps="${steps}" --warmup=2 \
-      --config_overrides="model.attention=${attention},data.max_text_len=${text_len}" \
-      | grep -E "^(peak|jax|\[|step_ms_median|examples_per_s|text_tokens_per_s|model_tflop_per_s|mfu|mem_temp|device_peak|compile_s)" \
-      || echo "!!! ${preset} with ${attention} failed or ran out of time (${RUN_TIMEOUT}s)"
+      --config_overrides="model.attention=${attention},data.max_text_len=${text_len}" 2>&1 \
+      | tee "${log}" | grep -E "^(peak|jax|\[|step_ms_median|examples_per_s|text_tokens_per_s|model_tflop_per_s|mfu|mem_temp|device_peak|compile_s)" \
+      || { echo "!!! ${preset} with ${attention} failed or ran out of time (${run_timeout}s); the end of ${log}:"
+           tail -n 15 "${log}"; }
   done
 done
