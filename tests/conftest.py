@@ -5,6 +5,7 @@ several models) are marked ``slow`` here, in one list. ``pytest -m "not slow" te
 ``pytest tests`` runs everything (README, .ci/run).
 """
 
+import importlib.metadata
 import os
 import sys
 import tempfile
@@ -25,8 +26,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # time of a CLI run, measured), and XLA:CPU's older fusion emitters compile the tiny train step in 4.9 s instead of
 # 6.4 s with the same loss and step time (measured). It does not change results a test compares: every run in a test
 # uses the same flags. Tests that start processes with their own XLA_FLAGS (device counts) add these.
-CHEAP_CODEGEN = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-                 " --xla_cpu_use_fusion_emitters=false")
+# XLA aborts a process on a flag it does not know: jaxlib 0.11's XLA (seen with 0.11.2 on a GPU host) has dropped the
+# fusion-emitters switch, so it is passed only to the older XLAs that still read it.
+CHEAP_CODEGEN = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if tuple(int(p) for p in importlib.metadata.version("jaxlib").split(".")[:2]) < (0, 11):
+    CHEAP_CODEGEN += " --xla_cpu_use_fusion_emitters=false"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CHEAP_CODEGEN}".strip()
 
