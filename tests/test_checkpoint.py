@@ -343,6 +343,46 @@ def test_batches_after_resume_are_the_uninterrupted_runs_batches(tiny_config, to
             jax.tree.map(np.testing.assert_array_equal, next(resumed), uninterrupted[step])
 
 
+def test_a_stage_ended_on_its_loss_is_the_shorter_stage_and_resumes_on_the_same_schedule(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """A stage with ':loss' above any loss ends at the first logging step (2 of at most 4): the run equals, bitwise,
+    one whose stage lasts 2 steps. Killed at step 5 and rerun, it resumes from step 3 with the stage's end read
+    from the checkpoint (resumed with the 4-step stage, steps 3-4 would draw stage batches and differ)."""
+    def config(stage):
+        c = _base_config()
+        c.train.checkpoint_every = 3
+        c.data.curriculum = (stage,)
+        return c
+
+    fixed, ended = str(tmp_path / "fixed"), str(tmp_path / "ended")
+    train.train_and_evaluate(config("horizontal+vertical:16:2"), fixed)
+    real_iterate = pipeline.iterate
+
+    def dies_at_step_5(dataset, start_step, *args):
+        for i, batch in enumerate(real_iterate(dataset, start_step, *args)):
+            if start_step + i == 5:
+                raise KeyboardInterrupt("simulated preemption")
+            yield batch
+
+    monkeypatch.setattr(pipeline, "iterate", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config("horizontal+vertical:16:4:1000"), ended)
+    assert "stage horizontal+vertical:16:4:1000 ended on its loss at step 2" in capsys.readouterr().out
+    monkeypatch.setattr(pipeline, "iterate", real_iterate)
+    ckpt = _checkpointer(ended)
+    try:
+        assert ckpt.saved_progress(3) == {"curriculum_ended": {"0": 2}}
+        assert ckpt.saved_progress(1) == {"curriculum_ended": {}}  # saved before the stage ended
+    finally:
+        ckpt.close()
+    train.train_and_evaluate(config("horizontal+vertical:16:4:1000"), ended)
+
+    jax.tree.map(np.testing.assert_array_equal, _restore_params(fixed, 6), _restore_params(ended, 6))
+    assert "ended on its loss after 2 steps (from the checkpoint)" in capsys.readouterr().out
+    logged = [json.loads(line) for line in open(os.path.join(ended, "metrics.jsonl"))]
+    assert [(r["step"], r["stage_ended"]) for r in logged if "stage_ended" in r] == [(2, 0)]
+
+
 def test_checkpoint_frozen_makes_checkpoints_self_contained(tmp_path):
     c = _base_config()
     c.train.update(checkpoint_every=3, checkpoint_frozen=True)  # the base run's 6 steps: its programs

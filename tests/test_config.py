@@ -108,9 +108,11 @@ def test_object_tokens_reach_the_tower_and_refuse_what_needs_a_patch_grid(tiny_c
 
 
 @pytest.mark.parametrize("stages, complaint", [
-    (("left_of:3000",), "expected 'kind\\[\\+kind...\\]:examples:steps'"),
+    (("left_of:3000",), r"expected 'kind\[\+kind...\]:examples:steps\[:loss\]'"),
     (("left_of:0:5",), "examples, steps >= 1"),
-    (("left_of:10:4", "above:10:4"), "take 8 steps, not fewer than train.num_steps=6"),
+    (("left_of:10:4:0",), "and loss > 0, got 'left_of:10:4:0'"),
+    (("left_of:10:4:low",), "and loss > 0, got 'left_of:10:4:low'"),
+    (("left_of:10:4", "above:10:4"), r"take \(at most\) 8 steps, not fewer than train.num_steps=6"),
 ])
 def test_curriculum_is_checked_before_training(tiny_config, stages, complaint):
     tiny_config.data.curriculum = ("shape:10:2",)

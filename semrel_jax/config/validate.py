@@ -61,7 +61,7 @@ def _validate_curriculum(c) -> None:
 
     stages = c.data.curriculum
     check(isinstance(stages, (tuple, list)) and all(isinstance(s, str) for s in stages), "data.curriculum",
-          f"expected a tuple of 'kind[+kind]:examples:steps' strings, got {stages!r}")
+          f"expected a tuple of 'kind[+kind]:examples:steps[:loss]' strings, got {stages!r}")
     if not stages:
         return
     try:
@@ -71,7 +71,7 @@ def _validate_curriculum(c) -> None:
     check(c.data.examples_per_image == 1 and not ("caption_mix" in c.data and c.data.caption_mix), "data.curriculum",
           "draws single examples from the training split: set data.examples_per_image=1 and no data.caption_mix")
     check(c.train.epochs > 0 or steps < c.train.num_steps, "data.curriculum",
-          f"its stages take {steps} steps, not fewer than train.num_steps={c.train.num_steps}")
+          f"its stages take (at most) {steps} steps, not fewer than train.num_steps={c.train.num_steps}")
 
 
 def _validate_model(c) -> None:

@@ -6,6 +6,11 @@
 one of ``kinds``; the stages run in order, then the full stream follows. Steps count toward
 ``train.num_steps``.
 
+``kinds:examples:steps:loss`` ends the stage early, at the first logging step (``train.log_every``) whose mean
+training loss over the logging interval, all of it inside the stage, is below ``loss``: a stage lasts as long as
+this seed needs to leave its plateau, at most ``steps``. The steps at which stages ended are saved with each
+checkpoint (``Progress``), so a resumed run follows the same schedule.
+
 Why small subsets: a relation such as "is X left of Y" is symmetric in the two named objects until the reader
 tells them apart, and sits at a saddle (loss ln 2) on the full set; memorising a few thousand examples breaks
 the symmetry and the comparison built doing so generalises (experiments/LOG.md, sessions 11-12).
@@ -29,23 +34,63 @@ from semrel_jax.errors import UserError
 class Stage:
     kinds: tuple[str, ...]
     examples: int
-    steps: int
+    steps: int  # at most, when ``until_loss`` is set
+    until_loss: float | None = None
 
     def __str__(self) -> str:
-        return f"{'+'.join(self.kinds)}:{self.examples}:{self.steps}"
+        end = "" if self.until_loss is None else f":{self.until_loss:g}"
+        return f"{'+'.join(self.kinds)}:{self.examples}:{self.steps}{end}"
 
 
 def parse(spec: str) -> Stage:
-    """``"left_of+above:3000:2500"`` -> ``Stage``; ValueError saying what is wrong."""
+    """``"left_of+above:3000:2500"`` or ``"left_of+above:3000:6000:0.03"`` -> ``Stage``; ValueError saying what is wrong."""
     parts = str(spec).split(":")
     kinds = tuple(k for k in parts[0].split("+") if k)
     try:
-        examples, steps = (int(p) for p in parts[1:])
+        examples, steps = (int(p) for p in parts[1:3])
+        until_loss = float(parts[3]) if len(parts) == 4 else None
     except ValueError:
         examples = steps = 0
-    if len(parts) != 3 or not kinds or examples < 1 or steps < 1:
-        raise ValueError(f"expected 'kind[+kind...]:examples:steps' with examples, steps >= 1, got {spec!r}")
-    return Stage(kinds, examples, steps)
+        until_loss = None
+    if len(parts) not in (3, 4) or not kinds or examples < 1 or steps < 1 or not (until_loss is None or until_loss > 0):
+        raise ValueError(f"expected 'kind[+kind...]:examples:steps[:loss]' with examples, steps >= 1 and loss > 0, "
+                         f"got {spec!r}")
+    return Stage(kinds, examples, steps, until_loss)
+
+
+class Progress:
+    """How long each stage actually lasts: its ``steps``, or fewer where its loss ended it (``observe``).
+
+    ``ended``: ``{stage index: steps it lasted}``, as saved with a checkpoint (``to_json``/``from_json``).
+    """
+
+    def __init__(self, stages: list[Stage], ended: dict[int, int] | None = None):
+        self.stages, self.ended = list(stages), dict(ended or {})
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return tuple(self.ended.get(i, stage.steps) for i, stage in enumerate(self.stages))
+
+    def observe(self, step: int, interval_start: int, loss: float) -> Stage | None:
+        """After ``step``: the mean training loss of steps ``[interval_start, step)`` was ``loss``. Returns the stage
+        this ends (it lasts up to ``step``; the full stream or the next stage takes step ``step`` on), or None."""
+        start = 0
+        for i, (stage, length) in enumerate(zip(self.stages, self.lengths)):
+            if step <= start + length:  # step's last batch came from stage i
+                if (stage.until_loss is not None and i not in self.ended and interval_start >= start
+                        and step < start + length and loss < stage.until_loss):
+                    self.ended[i] = step - start
+                    return stage
+                return None
+            start += length
+        return None
+
+    def to_json(self) -> dict:
+        return {"curriculum_ended": {str(i): n for i, n in sorted(self.ended.items())}}
+
+    @classmethod
+    def from_json(cls, stages: list[Stage], saved: dict) -> "Progress":
+        return cls(stages, {int(i): int(n) for i, n in saved.get("curriculum_ended", {}).items()})
 
 
 class Subset:

@@ -174,6 +174,7 @@ def training_dataset(
     featurize_group=None,
     mix: tuple[Source, float] | None = None,
     curriculum: tuple[str, ...] = (),
+    stage_steps: tuple[int, ...] | None = None,
 ) -> grain.MapDataset:
     """Infinite stream of per-host batches, reshuffled every epoch; ``ds[step]`` is step's batch.
 
@@ -185,7 +186,8 @@ def training_dataset(
     (each stream shuffled and repeated on its own, then interleaved by weight: still indexable by step).
 
     ``curriculum``: stages ``kinds:examples:steps`` that come first, each from a small subset of some question
-    kinds (``data/curriculum.py``); stage i's stream is seeded ``seed + 2 + i``.
+    kinds (``data/curriculum.py``); stage i's stream is seeded ``seed + 2 + i``. ``stage_steps``: how many steps
+    each stage lasts (``curriculum.Progress.lengths``: fewer than its ``steps`` where its loss ended it).
     """
     if batch_size % (process_count * examples_per_image):
         raise ValueError(
@@ -216,10 +218,11 @@ def training_dataset(
     if examples_per_image > 1 or mix is not None:
         raise ValueError("data.curriculum draws single examples from one source: it cannot be combined with "
                          "data.examples_per_image > 1 or a data mixture (data.caption_mix).")
+    parsed = [curriculum_lib.parse(spec) for spec in curriculum]
     stages = []
-    for i, stage in enumerate(curriculum_lib.parse(spec) for spec in curriculum):
+    for i, (stage, steps) in enumerate(zip(parsed, stage_steps or [stage.steps for stage in parsed], strict=True)):
         subset = stream(curriculum_lib.Subset(source, stage), seed + 2 + i)
-        stages.append((subset.map(featurize).batch(per_host, drop_remainder=True), stage.steps))
+        stages.append((subset.map(featurize).batch(per_host, drop_remainder=True), steps))
     return curriculum_lib.staged(stages, batches)
 
 

@@ -101,7 +101,7 @@ class Checkpointer:
         # A read-only manager logs a warning that it is read-only (what was asked): kept off notebooks' output.
         with _absl_warnings_off() if read_only else contextlib.nullcontext():
             self.manager = ocp.CheckpointManager(
-                self.directory, options=options, item_names=("state", "config", "frozen")
+                self.directory, options=options, item_names=("state", "config", "frozen", "progress")
             )
         self.frozen = None  # set to the frozen parameters to save them with every checkpoint
         # which directory this is (device, inode): a save into a vanished or replaced one is refused (Orbax
@@ -121,8 +121,10 @@ class Checkpointer:
         """
         return step % self.save_every == 0 or bool(self.keep_every and step % self.keep_every == 0)
 
-    def save(self, step: int, state, config_json: str, *, force: bool = False) -> bool:
+    def save(self, step: int, state, config_json: str, *, force: bool = False, progress: dict | None = None) -> bool:
         """Saves when ``due(step)`` or ``force``; returns whether a save started.
+
+        ``progress``: JSON of what else a resumed run must know (``curriculum.Progress``: when stages ended).
 
         A failing disk (full, read-only, I/O error, gone) raises one DiskError naming the last committed step.
         """
@@ -130,6 +132,8 @@ class Checkpointer:
         items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(json.loads(config_json)))
         if self.frozen is not None:
             items["frozen"] = ocp.args.StandardSave(self.frozen)
+        if progress:
+            items["progress"] = ocp.args.JsonSave(progress)
         with self._disk_errors(f"saving checkpoints (at step {step}; a save finishes in the background)"):
             if (force or self.due(step)) and _identity(self.directory) != self._identity:
                 raise FileNotFoundError(errno.ENOENT, "the checkpoint directory vanished", self.directory)
@@ -180,6 +184,12 @@ class Checkpointer:
 
     def saved_config(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
+    def saved_progress(self, step: int) -> dict:
+        """The ``progress`` saved with ``step``; {} where there was none (no early-ended stage, or an older run)."""
+        if not os.path.isdir(os.path.join(self.directory, str(step), "progress")):
+            return {}
+        return self.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())).progress
 
     def set_aside(self, steps, reason: str = "unreadable") -> list[str]:
         """Moves the given step directories to ``<directory>.<reason>/`` (never deletes); returns the new paths.

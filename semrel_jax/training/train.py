@@ -16,6 +16,7 @@ import jax
 import ml_collections
 
 from semrel_jax import recipe
+from semrel_jax.data import curriculum as curriculum_lib
 from semrel_jax.data import pipeline
 from semrel_jax.errors import UserError
 from semrel_jax.evaluation import loop as eval_loop
@@ -71,12 +72,18 @@ def _run(c, workdir, mesh, is_main, t0, filled):
             f.write(config_json)
 
     step_fn = run.step_fn()
-    dataset = pipeline.training_dataset(
-        data.train, featurizer.train, c.train.batch_size, c.seed, jax.process_index(), jax.process_count(),
-        examples_per_image=c.data.examples_per_image, featurize_group=featurizer.train_group, mix=data.mix,
-        curriculum=tuple(c.data.curriculum),
-    )
-    batches = pipeline.iterate(dataset, start_step, c.data.num_workers, c.data.prefetch)
+    stages = [curriculum_lib.parse(spec) for spec in c.data.curriculum]
+    progress = curriculum_lib.Progress.from_json(stages, checkpointer.saved_progress(start_step) if start_step else {})
+
+    def batches_from(step):
+        dataset = pipeline.training_dataset(
+            data.train, featurizer.train, c.train.batch_size, c.seed, jax.process_index(), jax.process_count(),
+            examples_per_image=c.data.examples_per_image, featurize_group=featurizer.train_group, mix=data.mix,
+            curriculum=tuple(c.data.curriculum), stage_steps=progress.lengths,
+        )
+        return pipeline.iterate(dataset, step, c.data.num_workers, c.data.prefetch)
+
+    batches = _Batches(batches_from, start_step)
     writer = metric_writers.MetricWriter(workdir, total_steps=c.train.num_steps, start_step=start_step, enabled=is_main)
     params = state.params
     writer.log(
@@ -87,7 +94,9 @@ def _run(c, workdir, mesh, is_main, t0, filled):
     for line in filled + run.derived:
         writer.log(f"config: {line}")
     if c.data.curriculum:
-        writer.log(f"data.curriculum: {', '.join(c.data.curriculum)} (kinds:examples:steps), then the full split")
+        writer.log(f"data.curriculum: {', '.join(c.data.curriculum)} (kinds:examples:steps[:loss]), then the full split")
+        for i, steps in sorted(progress.ended.items()):
+            writer.log(f"data.curriculum: stage {stages[i]} ended on its loss after {steps} steps (from the checkpoint)")
     device_bytes = sharding_lib.per_device_bytes((state, frozen))
     writer.log(
         f"per-device state bytes: max {max(device_bytes.values()):,}, min {min(device_bytes.values()):,} "
@@ -114,13 +123,12 @@ def _run(c, workdir, mesh, is_main, t0, filled):
 
             state, last_step = _train_loop(
                 c, state, frozen, step_fn, batches, mesh_lib.batch_sharding(mesh), start_step, checkpointer, writer,
-                config_json, guard, flops_per_example, evaluate_during_training,
+                config_json, guard, flops_per_example, evaluate_during_training, progress if stages else None,
             )
     finally:
         # Whatever stops the loop (an error, Ctrl-C, a NaN), committed and in-flight saves complete.
         checkpointer.close()
-        # grain's workers and the shared-memory batches still queued are released now (not by a warning at exit)
-        getattr(batches, "close", lambda: None)()
+        batches.close()
     if last_step < c.train.num_steps:
         writer.log(f"preempted: checkpoint saved at step {last_step}; rerun the same command to resume")
         writer.close()
@@ -157,11 +165,12 @@ def _evaluate_and_log(c, run, states, out_dir, mesh, writer, step, num_examples=
 
 def _train_loop(
     c, state, frozen, step_fn, batches, batch_sharding, start_step, checkpointer, writer, config_json, guard,
-    flops_per_example=0.0, evaluate=None,
+    flops_per_example=0.0, evaluate=None, progress=None,
 ):
     """Runs steps until ``num_steps`` or a preemption request; returns the state and the last finished step.
 
     ``evaluate(step, state)`` runs every ``train.eval_every`` steps before the last (which the caller evaluates).
+    ``progress`` (``curriculum.Progress``): told each logged loss; when it ends a stage, ``batches`` reopen there.
     """
     pending: list[dict] = []
     interval_start, interval_step = time.time(), start_step
@@ -185,13 +194,19 @@ def _train_loop(
                 summary["tflops_per_second_per_device"] = tflops
                 if c.train.peak_tflops_per_device:
                     summary["mfu"] = tflops / c.train.peak_tflops_per_device
+            if progress is not None and (ended := progress.observe(done, interval_step, summary["loss"])):
+                writer.log(f"data.curriculum: stage {ended} ended on its loss at step {done} "
+                           f"(mean loss {summary['loss']:.4f} since step {interval_step})")
+                writer.write_scalars(done, {"stage_ended": progress.stages.index(ended)}, prefix="curriculum")
+                batches.reopen(done)
             interval_start, interval_step = now, done
             writer.write_scalars(done, summary)
             writer.progress(done, {k: summary[k] for k in ("loss", "examples_per_second")})
         stopping = preemption.agreed(guard.requested) and done < c.train.num_steps
         if stopping and pending:
             _summarize(jax.device_get(pending), c.train.nonfinite, done, checkpointer)  # never save a NaN state
-        checkpointer.save(done, state, config_json, force=done == c.train.num_steps or stopping)
+        checkpointer.save(done, state, config_json, force=done == c.train.num_steps or stopping,
+                          progress=progress.to_json() if progress is not None else None)
         if stopping:
             return state, done
         if evaluate is not None and c.train.eval_every and done % c.train.eval_every == 0 and done < c.train.num_steps:
@@ -212,3 +227,22 @@ def _summarize(metrics: list[dict], policy: str, step: int, checkpointer) -> dic
             "Lower train.learning_rate, or set train.nonfinite='skip' to skip such steps."
         )
     return metric_writers.interval_summary(metrics)
+
+
+class _Batches:
+    """The training batches from a step on (``open_at(step)``: an iterator); reopened at a later step when the
+    schedule changes (a curriculum stage ended on its loss)."""
+
+    def __init__(self, open_at, step: int):
+        self._open_at, self._it = open_at, open_at(step)
+
+    def __next__(self):
+        return next(self._it)
+
+    def reopen(self, step: int) -> None:
+        self.close()
+        self._it = self._open_at(step)
+
+    def close(self) -> None:
+        # grain's workers and the shared-memory batches still queued are released now (not by a warning at exit)
+        getattr(self._it, "close", lambda: None)()
