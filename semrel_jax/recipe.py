@@ -226,6 +226,23 @@ def build_step(
     )
 
 
+def build_held_out_loss(c: ml_collections.ConfigDict, model: ModelState, train: TrainSetup, mesh):
+    """``fn(params, frozen, batch, mask_enabled)``: a batch's mean answer loss, jitted, nothing updated or donated
+    (``train_step.held_out_loss``; a curriculum stage that ends on its held-out loss reads it)."""
+    loss = functools.partial(train_step_lib.held_out_loss, graphdef=model.graphdef, loss_chunk=c.train.loss_chunk)
+
+    def traced_under_the_rules(params, frozen, batch, mask_enabled):
+        with partitioning.axis_rules(c.mesh.rules):
+            return loss(params, frozen, batch, mask_enabled)
+
+    return jax.jit(
+        traced_under_the_rules,
+        in_shardings=(train.state_sharding.params, train.frozen_sharding, mesh_lib.batch_sharding(mesh, c.mesh.rules),
+                      mesh_lib.replicated(mesh)),
+        out_shardings=mesh_lib.replicated(mesh),
+    )
+
+
 def steps_per_epoch(c: ml_collections.ConfigDict, data: Data) -> int:
     """Full batches per epoch of ``data.train``: ``len(train) // (batch · its share of the batch)``, as the release
     counts them (its loader drops the last partial batch). ``train.epochs`` and ``model.ica.start=epoch:N`` use it."""
@@ -283,6 +300,9 @@ class Run:
         if mask_start is None:
             mask_start = mask_start_step(self.config, self.data)
         return build_step(self.config, self.model, self.train, self.mesh, mask_start, donate=donate)
+
+    def held_out_loss_fn(self):
+        return build_held_out_loss(self.config, self.model, self.train, self.mesh)
 
 
 def build(c: ml_collections.ConfigDict, workdir: str, mesh=None, *, optimizer=None) -> Run:

@@ -4,6 +4,7 @@ params-only export, the NaN 'stop' policy, and resume data order."""
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -345,7 +346,7 @@ def test_batches_after_resume_are_the_uninterrupted_runs_batches(tiny_config, to
 
 def test_a_stage_ended_on_its_loss_is_the_shorter_stage_and_resumes_on_the_same_schedule(tmp_path, monkeypatch,
                                                                                           capsys):
-    """A stage with ':loss' above any loss ends at the first logging step (2 of at most 4): the run equals, bitwise,
+    """A stage with ':loss' above any held-out loss ends at the first logging step (2 of at most 4): the run equals, bitwise,
     one whose stage lasts 2 steps. Killed at step 5 and rerun, it resumes from step 3 with the stage's end read
     from the checkpoint (resumed with the 4-step stage, steps 3-4 would draw stage batches and differ)."""
     def config(stage):
@@ -367,7 +368,8 @@ def test_a_stage_ended_on_its_loss_is_the_shorter_stage_and_resumes_on_the_same_
     monkeypatch.setattr(pipeline, "iterate", dies_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config("horizontal+vertical:16:4:1000"), ended)
-    assert "stage horizontal+vertical:16:4:1000 ended on its loss at step 2" in capsys.readouterr().out
+    assert re.search(r"stage horizontal\+vertical:16:4:1000 ended on its held-out loss [\d.]+ at step 2",
+                     capsys.readouterr().out)
     monkeypatch.setattr(pipeline, "iterate", real_iterate)
     ckpt = _checkpointer(ended)
     try:
@@ -381,6 +383,8 @@ def test_a_stage_ended_on_its_loss_is_the_shorter_stage_and_resumes_on_the_same_
     assert "ended on its loss after 2 steps (from the checkpoint)" in capsys.readouterr().out
     logged = [json.loads(line) for line in open(os.path.join(ended, "metrics.jsonl"))]
     assert [(r["step"], r["stage_ended"]) for r in logged if "stage_ended" in r] == [(2, 0)]
+    held_out = [r["held_out_loss"] for r in logged if "held_out_loss" in r]
+    assert len(held_out) == 1 and 1.0 < held_out[0] < 10.0  # an untrained model's loss, read once (at step 2)
 
 
 def test_checkpoint_frozen_makes_checkpoints_self_contained(tmp_path):

@@ -101,21 +101,31 @@ def test_curriculum_stages_draw_their_kinds_subsets_then_the_full_stream_and_res
         pipeline.training_dataset(source, featurize, batch_size=2, seed=3, curriculum=("count:500:3",))
 
 
-def test_a_stage_ends_on_its_loss_only_at_a_logging_step_wholly_inside_it():
+def test_a_stage_ends_on_its_loss_only_at_a_logging_step_wholly_inside_it(tokenizer):
     from semrel_jax.data import curriculum
+    from semrel_jax.errors import UserError
 
     stages = [curriculum.parse(s) for s in ("shape:10:100:0.05", "left_of:10:50", "above:10:100:0.1")]
     assert str(stages[0]) == "shape:10:100:0.05" and stages[1].until_loss is None
     progress = curriculum.Progress(stages)
-    assert progress.observe(20, 0, 0.2) is None  # above its threshold
-    assert progress.observe(40, 20, 0.04) is stages[0] and progress.lengths == (40, 50, 100)
-    assert progress.observe(60, 40, 0.01) is None  # the fixed-length stage 1 (steps 40-90)
-    assert progress.observe(100, 80, 0.01) is None  # stage 2 began at step 90: the interval straddles it
-    assert progress.observe(120, 100, 0.09) is stages[2] and progress.lengths == (40, 50, 30)
-    assert progress.observe(140, 120, 0.0) is None  # the full stream
-    saved = progress.to_json()
-    assert curriculum.Progress.from_json(stages, saved).lengths == (40, 50, 30)
+    assert progress.deciding(20, 0) == 0
+    progress.end(0, 40)
+    assert progress.lengths == (40, 50, 100)
+    assert progress.deciding(60, 40) is None  # the fixed-length stage 1 (steps 40-90)
+    assert progress.deciding(100, 80) is None  # stage 2 began at step 90: the interval straddles it
+    assert progress.deciding(120, 100) == 2
+    progress.end(2, 120)
+    assert progress.lengths == (40, 50, 30) and progress.deciding(140, 120) is None  # the full stream
+    assert curriculum.Progress.from_json(stages, progress.to_json()).lengths == (40, 50, 30)
     assert curriculum.Progress.from_json(stages, {}).lengths == (100, 50, 100)  # a run saved before any ended
+
+    source = sort_of_clevr.SortOfClevr("train", 20, questions_per_image=6)  # 120 examples
+    vertical = [i for i in range(len(source)) if source.metadata(i)["kind"] == "vertical"]
+    stage = curriculum.parse("vertical:5:10:0.1")
+    assert curriculum.Subset(source, stage).indices == vertical[:5]
+    assert curriculum.Subset(source, stage, held_out=4).indices == vertical[5:9]  # never in the stage's subset
+    with pytest.raises(UserError, match=r"fewer than 5 \+ 500 held out \(its loss ends the stage\)"):
+        curriculum.Subset(source, stage, held_out=500)
 
 
 def test_grouped_batches_hold_each_image_once_with_its_questions(tokenizer):

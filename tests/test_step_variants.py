@@ -131,3 +131,15 @@ def test_grouped_batches_need_a_batch_the_groups_divide():
     c.data.name, c.data.prompt_format, c.data.root = "scienceqa", "raw", "/nonexistent"
     with pytest.raises(config_lib.ConfigError, match="sort_of_clevr"):
         config_lib.validate(c)
+
+
+@pytest.mark.parametrize("loss_chunk", [0, 4])
+def test_held_out_loss_is_the_steps_loss_before_its_update(tmp_path, loss_chunk):
+    """What ends a curriculum stage (``recipe.build_held_out_loss``) reads a batch as the step does, without dropout."""
+    run = _build(_config(loss_chunk=loss_chunk), tmp_path)
+    batch = ts.device_batch(pipeline.stack([run.featurizer.train(run.data.train[i * 3]) for i in range(8)]))
+    with jax.set_mesh(run.mesh):
+        held_out = run.held_out_loss_fn()(run.train.state.params, run.train.frozen, batch, np.asarray(True))
+        _, metrics = run.step_fn(0, donate=False)(run.train.state, run.train.frozen, batch)
+    assert 1.0 < float(held_out) < 10.0
+    np.testing.assert_allclose(float(held_out), float(metrics["loss"]), rtol=1e-5)

@@ -6,10 +6,13 @@
 one of ``kinds``; the stages run in order, then the full stream follows. Steps count toward
 ``train.num_steps``.
 
-``kinds:examples:steps:loss`` ends the stage early, at the first logging step (``train.log_every``) whose mean
-training loss over the logging interval, all of it inside the stage, is below ``loss``: a stage lasts as long as
-this seed needs to leave its plateau, at most ``steps``. The steps at which stages ended are saved with each
-checkpoint (``Progress``), so a resumed run follows the same schedule.
+``kinds:examples:steps:loss`` ends the stage early, at the first logging step (``train.log_every``, at least one
+interval into the stage) at which the mean answer loss on held-out examples of its kinds is below ``loss``: one
+global batch of the examples of those kinds that follow its subset in the training split (``held_out``), never
+trained on during the stage. A stage so lasts as long as this seed needs to learn its kinds, at most ``steps``;
+its own training loss would not do, since it falls as low when the subset is memorised without the relation
+being found (experiments/LOG.md, session 21). The steps at which stages ended are saved with each checkpoint
+(``Progress``), so a resumed run follows the same schedule.
 
 Why small subsets: a relation such as "is X left of Y" is symmetric in the two named objects until the reader
 tells them apart, and sits at a saddle (loss ln 2) on the full set; memorising a few thousand examples breaks
@@ -71,19 +74,21 @@ class Progress:
     def lengths(self) -> tuple[int, ...]:
         return tuple(self.ended.get(i, stage.steps) for i, stage in enumerate(self.stages))
 
-    def observe(self, step: int, interval_start: int, loss: float) -> Stage | None:
-        """After ``step``: the mean training loss of steps ``[interval_start, step)`` was ``loss``. Returns the stage
-        this ends (it lasts up to ``step``; the full stream or the next stage takes step ``step`` on), or None."""
+    def deciding(self, step: int, interval_start: int) -> int | None:
+        """The stage whose end is decided after ``step`` (steps ``[interval_start, step)`` all came from it, it ends
+        on its loss and has steps left), or None."""
         start = 0
         for i, (stage, length) in enumerate(zip(self.stages, self.lengths)):
             if step <= start + length:  # step's last batch came from stage i
-                if (stage.until_loss is not None and i not in self.ended and interval_start >= start
-                        and step < start + length and loss < stage.until_loss):
-                    self.ended[i] = step - start
-                    return stage
+                if stage.until_loss is not None and start <= interval_start < step < start + length:
+                    return i
                 return None
             start += length
         return None
+
+    def end(self, index: int, step: int) -> None:
+        """Stage ``index`` lasts up to ``step``: the next stage (or the full stream) takes step ``step`` on."""
+        self.ended[index] = step - sum(self.lengths[:index])
 
     def to_json(self) -> dict:
         return {"curriculum_ended": {str(i): n for i, n in sorted(self.ended.items())}}
@@ -94,25 +99,30 @@ class Progress:
 
 
 class Subset:
-    """The first ``stage.examples`` examples of ``source`` whose kind is one of ``stage.kinds``, in order."""
+    """The first ``stage.examples`` examples of ``source`` whose kind is one of ``stage.kinds``, in order;
+    ``held_out`` > 0: the ``held_out`` examples of those kinds that follow them instead."""
 
-    def __init__(self, source, stage: Stage):
+    def __init__(self, source, stage: Stage, held_out: int = 0):
         self.source = source
         self.indices = []
         seen = set()
+        wanted = stage.examples + held_out
         for i in range(len(source)):
             kind = source.metadata(i).get("kind")
             seen.add(kind)
             if kind in stage.kinds:
                 self.indices.append(i)
-                if len(self.indices) == stage.examples:
+                if len(self.indices) == wanted:
                     break
-        if len(self.indices) < stage.examples:
+        if len(self.indices) < wanted:
             named = sorted(k for k in seen if k is not None)
+            what = f"{stage.examples} + {held_out} held out (its loss ends the stage)" if held_out else stage.examples
             raise UserError(
                 f"data.curriculum stage {stage}: the training split has {len(self.indices)} examples of kinds "
-                f"{list(stage.kinds)}, fewer than {stage.examples}; its kinds are {named or 'none (no kind field)'}"
+                f"{list(stage.kinds)}, fewer than {what}; its kinds are {named or 'none (no kind field)'}"
             )
+        if held_out:
+            self.indices = self.indices[stage.examples:]
 
     def __len__(self) -> int:
         return len(self.indices)

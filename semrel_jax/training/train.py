@@ -13,6 +13,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from semrel_jax import recipe
@@ -84,6 +85,7 @@ def _run(c, workdir, mesh, is_main, t0, filled):
         return pipeline.iterate(dataset, step, c.data.num_workers, c.data.prefetch)
 
     batches = _Batches(batches_from, start_step)
+    end_stages = _StageEnder(c, run, stages, progress, batches, mesh_lib.batch_sharding(mesh)) if stages else None
     writer = metric_writers.MetricWriter(workdir, total_steps=c.train.num_steps, start_step=start_step, enabled=is_main)
     params = state.params
     writer.log(
@@ -123,7 +125,7 @@ def _run(c, workdir, mesh, is_main, t0, filled):
 
             state, last_step = _train_loop(
                 c, state, frozen, step_fn, batches, mesh_lib.batch_sharding(mesh), start_step, checkpointer, writer,
-                config_json, guard, flops_per_example, evaluate_during_training, progress if stages else None,
+                config_json, guard, flops_per_example, evaluate_during_training, end_stages,
             )
     finally:
         # Whatever stops the loop (an error, Ctrl-C, a NaN), committed and in-flight saves complete.
@@ -165,12 +167,12 @@ def _evaluate_and_log(c, run, states, out_dir, mesh, writer, step, num_examples=
 
 def _train_loop(
     c, state, frozen, step_fn, batches, batch_sharding, start_step, checkpointer, writer, config_json, guard,
-    flops_per_example=0.0, evaluate=None, progress=None,
+    flops_per_example=0.0, evaluate=None, end_stages=None,
 ):
     """Runs steps until ``num_steps`` or a preemption request; returns the state and the last finished step.
 
     ``evaluate(step, state)`` runs every ``train.eval_every`` steps before the last (which the caller evaluates).
-    ``progress`` (``curriculum.Progress``): told each logged loss; when it ends a stage, ``batches`` reopen there.
+    ``end_stages`` (``_StageEnder``) runs at each logging step and may end the running curriculum stage.
     """
     pending: list[dict] = []
     interval_start, interval_step = time.time(), start_step
@@ -194,11 +196,8 @@ def _train_loop(
                 summary["tflops_per_second_per_device"] = tflops
                 if c.train.peak_tflops_per_device:
                     summary["mfu"] = tflops / c.train.peak_tflops_per_device
-            if progress is not None and (ended := progress.observe(done, interval_step, summary["loss"])):
-                writer.log(f"data.curriculum: stage {ended} ended on its loss at step {done} "
-                           f"(mean loss {summary['loss']:.4f} since step {interval_step})")
-                writer.write_scalars(done, {"stage_ended": progress.stages.index(ended)}, prefix="curriculum")
-                batches.reopen(done)
+            if end_stages is not None:
+                end_stages(done, interval_step, state, writer)
             interval_start, interval_step = now, done
             writer.write_scalars(done, summary)
             writer.progress(done, {k: summary[k] for k in ("loss", "examples_per_second")})
@@ -206,7 +205,7 @@ def _train_loop(
         if stopping and pending:
             _summarize(jax.device_get(pending), c.train.nonfinite, done, checkpointer)  # never save a NaN state
         checkpointer.save(done, state, config_json, force=done == c.train.num_steps or stopping,
-                          progress=progress.to_json() if progress is not None else None)
+                          progress=end_stages.progress.to_json() if end_stages else None)
         if stopping:
             return state, done
         if evaluate is not None and c.train.eval_every and done % c.train.eval_every == 0 and done < c.train.num_steps:
@@ -227,6 +226,37 @@ def _summarize(metrics: list[dict], policy: str, step: int, checkpointer) -> dic
             "Lower train.learning_rate, or set train.nonfinite='skip' to skip such steps."
         )
     return metric_writers.interval_summary(metrics)
+
+
+class _StageEnder:
+    """Ends the running curriculum stage when the loss on its held-out examples (``curriculum.Subset(held_out=
+    batch)``) is below its ``:loss``; ``batches`` then reopen at that step. The held-out batches are built at once,
+    so that too few examples fail before training."""
+
+    def __init__(self, c, run, stages, progress, batches, batch_sharding):
+        self.run, self.stages, self.progress, self.batches = run, stages, progress, batches
+        self.held_out, self.mask_start = {}, recipe.mask_start_step(c, run.data)
+        for i, stage in enumerate(stages):
+            if stage.until_loss is not None:
+                subset = curriculum_lib.Subset(run.data.train, stage, held_out=c.train.batch_size)
+                rows = [run.featurizer.train(subset[j]) for j in range(jax.process_index(), len(subset), jax.process_count())]
+                local = train_step_lib.device_batch(pipeline.stack(rows))
+                self.held_out[i] = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local)
+        self.loss_fn = run.held_out_loss_fn() if self.held_out else None
+
+    def __call__(self, step: int, interval_start: int, state, writer) -> None:
+        """After ``step`` (logged since ``interval_start``)."""
+        i = self.progress.deciding(step, interval_start)
+        if i is None:
+            return
+        mask_enabled = jnp.asarray(0 <= self.mask_start <= step)
+        loss = float(self.loss_fn(state.params, self.run.train.frozen, self.held_out[i], mask_enabled))
+        writer.write_scalars(step, {"held_out_loss": loss, "stage": i}, prefix="curriculum")
+        if loss < self.stages[i].until_loss:
+            self.progress.end(i, step)
+            writer.log(f"data.curriculum: stage {self.stages[i]} ended on its held-out loss {loss:.4f} at step {step}")
+            writer.write_scalars(step, {"stage_ended": i}, prefix="curriculum")
+            self.batches.reopen(step)
 
 
 class _Batches:

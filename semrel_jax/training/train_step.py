@@ -98,11 +98,7 @@ def train_step(
             visual=visual,
             prompt_length=vlm.prompt_lengths(micro["loss_mask"]),  # read only by a bidirectional prompt
         )
-        if loss_chunk:
-            losses, correct = chunked_loss.chunked_token_losses(outputs, model.llm.logits, micro["targets"], loss_chunk)
-        else:
-            losses = optax.softmax_cross_entropy_with_integer_labels(outputs, micro["targets"])
-            correct = jnp.argmax(outputs, -1) == micro["targets"]
+        losses, correct = _token_losses(model, outputs, micro["targets"], loss_chunk)
         loss = (losses * micro["loss_mask"]).sum() / total_weight
         aux = {"token_accuracy": (correct * micro["loss_mask"]).sum() / total_weight}
         for name, weight in auxiliary.items():
@@ -145,6 +141,23 @@ def train_step(
                    ica_mask=mask_enabled.astype(jnp.float32))  # 1 from model.ica.start on: the logs show the switch
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
     return new_state, metrics
+
+
+def _token_losses(model, outputs, targets, loss_chunk: int) -> tuple[Array, Array]:
+    """Per-token cross-entropy and correctness ``[B, T]`` from the model's logits (or, ``loss_chunk`` > 0, its hidden
+    states, a chunk of positions at a time)."""
+    if loss_chunk:
+        return chunked_loss.chunked_token_losses(outputs, model.llm.logits, targets, loss_chunk)
+    return optax.softmax_cross_entropy_with_integer_labels(outputs, targets), jnp.argmax(outputs, -1) == targets
+
+
+def held_out_loss(params, frozen, batch: dict[str, Any], mask_enabled: Array, *, graphdef, loss_chunk: int = 0) -> Array:
+    """The mean answer-token loss of ``batch`` (text ``[B, T]``), read without dropout and without an update."""
+    model = nnx.merge(graphdef, params, frozen)
+    outputs = model(batch["images"], batch["has_image"], batch["tokens"], batch["valid"], mask_enabled=mask_enabled,
+                    head=not loss_chunk, prompt_length=vlm.prompt_lengths(batch["loss_mask"]))
+    losses, _ = _token_losses(model, outputs, batch["targets"], loss_chunk)
+    return (losses * batch["loss_mask"]).sum() / jnp.maximum(batch["loss_mask"].sum(), 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
