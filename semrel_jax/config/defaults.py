@@ -38,8 +38,8 @@ _DATA = dict(
     prepared_dir="",  # read the TFDS array_record copy made by `python -m semrel_jax.data.prepare --out=<dir>`
     examples_per_image=1,  # > 1: training batches hold that many questions per image; the ViT runs once per image
     # stages 'kind[+kind]:examples:steps[:loss]' first, each from the first examples of those question kinds
-    # (semrel_jax/data/curriculum.py), then the full stream; ':loss' ends a stage early once its logged training
-    # loss is below it. On the command line a tuple: "--config.data.curriculum=('left_of:3000:2500','above:3000:6000:0.03')"
+    # (semrel_jax/data/curriculum.py), then the full stream; ':loss' ends a stage early once the loss on held-out
+    # examples of its kinds is below it. On the command line a tuple: "--config.data.curriculum=('left_of:3000:2500','above:3000:6000:0.03')"
     curriculum=(),
     num_workers=0,  # grain worker processes (0: in the main process)
     prefetch=2,
