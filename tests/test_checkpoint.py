@@ -97,13 +97,8 @@ def test_checkpoint_keys_are_validated(tiny_config):
 # --- 2. SIGKILL and resume -----------------------------------------------------------------------
 
 
-def test_a_run_that_dies_between_checkpoints_resumes_from_the_last_and_equals_the_uninterrupted(
-        base_run, tmp_path, monkeypatch):
-    """In-process: the loop dies fetching step 6's batch; the rerun resumes from step 3 (checkpoint_every=3) and
-    ends bitwise on the uninterrupted base run's parameters. Only host-side settings differ: the base run's programs."""
-    c = _base_config()
-    c.train.checkpoint_every = 3
-    workdir = str(tmp_path / "split")
+def _interrupted_at_step_5(monkeypatch, run):
+    """Calls ``run()`` with the data dying (a simulated preemption) when asked for step 5's batch, and expects that."""
     real_iterate = pipeline.iterate
 
     def dies_at_step_5(dataset, start_step, *args):
@@ -114,8 +109,18 @@ def test_a_run_that_dies_between_checkpoints_resumes_from_the_last_and_equals_th
 
     monkeypatch.setattr(pipeline, "iterate", dies_at_step_5)
     with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(c, workdir)
+        run()
     monkeypatch.setattr(pipeline, "iterate", real_iterate)
+
+
+def test_a_run_that_dies_between_checkpoints_resumes_from_the_last_and_equals_the_uninterrupted(
+        base_run, tmp_path, monkeypatch):
+    """In-process: the loop dies fetching step 6's batch; the rerun resumes from step 3 (checkpoint_every=3) and
+    ends bitwise on the uninterrupted base run's parameters. Only host-side settings differ: the base run's programs."""
+    c = _base_config()
+    c.train.checkpoint_every = 3
+    workdir = str(tmp_path / "split")
+    _interrupted_at_step_5(monkeypatch, lambda: train.train_and_evaluate(c, workdir))
     assert _steps_on_disk(workdir) == [1, 3]  # 5 steps done, the last save at 3 (Orbax saves a run's first step)
     train.train_and_evaluate(c, workdir)
 
@@ -357,20 +362,9 @@ def test_a_stage_ended_on_its_loss_is_the_shorter_stage_and_resumes_on_the_same_
 
     fixed, ended = str(tmp_path / "fixed"), str(tmp_path / "ended")
     train.train_and_evaluate(config("horizontal+vertical:16:2"), fixed)
-    real_iterate = pipeline.iterate
-
-    def dies_at_step_5(dataset, start_step, *args):
-        for i, batch in enumerate(real_iterate(dataset, start_step, *args)):
-            if start_step + i == 5:
-                raise KeyboardInterrupt("simulated preemption")
-            yield batch
-
-    monkeypatch.setattr(pipeline, "iterate", dies_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(config("horizontal+vertical:16:4:1000"), ended)
+    _interrupted_at_step_5(monkeypatch, lambda: train.train_and_evaluate(config("horizontal+vertical:16:4:1000"), ended))
     assert re.search(r"stage horizontal\+vertical:16:4:1000 ended on its held-out loss [\d.]+ at step 2",
                      capsys.readouterr().out)
-    monkeypatch.setattr(pipeline, "iterate", real_iterate)
     ckpt = _checkpointer(ended)
     try:
         assert ckpt.saved_progress(3) == {"curriculum_ended": {"0": 2}}

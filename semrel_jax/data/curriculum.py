@@ -62,7 +62,7 @@ def parse(spec: str) -> Stage:
 
 
 class Progress:
-    """How long each stage actually lasts: its ``steps``, or fewer where its loss ended it (``observe``).
+    """How long each stage actually lasts: its ``steps``, or fewer where its held-out loss ended it (``end``).
 
     ``ended``: ``{stage index: steps it lasted}``, as saved with a checkpoint (``to_json``/``from_json``).
     """
