@@ -86,6 +86,25 @@ def test_position_biases_reach_the_tower_and_not_a_converted_one(tiny_config, tm
     config_lib.validate(tiny_config)
 
 
+def test_layer_scale_reaches_a_from_scratch_tower_and_not_a_converted_one(tiny_config, tmp_path):
+    import transformers
+    vit = config_lib.model_config(tiny_config, vocab_size=50).vision.encoders[0].vit
+    assert not vit.layer_scale  # None: the family's blocks ('vit': no LayerScale)
+    tiny_config.model.encoders.vit.layer_scale_init = 0.0
+    config_lib.validate(tiny_config)
+    vit = config_lib.model_config(tiny_config, vocab_size=50).vision.encoders[0].vit
+    assert vit.layer_scale and vit.layer_scale_init == 0.0
+    tiny_config.model.encoders.vit.layer_scale_init = -0.5
+    with pytest.raises(config_lib.ConfigError, match="layer_scale_init"):
+        config_lib.validate(tiny_config)
+    tiny_config.model.encoders.vit.layer_scale_init = 0.0
+    transformers.CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=48, intermediate_size=96,
+                                  num_hidden_layers=3, num_attention_heads=4).save_pretrained(tmp_path)
+    tiny_config.model.encoders.vit.hf_dir = str(tmp_path)
+    with pytest.raises(config_lib.ConfigError, match="layer_scale_init.*converted tower"):
+        config_lib.validate(tiny_config)
+
+
 def test_object_tokens_reach_the_tower_and_refuse_what_needs_a_patch_grid(tiny_config):
     tiny_config.model.encoders.vit.update(tokens="objects", max_objects=6, image_size=50)  # no patch multiple needed
     config_lib.validate(tiny_config)

@@ -58,6 +58,29 @@ def test_vit_adapter_starts_as_identity():
     assert np.abs(vit(images, (3,))[0] - with_adapter).max() > 1e-3
 
 
+def test_layer_scale_zero_makes_every_block_start_as_the_identity_and_then_learn():
+    config = dataclasses.replace(VIT, adapter_dim=0, layer_scale=True, layer_scale_init=0.0)
+    vit = ViT(config, rngs=nnx.Rngs(0))
+    images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 20, 20, 3)), jnp.float32)
+    h0, h1, h3 = vit(images, (0, 1, 3))
+    np.testing.assert_array_equal(h1, h0)
+    np.testing.assert_array_equal(h3, h0)
+    # the same tower without scales: the blocks change the tokens, so the identity above is the scales' doing
+    plain = ViT(dataclasses.replace(config, layer_scale=False, layer_scale_init=None), rngs=nnx.Rngs(0))
+    assert np.abs(plain(images, (1,))[0] - h0).max() > 0.1
+    # the scales get a gradient from the first step (the branches they scale are not zero), the blocks' own
+    # weights none until a scale moves
+    graphdef, params = nnx.split(vit, nnx.Param)
+
+    def loss(p):
+        return (nnx.merge(graphdef, p)(images, (1,))[0] ** 3).sum()
+
+    grads = jax.grad(loss)(params)
+    assert np.abs(np.asarray(grads["layers"][0]["layer_scale1"][...])).max() > 1e-3
+    assert np.abs(np.asarray(grads["layers"][0]["layer_scale2"][...])).max() > 1e-3
+    assert np.abs(np.asarray(grads["layers"][0]["fc1"]["kernel"][...])).max() == 0.0
+
+
 def _pairwise_bias(heads: int, grid: int, bias_of) -> np.ndarray:
     """``[heads, 1 + grid², 1 + grid²]``: ``bias_of(yi, xi, yj, xj) -> [heads]`` between patches i and j of a
     row-major grid; zero for the class token (slot 0)."""

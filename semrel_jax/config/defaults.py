@@ -61,6 +61,10 @@ def encoder_defaults() -> dict:
         posemb="learned",
         relative_position_bias=False,  # learned per-head bias by patch offset (from-scratch towers only)
         distance_bias=False,  # learned per-head linear function of the patch offset and distance (from-scratch only)
+        # None: the family's blocks (DINOv2's have LayerScale, the others none); a number >= 0: every block's two
+        # residual branches get a learned per-channel scale starting there (from-scratch only). 0: each block
+        # starts as the identity, so a tap after it starts as the tap before it (a relational block that grows)
+        layer_scale_init=placeholder(float),
         # 'patches' | 'objects': one token per object found by background subtraction (scenes of flat objects on a
         # background; from-scratch only, pixels 'unit' or 'background', no pooling or reconstruction)
         tokens="patches",

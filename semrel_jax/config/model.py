@@ -76,11 +76,20 @@ def _vit_config(name: str, e: ml_collections.ConfigDict, m: ml_collections.Confi
         distance_bias=e.distance_bias,
         tokens=e.tokens,
         max_objects=e.max_objects,
-        **FAMILY_LAYOUTS[e.family],  # the layout of the named family (shapes of e.g. SigLIP without its hf_dir)
+        **_layout(e),
         dtype=m.llm.dtype,
         param_dtype=m.llm.param_dtype,
         **ours,
     )
+
+
+def _layout(e: ml_collections.ConfigDict) -> dict:
+    """The block layout of the named family (shapes of e.g. SigLIP without its hf_dir), with LayerScale where the
+    config asks for it."""
+    layout = dict(FAMILY_LAYOUTS[e.family])
+    if e.layer_scale_init is not None:
+        layout.update(layer_scale=True, layer_scale_init=float(e.layer_scale_init))
+    return layout
 
 
 def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:

@@ -158,6 +158,10 @@ def _validate_encoder(c, name: str, enc) -> None:
             f"{where}.{key}",
             f"expected True or False, and False for a converted tower (hf_dir: its architecture has none); got {value!r}",
         )
+    scale = enc.layer_scale_init
+    check(scale is None or (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale >= 0 and not enc.hf_dir),
+          f"{where}.layer_scale_init", f"expected None or a number >= 0, and None for a converted tower (hf_dir: its "
+          f"checkpoint fixes its blocks); got {scale!r}")
     # None: unset, filled by semrel_jax.config.resolve
     for key, choices in (("normalization", tuple(NORMALIZATION)), ("resample", tuple(RESAMPLE)), ("crop", (True, False))):
         check(enc[key] is None or enc[key] in choices, f"{where}.{key}", f"expected one of {choices}, got {enc[key]!r}")

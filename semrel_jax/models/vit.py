@@ -46,6 +46,9 @@ class ViTConfig:
     class_token: bool = True  # CLIP / DINOv2 prepend a CLS token; SigLIP has none
     patch_bias: bool = False  # SigLIP / DINOv2 patch embeddings have a bias, CLIP's has not
     layer_scale: bool = False  # DINOv2: per-channel scales on both residual branches
+    # their initial value (None: 1; converted towers load theirs); 0 makes every block start as the identity
+    # (CaiT's LayerScale taken to its limit), so a tower tapped after its blocks starts as its tokens
+    layer_scale_init: float | None = None
     posemb: str = "learned"  # 'learned' (CLIP, converted towers) | 'sincos2d' (fixed; big_vision's from-scratch default)
     # Learned per-head attention bias indexed by the 2-D offset between two patches (Swin / BEiT style),
     # zero-initialised; the class token gets none. Off for converted towers (CLIP/SigLIP/DINOv2 have none).
@@ -83,6 +86,8 @@ class ViTConfig:
             raise ValueError(f"sincos2d position embeddings need width % 4 == 0, got {self.width}.")
         if self.tokens not in ("patches", "objects"):
             raise ValueError(f"tokens must be 'patches' or 'objects', got {self.tokens!r}.")
+        if self.layer_scale_init is not None and not self.layer_scale:
+            raise ValueError("layer_scale_init needs layer_scale=True.")
         if self.tokens == "objects" and self.relative_position_bias:
             raise ValueError("relative_position_bias indexes a patch grid; object tokens have none (use distance_bias).")
 
@@ -173,8 +178,9 @@ class EncoderLayer(nnx.Module):
         self.adapter = Adapter(config, rngs=rngs) if config.adapter_dim else None
         if config.layer_scale:
             pd = jnp.dtype(config.param_dtype)
-            self.layer_scale1 = nnx.Param(jnp.ones((w,), pd))
-            self.layer_scale2 = nnx.Param(jnp.ones((w,), pd))
+            init = 1.0 if config.layer_scale_init is None else config.layer_scale_init
+            self.layer_scale1 = nnx.Param(jnp.full((w,), init, pd))
+            self.layer_scale2 = nnx.Param(jnp.full((w,), init, pd))
 
     def __call__(self, x: Array, dropout_key: Array | None = None, positions: Array | None = None,
                  valid: Array | None = None) -> Array:
