@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from semrel_jax.models.objects import ObjectTokenizer, connected_components
-from semrel_jax.models.vit import ViT, ViTConfig
+from semrel_jax.models.vit import ViT, ViTConfig, sincos2d_at, sincos2d_position_embedding
 
 THUMB = 9
 
@@ -141,6 +141,30 @@ def test_object_tower_masks_empty_slots_and_biases_attention_by_object_distance(
     scanned = ViT(dataclasses.replace(OBJECTS, scan_layers=True), rngs=nnx.Rngs(0))
     nnx.update(scanned, nnx.state(vit))
     np.testing.assert_allclose(scanned(images, (1, 2))[1], vit(images, (1, 2))[1], atol=1e-5)
+
+
+def test_sincos2d_object_tokens_add_the_embedding_of_their_centre_in_pixels():
+    images = jnp.asarray(np.stack([_scene("white", 7), np.ones((64, 64, 3), np.float32)]))
+    config = dataclasses.replace(OBJECTS, pre_ln=False)  # hidden_states[0] is then the embedding itself
+    plain = ViT(config, rngs=nnx.Rngs(0))
+    placed = ViT(dataclasses.replace(config, posemb="sincos2d"), rngs=nnx.Rngs(0))  # the same parameters
+    _, centres, valid = plain.tokenizer(images)
+    difference = np.asarray(placed(images, (0,))[0] - plain(images, (0,))[0])  # [2, 1 + 8, 24]
+    assert (difference[:, 0] == 0).all() and (difference[1] == 0).all()  # class token, an image without objects
+    pixels = (np.asarray(centres[0]) + 0.5) * 64
+    omega = 10_000.0 ** (-np.arange(6) / 6)
+    x, y = pixels[:, :1] * omega, pixels[:, 1:] * omega
+    expected = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], -1) * np.asarray(valid[0])[:, None]
+    np.testing.assert_allclose(difference[0, 1:], expected, atol=1e-5)
+    assert int(valid[0].sum()) == 7 and (difference[0, 1:][~np.asarray(valid[0])] == 0).all()
+    # one dot product compares positions: an embedding is closest to itself, farther for a farther point
+    here = sincos2d_at(jnp.asarray([[30.0, 20.0]]), 64)
+    there = sincos2d_at(jnp.asarray([[30.0 + d, 20.0] for d in (0, 2, 8, 40)]), 64)
+    similarity = np.asarray(there @ here[0])
+    assert similarity[0] == pytest.approx(32.0) and (np.diff(similarity) < 0).all()
+    # the patch grid's table is the same function at integer positions
+    grid = sincos2d_position_embedding(3, 8)
+    np.testing.assert_allclose(grid[1 + 3 * 2 + 1], sincos2d_at(jnp.asarray([1.0, 2.0]), 8), atol=1e-6)
 
 
 def test_object_tokens_refuse_a_patch_table():

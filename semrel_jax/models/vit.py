@@ -11,8 +11,9 @@ Adapters (LSRM/MemVP release): every block gets a bias-free bottleneck parallel 
 tower is unchanged at step 0; the dropout (release: 0.1) acts in training only, when a key is given.
 
 ``tokens='objects'``: the same transformer over object tokens instead of patches (``models/objects.py``: one
-token per object found by background subtraction, for scenes of flat objects), embedded by a linear map, with no
-position embedding (each token holds its centre); ``distance_bias`` then uses the objects' centres, and the
+token per object found by background subtraction, for scenes of flat objects), embedded by a linear map (each
+token holds its centre; ``posemb='sincos2d'`` adds the sine-cosine embedding of that centre in pixels, so that one
+dot product of two tokens measures their distance); ``distance_bias`` then uses the objects' centres, and the
 slots without an object are masked as keys and come out as zeros (one constant "no object" token downstream).
 """
 
@@ -49,7 +50,9 @@ class ViTConfig:
     # their initial value (None: 1; converted towers load theirs); 0 makes every block start as the identity
     # (CaiT's LayerScale taken to its limit), so a tower tapped after its blocks starts as its tokens
     layer_scale_init: float | None = None
-    posemb: str = "learned"  # 'learned' (CLIP, converted towers) | 'sincos2d' (fixed; big_vision's from-scratch default)
+    # 'learned' (CLIP, converted towers; object tokens: none) | 'sincos2d' (fixed; big_vision's from-scratch default;
+    # object tokens: at their centres)
+    posemb: str = "learned"
     # Learned per-head attention bias indexed by the 2-D offset between two patches (Swin / BEiT style),
     # zero-initialised; the class token gets none. Off for converted towers (CLIP/SigLIP/DINOv2 have none).
     relative_position_bias: bool = False
@@ -59,7 +62,7 @@ class ViTConfig:
     # needs (experiments/LOG.md, session 12). Off for converted towers.
     distance_bias: bool = False
     # 'patches' (a ViT) | 'objects': the image cut into its objects by background subtraction (models/objects.py),
-    # one token each (no position embedding: centres are in the token; distance_bias uses the objects' centres)
+    # one token each (centres are in the token; posemb='sincos2d' adds their embedding; distance_bias uses them)
     tokens: str = "patches"
     max_objects: int = 8
     adapter_dim: int = 0  # 0: no adapters
@@ -225,13 +228,20 @@ class EncoderLayer(nnx.Module):
         return (bias if bias.ndim == 4 else bias[None]).astype(dtype)
 
 
-def sincos2d_position_embedding(grid: int, width: int) -> Array:
-    """Fixed 2-D sine-cosine embeddings ``[1 + grid², width]`` (zeros for the CLS slot)."""
-    ys, xs = jnp.meshgrid(jnp.arange(grid, dtype=jnp.float32), jnp.arange(grid, dtype=jnp.float32), indexing="ij")
+def sincos2d_at(positions: Array, width: int) -> Array:
+    """Fixed 2-D sine-cosine embeddings of ``positions [..., 2]`` (x, y in patch or pixel units) -> ``[..., width]``:
+    ``[sin(x ω), cos(x ω), sin(y ω), cos(y ω)]`` with ``ω_k = 10000^(-k / (width/4))``. Continuous positions are
+    fine: the dot product of two embeddings is a sum of ``cos(ω Δ)``, largest where two tokens coincide."""
     omega = 1.0 / (10_000.0 ** (jnp.arange(width // 4, dtype=jnp.float32) / (width // 4)))
-    y = ys.reshape(-1, 1) * omega
-    x = xs.reshape(-1, 1) * omega
-    patches = jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
+    x = positions[..., 0:1].astype(jnp.float32) * omega
+    y = positions[..., 1:2].astype(jnp.float32) * omega
+    return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=-1)
+
+
+def sincos2d_position_embedding(grid: int, width: int) -> Array:
+    """Fixed 2-D sine-cosine embeddings ``[1 + grid², width]`` of a patch grid, row-major (zeros for the CLS slot)."""
+    ys, xs = jnp.meshgrid(jnp.arange(grid, dtype=jnp.float32), jnp.arange(grid, dtype=jnp.float32), indexing="ij")
+    patches = sincos2d_at(jnp.stack([xs.reshape(-1), ys.reshape(-1)], -1), width)
     return jnp.concatenate([jnp.zeros((1, width)), patches], axis=0)
 
 
@@ -285,6 +295,10 @@ class ViT(nnx.Module):
             objects, positions, valid = self.tokenizer(images)
             x = self.patch_embedding(objects.astype(jnp.dtype(c.dtype)))
             posemb = jnp.zeros((), x.dtype)
+            if c.posemb == "sincos2d":  # at each object's centre, in pixels (a patch grid's embedding at patch size 1)
+                posemb = jnp.where(valid[..., None], sincos2d_at((positions + 0.5) * c.image_size, c.width), 0.0)
+                if c.class_token:
+                    posemb = jnp.concatenate([jnp.zeros_like(posemb[:, :1]), posemb], axis=1)
         else:
             x = self.patch_embedding(self.patchify(images.astype(jnp.dtype(c.dtype))))
             if c.posemb == "learned":
