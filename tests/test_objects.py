@@ -143,15 +143,15 @@ def test_object_tower_masks_empty_slots_and_biases_attention_by_object_distance(
     np.testing.assert_allclose(scanned(images, (1, 2))[1], vit(images, (1, 2))[1], atol=1e-5)
 
 
-def test_sincos2d_object_tokens_add_the_embedding_of_their_centre_in_pixels():
+def test_sincos2d_object_tokens_add_the_embedding_of_their_centre_in_patch_units():
     images = jnp.asarray(np.stack([_scene("white", 7), np.ones((64, 64, 3), np.float32)]))
-    config = dataclasses.replace(OBJECTS, pre_ln=False)  # hidden_states[0] is then the embedding itself
+    config = dataclasses.replace(OBJECTS, pre_ln=False, patch_size=16)  # hidden_states[0]: the embedding itself
     plain = ViT(config, rngs=nnx.Rngs(0))
     placed = ViT(dataclasses.replace(config, posemb="sincos2d"), rngs=nnx.Rngs(0))  # the same parameters
     _, centres, valid = plain.tokenizer(images)
     difference = np.asarray(placed(images, (0,))[0] - plain(images, (0,))[0])  # [2, 1 + 8, 24]
     assert (difference[:, 0] == 0).all() and (difference[1] == 0).all()  # class token, an image without objects
-    pixels = (np.asarray(centres[0]) + 0.5) * 64
+    pixels = (np.asarray(centres[0]) + 0.5) * 64 / 16  # in patch_size units
     omega = 10_000.0 ** (-np.arange(6) / 6)
     x, y = pixels[:, :1] * omega, pixels[:, 1:] * omega
     expected = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], -1) * np.asarray(valid[0])[:, None]

@@ -58,7 +58,7 @@ def encoder_defaults() -> dict:
         heads=4,
         mlp_dim=192,
         act="quick_gelu",  # CLIP's; the demo's from-scratch tower uses 'gelu' 
-        posemb="learned",  # object tokens: none; 'sincos2d' adds the sine-cosine embedding of each centre
+        posemb="learned",  # object tokens: none; 'sincos2d' embeds each centre (in patch_size units)
         relative_position_bias=False,  # learned per-head bias by patch offset (from-scratch towers only)
         distance_bias=False,  # learned per-head linear function of the patch offset and distance (from-scratch only)
         # None: the family's blocks (DINOv2's have LayerScale, the others none); a number >= 0: every block's two

@@ -12,9 +12,10 @@ tower is unchanged at step 0; the dropout (release: 0.1) acts in training only, 
 
 ``tokens='objects'``: the same transformer over object tokens instead of patches (``models/objects.py``: one
 token per object found by background subtraction, for scenes of flat objects), embedded by a linear map (each
-token holds its centre; ``posemb='sincos2d'`` adds the sine-cosine embedding of that centre in pixels, so that one
-dot product of two tokens measures their distance); ``distance_bias`` then uses the objects' centres, and the
-slots without an object are masked as keys and come out as zeros (one constant "no object" token downstream).
+token holds its centre; ``posemb='sincos2d'`` adds the sine-cosine embedding of that centre in units of
+``patch_size`` pixels, as a patch grid's, so that one dot product of two tokens compares their positions; its finest
+wavelength is 2π patch sizes: 1 pixel gives sharp features that memorise, the image size smooth ones,
+experiments/LOG.md session 25); ``distance_bias`` then uses the objects' centres, and the slots without an object are masked as keys and come out as zeros (one constant "no object" token downstream).
 """
 
 from __future__ import annotations
@@ -295,8 +296,9 @@ class ViT(nnx.Module):
             objects, positions, valid = self.tokenizer(images)
             x = self.patch_embedding(objects.astype(jnp.dtype(c.dtype)))
             posemb = jnp.zeros((), x.dtype)
-            if c.posemb == "sincos2d":  # at each object's centre, in pixels (a patch grid's embedding at patch size 1)
-                posemb = jnp.where(valid[..., None], sincos2d_at((positions + 0.5) * c.image_size, c.width), 0.0)
+            if c.posemb == "sincos2d":  # what a patch grid's table gives at each centre, in patch_size units
+                at = (positions + 0.5) * (c.image_size / c.patch_size)
+                posemb = jnp.where(valid[..., None], sincos2d_at(at, c.width), 0.0)
                 if c.class_token:
                     posemb = jnp.concatenate([jnp.zeros_like(posemb[:, :1]), posemb], axis=1)
         else:
