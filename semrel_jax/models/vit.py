@@ -15,7 +15,8 @@ token per object found by background subtraction, for scenes of flat objects), e
 token holds its centre; ``posemb='sincos2d'`` adds the sine-cosine embedding of that centre in units of
 ``patch_size`` pixels, as a patch grid's, so that one dot product of two tokens compares their positions; its finest
 wavelength is 2π patch sizes: 1 pixel gives sharp features that memorise, the image size smooth ones,
-experiments/LOG.md session 25); ``distance_bias`` then uses the objects' centres, and the slots without an object are masked as keys and come out as zeros (one constant "no object" token downstream).
+experiments/LOG.md session 25); ``distance_bias`` then uses the objects' centres, and the slots without an
+object are masked as keys and come out as zeros (one constant "no object" token downstream).
 """
 
 from __future__ import annotations
