@@ -105,6 +105,22 @@ def test_layer_scale_reaches_a_from_scratch_tower_and_not_a_converted_one(tiny_c
         config_lib.validate(tiny_config)
 
 
+def test_attend_others_reaches_a_from_scratch_tower_and_not_a_converted_one(tiny_config, tmp_path):
+    import transformers
+    tiny_config.model.encoders.vit.attend = "others"
+    config_lib.validate(tiny_config)
+    assert config_lib.model_config(tiny_config, vocab_size=50).vision.encoders[0].vit.attend == "others"
+    tiny_config.model.encoders.vit.attend = "self"
+    with pytest.raises(config_lib.ConfigError, match="attend.*'all' or 'others'"):
+        config_lib.validate(tiny_config)
+    tiny_config.model.encoders.vit.attend = "others"
+    transformers.CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=48, intermediate_size=96,
+                                  num_hidden_layers=3, num_attention_heads=4).save_pretrained(tmp_path)
+    tiny_config.model.encoders.vit.hf_dir = str(tmp_path)
+    with pytest.raises(config_lib.ConfigError, match="attend.*converted tower"):
+        config_lib.validate(tiny_config)
+
+
 def test_object_tokens_reach_the_tower_and_refuse_what_needs_a_patch_grid(tiny_config):
     tiny_config.model.encoders.vit.update(tokens="objects", max_objects=6, image_size=50)  # no patch multiple needed
     config_lib.validate(tiny_config)

@@ -143,6 +143,48 @@ def test_object_tower_masks_empty_slots_and_biases_attention_by_object_distance(
     np.testing.assert_allclose(scanned(images, (1, 2))[1], vit(images, (1, 2))[1], atol=1e-5)
 
 
+def test_attend_others_reads_the_other_objects_and_a_near_head_the_nearest_other():
+    images = jnp.asarray(np.stack([_scene("white", 7), np.ones((64, 64, 3), np.float32)]))  # the second: no objects
+    vit = ViT(dataclasses.replace(OBJECTS, attend="others"), rngs=nnx.Rngs(0))
+    objects, centres, valid = vit.tokenizer(images)
+    slots = jnp.concatenate([jnp.ones((2, 1), bool), valid], 1)
+    x = vit.pre_layrnorm(jnp.concatenate([jnp.broadcast_to(vit.class_embedding[...], (2, 1, 24)),
+                                          vit.patch_embedding(objects)], 1))
+    layer = vit.layers[0]
+    # the attention branch alone, copying what each token reads: values and output the identity, no MLP
+    for proj in (layer.q_proj, layer.k_proj, layer.fc2):
+        proj.kernel[...] = jnp.zeros_like(proj.kernel[...])
+        proj.bias[...] = jnp.zeros_like(proj.bias[...])
+    for proj in (layer.v_proj, layer.out_proj):
+        proj.kernel[...] = jnp.eye(24)
+        proj.bias[...] = jnp.zeros_like(proj.bias[...])
+    normed = np.asarray(layer.layer_norm1(x))
+    keys = np.asarray(slots)
+    read = np.asarray(layer(x, None, centres, slots) - x)
+    # equal logits: each object reads the mean of the other objects (not itself, not the class token), the class
+    # token the mean of all; a token with no other (the class token of an image without objects) reads all it may
+    for i in range(1, 9):
+        others = keys[0] & (np.arange(9) != i) & (np.arange(9) > 0)
+        np.testing.assert_allclose(read[0, i], normed[0, others].mean(0), atol=1e-5)
+    np.testing.assert_allclose(read[0, 0], normed[0, keys[0]].mean(0), atol=1e-5)
+    np.testing.assert_allclose(read[1, 0], normed[1, 0], atol=1e-5)
+    assert np.isfinite(read).all()
+    # a head that prefers near objects (a large negative weight on |d|^2) reads the nearest *other* object
+    layer.distance_bias[...] = jnp.zeros((4, 4)).at[3].set(-400.0)
+    read = np.asarray(layer(x, None, centres, slots) - x)
+    c = np.asarray(centres[0])
+    distance = ((c[:, None] - c[None]) ** 2).sum(-1) + np.where(np.asarray(valid[0]), 0, np.inf)[None]
+    np.fill_diagonal(distance, np.inf)
+    for i in np.flatnonzero(np.asarray(valid[0])):
+        np.testing.assert_allclose(read[0, 1 + i], normed[0, 1 + distance[i].argmin()], atol=1e-3)
+    # attending to itself, the same head reads the object itself
+    # attending to all, the same head reads the object itself and the class token (both at bias 0)
+    layer.config = dataclasses.replace(layer.config, attend="all")
+    read = np.asarray(layer(x, None, centres, slots) - x)
+    for i in np.flatnonzero(np.asarray(valid[0])):
+        np.testing.assert_allclose(read[0, 1 + i], (normed[0, 1 + i] + normed[0, 0]) / 2, atol=1e-3)
+
+
 def test_sincos2d_object_tokens_add_the_embedding_of_their_centre_in_patch_units():
     images = jnp.asarray(np.stack([_scene("white", 7), np.ones((64, 64, 3), np.float32)]))
     config = dataclasses.replace(OBJECTS, pre_ln=False, patch_size=16)  # hidden_states[0]: the embedding itself

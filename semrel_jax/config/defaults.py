@@ -61,6 +61,9 @@ def encoder_defaults() -> dict:
         posemb="learned",  # object tokens: none; 'sincos2d' embeds each centre (in patch_size units)
         relative_position_bias=False,  # learned per-head bias by patch offset (from-scratch towers only)
         distance_bias=False,  # learned per-head linear function of the patch offset and distance (from-scratch only)
+        # 'all' | 'others': each token reads only the other tokens (not itself or the class token), so that a head
+        # that prefers near tokens reads the nearest other one (from-scratch only)
+        attend="all",
         # None: the family's blocks (DINOv2's have LayerScale, the others none); a number >= 0: every block's two
         # residual branches get a learned per-channel scale starting there (from-scratch only). 0: each block
         # starts as the identity, so a tap after it starts as the tap before it (a relational block that grows)

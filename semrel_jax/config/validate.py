@@ -158,6 +158,8 @@ def _validate_encoder(c, name: str, enc) -> None:
             f"{where}.{key}",
             f"expected True or False, and False for a converted tower (hf_dir: its architecture has none); got {value!r}",
         )
+    check(enc.attend in ("all", "others") and (enc.attend == "all" or not enc.hf_dir), f"{where}.attend",
+          f"expected 'all' or 'others', and 'all' for a converted tower (hf_dir: its blocks attend to all); got {enc.attend!r}")
     scale = enc.layer_scale_init
     check(scale is None or (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale >= 0 and not enc.hf_dir),
           f"{where}.layer_scale_init", f"expected None or a number >= 0, and None for a converted tower (hf_dir: its "

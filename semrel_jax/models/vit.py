@@ -63,6 +63,11 @@ class ViTConfig:
     # (2·grid - 1)² x heads, and monotone in distance from the start, the form "attend to the nearest/farthest"
     # needs (experiments/LOG.md, session 12). Off for converted towers.
     distance_bias: bool = False
+    # 'all' | 'others': each token after the class token attends only to the *other* such tokens (not itself, not
+    # the class token; all where it has no other), so that a head whose distance bias or position embedding
+    # prefers near tokens reads the nearest other one, which otherwise is the token itself or the class token (zero
+    # bias); the residual keeps the token's own content; the class token attends to all. Off for converted towers.
+    attend: str = "all"
     # 'patches' (a ViT) | 'objects': the image cut into its objects by background subtraction (models/objects.py),
     # one token each (centres are in the token; posemb='sincos2d' adds their embedding; distance_bias uses them)
     tokens: str = "patches"
@@ -89,6 +94,8 @@ class ViTConfig:
             raise ValueError(f"posemb must be 'learned' or 'sincos2d', got {self.posemb!r}.")
         if self.posemb == "sincos2d" and self.width % 4:
             raise ValueError(f"sincos2d position embeddings need width % 4 == 0, got {self.width}.")
+        if self.attend not in ("all", "others"):
+            raise ValueError(f"attend must be 'all' or 'others', got {self.attend!r}.")
         if self.tokens not in ("patches", "objects"):
             raise ValueError(f"tokens must be 'patches' or 'objects', got {self.tokens!r}.")
         if self.layer_scale_init is not None and not self.layer_scale:
@@ -196,7 +203,7 @@ class EncoderLayer(nnx.Module):
         hd = w // c.heads
         y = self.layer_norm1(x)
         q, k, v = (proj(y).reshape(b, n, c.heads, hd) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        mask = None if valid is None else valid[:, None, None, :]
+        mask = self._mask(n, valid)
         bias = self._bias(n, q.dtype, positions)
         attn = self.out_proj(jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask).reshape(b, n, w))
         if c.layer_scale:
@@ -210,6 +217,18 @@ class EncoderLayer(nnx.Module):
         if self.adapter is not None:
             out = out + c.adapter_scale * self.adapter(y, dropout_key)
         return out
+
+    def _mask(self, n: int, valid: Array | None) -> Array | None:
+        """``[B or 1, 1, n, n]`` keys each token may attend: the valid ones; with ``attend='others'`` the tokens
+        after the class token see only the other such tokens (all valid keys where there is no other); None: all."""
+        mask = None if valid is None else valid[:, None, None, :]
+        if self.config.attend == "all":
+            return mask
+        keys = jnp.ones((1, 1, n, n), bool) if mask is None else jnp.broadcast_to(mask, mask.shape[:2] + (n, n))
+        extra = n - self.config.num_patches  # the class token
+        row, column = np.arange(n)[:, None], np.arange(n)[None, :]
+        others = keys & jnp.asarray((row < extra) | ((column >= extra) & (row != column)))
+        return jnp.where(others.any(-1, keepdims=True), others, keys)
 
     def _bias(self, n: int, dtype, positions: Array | None = None) -> Array | None:
         """``[1 or B, heads, n, n]`` relative position and distance biases (zero rows/columns for a class token),
