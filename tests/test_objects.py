@@ -137,6 +137,12 @@ def test_object_tower_masks_empty_slots_and_biases_attention_by_object_distance(
     expected = np.zeros((4, 9, 9), np.float32)
     expected[:, 1:, 1:] = np.moveaxis(features @ weights, -1, 0)
     np.testing.assert_allclose(layer._bias(9, jnp.float32, centres)[0], expected, atol=1e-5)
+    # distance_bias_scale multiplies it (the bias's learning-rate multiplier under Adam)
+    layer.config = dataclasses.replace(layer.config, distance_bias_scale=10.0)
+    np.testing.assert_allclose(layer._bias(9, jnp.float32, centres)[0], 10 * expected, atol=1e-4)
+    layer.config = OBJECTS
+    with pytest.raises(ValueError, match="distance_bias_scale"):
+        dataclasses.replace(OBJECTS, distance_bias=False, distance_bias_scale=10.0)
     # the scanned tower computes the same
     scanned = ViT(dataclasses.replace(OBJECTS, scan_layers=True), rngs=nnx.Rngs(0))
     nnx.update(scanned, nnx.state(vit))

@@ -61,6 +61,7 @@ def encoder_defaults() -> dict:
         posemb="learned",  # object tokens: none; 'sincos2d' embeds each centre (in patch_size units)
         relative_position_bias=False,  # learned per-head bias by patch offset (from-scratch towers only)
         distance_bias=False,  # learned per-head linear function of the patch offset and distance (from-scratch only)
+        distance_bias_scale=1.0,  # multiplies that bias: its learning-rate multiplier under Adam (needs distance_bias)
         # 'all' | 'others': each token reads only the other tokens (not itself or the class token), so that a head
         # that prefers near tokens reads the nearest other one (from-scratch only)
         attend="all",

@@ -74,6 +74,7 @@ def _vit_config(name: str, e: ml_collections.ConfigDict, m: ml_collections.Confi
         posemb=e.posemb,
         relative_position_bias=e.relative_position_bias,
         distance_bias=e.distance_bias,
+        distance_bias_scale=float(e.distance_bias_scale),
         attend=e.attend,
         tokens=e.tokens,
         max_objects=e.max_objects,

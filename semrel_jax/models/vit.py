@@ -63,6 +63,10 @@ class ViTConfig:
     # (2·grid - 1)² x heads, and monotone in distance from the start, the form "attend to the nearest/farthest"
     # needs (experiments/LOG.md, session 12). Off for converted towers.
     distance_bias: bool = False
+    # the bias is this x features @ weights: under Adam the weights move by about the learning rate per step whatever
+    # their gradient's size, so this is the bias's own learning-rate multiplier (a sharp "nearest other" read needs
+    # logit gaps of several units between objects a tenth of an image apart; experiments/LOG.md, session 26)
+    distance_bias_scale: float = 1.0
     # 'all' | 'others': each token after the class token attends only to the *other* such tokens (not itself, not
     # the class token; all where it has no other), so that a head whose distance bias or position embedding
     # prefers near tokens reads the nearest other one, which otherwise is the token itself or the class token (zero
@@ -94,6 +98,8 @@ class ViTConfig:
             raise ValueError(f"posemb must be 'learned' or 'sincos2d', got {self.posemb!r}.")
         if self.posemb == "sincos2d" and self.width % 4:
             raise ValueError(f"sincos2d position embeddings need width % 4 == 0, got {self.width}.")
+        if self.distance_bias_scale <= 0 or (self.distance_bias_scale != 1.0 and not self.distance_bias):
+            raise ValueError(f"distance_bias_scale must be > 0 and needs distance_bias, got {self.distance_bias_scale}.")
         if self.attend not in ("all", "others"):
             raise ValueError(f"attend must be 'all' or 'others', got {self.attend!r}.")
         if self.tokens not in ("patches", "objects"):
@@ -242,7 +248,7 @@ class EncoderLayer(nnx.Module):
             bias = bias + self.relative_bias[...][relative_offset_index(grid)]  # [P, P, heads]
         if c.distance_bias:
             features = jnp.asarray(distance_features(grid)) if positions is None else pairwise_distance_features(positions)
-            bias = bias + features @ self.distance_bias[...]  # [(B,) P, P, heads]
+            bias = bias + c.distance_bias_scale * (features @ self.distance_bias[...])  # [(B,) P, P, heads]
         bias = jnp.moveaxis(bias, -1, -3)
         extra = n - bias.shape[-1]  # the class token
         bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 2) + [(extra, 0), (extra, 0)])
