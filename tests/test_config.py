@@ -105,7 +105,7 @@ def test_layer_scale_reaches_a_from_scratch_tower_and_not_a_converted_one(tiny_c
         config_lib.validate(tiny_config)
 
 
-def test_attend_others_and_distance_bias_scale_reach_a_from_scratch_tower_and_not_a_converted_one(tiny_config, tmp_path):
+def test_attend_others_and_the_distance_bias_options_reach_a_from_scratch_tower_and_not_a_converted_one(tiny_config, tmp_path):
     import transformers
     tiny_config.model.encoders.vit.attend = "others"
     config_lib.validate(tiny_config)
@@ -116,7 +116,14 @@ def test_attend_others_and_distance_bias_scale_reach_a_from_scratch_tower_and_no
     tiny_config.model.encoders.vit.distance_bias = True
     config_lib.validate(tiny_config)
     assert config_lib.model_config(tiny_config, vocab_size=50).vision.encoders[0].vit.distance_bias_scale == 10.0
-    tiny_config.model.encoders.vit.distance_bias, tiny_config.model.encoders.vit.distance_bias_scale = False, 1.0
+    tiny_config.model.encoders.vit.distance_bias_init = 8.0
+    config_lib.validate(tiny_config)
+    assert config_lib.model_config(tiny_config, vocab_size=50).vision.encoders[0].vit.distance_bias_init == 8.0
+    tiny_config.model.encoders.vit.distance_bias_scale = 1.0
+    tiny_config.model.encoders.vit.distance_bias = False  # without it there is no bias to initialise
+    with pytest.raises(config_lib.ConfigError, match="distance_bias_init"):
+        config_lib.validate(tiny_config)
+    tiny_config.model.encoders.vit.distance_bias_init = 0.0
     tiny_config.model.encoders.vit.attend = "self"
     with pytest.raises(config_lib.ConfigError, match="attend.*'all' or 'others'"):
         config_lib.validate(tiny_config)

@@ -191,6 +191,38 @@ def test_attend_others_reads_the_other_objects_and_a_near_head_the_nearest_other
         np.testing.assert_allclose(read[0, 1 + i], (normed[0, 1 + i] + normed[0, 0]) / 2, atol=1e-3)
 
 
+def test_distance_bias_init_starts_the_first_head_on_the_nearest_other_and_the_last_on_the_farthest():
+    images = jnp.asarray(_scene("white", 7)[None])
+    assert (np.asarray(ViT(OBJECTS, rngs=nnx.Rngs(0)).layers[0].distance_bias[...]) == 0).all()  # the default
+    config = dataclasses.replace(OBJECTS, attend="others", distance_bias_init=200.0, distance_bias_scale=4.0)
+    vit = ViT(config, rngs=nnx.Rngs(0))
+    layer = vit.layers[0]
+    # slopes -200, -66.7, 66.7, 200 on |d| (before the scale), nothing on dx, dy, |d|^2
+    expected = np.zeros((4, 4), np.float32)
+    expected[2] = np.array([-200.0, -200.0 / 3, 200.0 / 3, 200.0]) / 4.0
+    np.testing.assert_allclose(np.asarray(layer.distance_bias[...]), expected, rtol=1e-6)
+    objects, centres, valid = vit.tokenizer(images)
+    slots = jnp.concatenate([jnp.ones((1, 1), bool), valid], 1)
+    x = vit.pre_layrnorm(jnp.concatenate([vit.class_embedding[...][None, None], vit.patch_embedding(objects)], 1))
+    for proj in (layer.q_proj, layer.k_proj, layer.fc2):  # the attention branch alone, copying what it reads
+        proj.kernel[...] = jnp.zeros_like(proj.kernel[...])
+        proj.bias[...] = jnp.zeros_like(proj.bias[...])
+    for proj in (layer.v_proj, layer.out_proj):
+        proj.kernel[...] = jnp.eye(24)
+        proj.bias[...] = jnp.zeros_like(proj.bias[...])
+    normed = np.asarray(layer.layer_norm1(x))
+    read = np.asarray(layer(x, None, centres, slots) - x)  # head h writes channels 6h..6h+5
+    c = np.asarray(centres[0])
+    distance = np.sqrt(((c[:, None] - c[None]) ** 2).sum(-1))
+    present = np.flatnonzero(np.asarray(valid[0]))
+    for i in present:
+        others = present[present != i]
+        nearest, farthest = others[distance[i, others].argmin()], others[distance[i, others].argmax()]
+        assert nearest != farthest
+        np.testing.assert_allclose(read[0, 1 + i, :6], normed[0, 1 + nearest, :6], atol=1e-3)
+        np.testing.assert_allclose(read[0, 1 + i, 18:], normed[0, 1 + farthest, 18:], atol=1e-3)
+
+
 def test_sincos2d_object_tokens_add_the_embedding_of_their_centre_in_patch_units():
     images = jnp.asarray(np.stack([_scene("white", 7), np.ones((64, 64, 3), np.float32)]))
     config = dataclasses.replace(OBJECTS, pre_ln=False, patch_size=16)  # hidden_states[0]: the embedding itself

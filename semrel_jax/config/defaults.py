@@ -62,6 +62,7 @@ def encoder_defaults() -> dict:
         relative_position_bias=False,  # learned per-head bias by patch offset (from-scratch towers only)
         distance_bias=False,  # learned per-head linear function of the patch offset and distance (from-scratch only)
         distance_bias_scale=1.0,  # multiplies that bias: its learning-rate multiplier under Adam (needs distance_bias)
+        distance_bias_init=0.0,  # s > 0: the heads start with slopes on the distance spread from -s to +s (ALiBi-like)
         # 'all' | 'others': each token reads only the other tokens (not itself or the class token), so that a head
         # that prefers near tokens reads the nearest other one (from-scratch only)
         attend="all",

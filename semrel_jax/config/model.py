@@ -75,6 +75,7 @@ def _vit_config(name: str, e: ml_collections.ConfigDict, m: ml_collections.Confi
         relative_position_bias=e.relative_position_bias,
         distance_bias=e.distance_bias,
         distance_bias_scale=float(e.distance_bias_scale),
+        distance_bias_init=float(e.distance_bias_init),
         attend=e.attend,
         tokens=e.tokens,
         max_objects=e.max_objects,

@@ -162,6 +162,10 @@ def _validate_encoder(c, name: str, enc) -> None:
     check(isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0
           and (scale == 1 or enc.distance_bias), f"{where}.distance_bias_scale",
           f"expected a number > 0, and 1 unless distance_bias=True (it scales that bias); got {scale!r}")
+    slope = enc.distance_bias_init
+    check(isinstance(slope, (int, float)) and not isinstance(slope, bool) and slope >= 0
+          and (slope == 0 or enc.distance_bias), f"{where}.distance_bias_init",
+          f"expected a number >= 0, and 0 unless distance_bias=True (it initialises that bias); got {slope!r}")
     check(enc.attend in ("all", "others") and (enc.attend == "all" or not enc.hf_dir), f"{where}.attend",
           f"expected 'all' or 'others', and 'all' for a converted tower (hf_dir: its blocks attend to all); got {enc.attend!r}")
     scale = enc.layer_scale_init

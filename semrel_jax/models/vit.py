@@ -67,6 +67,10 @@ class ViTConfig:
     # their gradient's size, so this is the bias's own learning-rate multiplier (a sharp "nearest other" read needs
     # logit gaps of several units between objects a tenth of an image apart; experiments/LOG.md, session 26)
     distance_bias_scale: float = 1.0
+    # s > 0: the heads' biases start with slopes on the distance spread evenly from -s (the first head: nearest
+    # first) to +s (the last: farthest first), as ALiBi's fixed per-head slopes (Press et al., 2022), then learn;
+    # learnt from zero they stay too small to pick one neighbour (|w| <= 0.35; experiments/LOG.md, session 26)
+    distance_bias_init: float = 0.0
     # 'all' | 'others': each token after the class token attends only to the *other* such tokens (not itself, not
     # the class token; all where it has no other), so that a head whose distance bias or position embedding
     # prefers near tokens reads the nearest other one, which otherwise is the token itself or the class token (zero
@@ -100,6 +104,8 @@ class ViTConfig:
             raise ValueError(f"sincos2d position embeddings need width % 4 == 0, got {self.width}.")
         if self.distance_bias_scale <= 0 or (self.distance_bias_scale != 1.0 and not self.distance_bias):
             raise ValueError(f"distance_bias_scale must be > 0 and needs distance_bias, got {self.distance_bias_scale}.")
+        if self.distance_bias_init < 0 or (self.distance_bias_init and not self.distance_bias):
+            raise ValueError(f"distance_bias_init must be >= 0 and needs distance_bias, got {self.distance_bias_init}.")
         if self.attend not in ("all", "others"):
             raise ValueError(f"attend must be 'all' or 'others', got {self.attend!r}.")
         if self.tokens not in ("patches", "objects"):
@@ -158,6 +164,7 @@ class Adapter(nnx.Module):
 
 
 DISTANCE_FEATURES = 4  # dx, dy, |d|, |d|² of two patch centres
+DISTANCE = 2  # the feature |d|
 
 
 def distance_features(grid: int) -> np.ndarray:
@@ -184,7 +191,10 @@ class EncoderLayer(nnx.Module):
             pd = jnp.dtype(config.param_dtype)
             self.relative_bias = nnx.Param(jnp.zeros(((2 * grid - 1) ** 2, config.heads), pd))
         if config.distance_bias:
-            self.distance_bias = nnx.Param(jnp.zeros((DISTANCE_FEATURES, config.heads), jnp.dtype(config.param_dtype)))
+            weights = np.zeros((DISTANCE_FEATURES, config.heads), np.float32)
+            slopes = config.distance_bias_init * np.linspace(-1.0, 1.0, config.heads)  # bias per unit of the feature
+            weights[DISTANCE] = slopes / config.distance_bias_scale
+            self.distance_bias = nnx.Param(jnp.asarray(weights, jnp.dtype(config.param_dtype)))
         self.layer_norm1 = _layer_norm(config, rngs)
         self.q_proj = _linear(w, w, config, rngs)
         self.k_proj = _linear(w, w, config, rngs)
