@@ -72,6 +72,14 @@ def main() -> None:
                 farthest.append(scene.colours[int(np.nanargmax(distance[k]))])
     print(f"{args.workdir} (step {args.step or 'latest'}), {len(own)} objects "
           f"of set {args.variant}; held-out accuracy of a linear read (majority)")
+    for k, layer in enumerate(vit.layers[: max(depths)], 1):  # what each block's heads prefer, in bias per unit
+        if vit.config.distance_bias:
+            weights = np.asarray(layer.distance_bias[...]) * vit.config.distance_bias_scale  # [dx, dy, |d|, |d|², heads]
+            print(f"  block {k} distance weights per head, on |d|: {[round(float(w), 2) for w in weights[2]]}, "
+                  f"on |d|²: {[round(float(w), 2) for w in weights[3]]} (negative: near first)")
+        if vit.config.layer_scale:
+            scale = np.abs(np.asarray(layer.layer_scale1[...])).mean()
+            print(f"  block {k} attention layer scale, mean |gamma|: {scale:.3f}")
     for d in depths:
         row = [f"{name} {acc:.3f} ({majority:.3f})" for name, labels in
                (("own colour", own), ("nearest's colour", nearest), ("farthest's colour", farthest))

@@ -98,6 +98,12 @@ def user_error(e: BaseException) -> errors.UserError | None:
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> list[str]:
     """absl parsing; a flag or config-file mistake exits with one line and ConfigError's code (2)."""
+    repeated = repeated_overrides(argv)
+    if repeated:
+        print(f"error: {', '.join(repeated)} given more than once: give each override once (ml_collections joins "
+              f"repeated tuple values, --config.k=(0,) --config.k=(1,) making (0, 1), instead of keeping the last)",
+              file=sys.stderr)
+        sys.exit(errors.ConfigError.exit_code)
     try:
         return flag_values(argv)
     except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
@@ -143,6 +149,12 @@ def config_file_error(e: BaseException, argv: list[str]) -> errors.ConfigError |
             reason = str(link).strip().splitlines()[-1].strip()
             return errors.ConfigError(f"{flag}: cannot load the config file ({reason})")
     return None
+
+
+def repeated_overrides(argv: list[str]) -> list[str]:
+    """The ``--config.<key>`` overrides that ``argv`` gives more than once, in either form, sorted."""
+    keys = [arg.split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")]
+    return sorted({key for key in keys if keys.count(key) > 1})
 
 
 def flag_value(argv: list[str], name: str) -> str | None:

@@ -158,6 +158,20 @@ def test_a_bad_record_in_a_grain_worker_is_one_line(tmp_path, capsys):
     assert err.startswith("error: llava_json: bad record 'broken' [corrupt_image]") and err.count("\n") == 1, err
 
 
+def test_an_override_given_twice_is_one_line_not_a_silent_join(capsys):
+    """ml_collections joins a tuple key's repeated values ((0,) then (1,) parse as (0, 1)); one line names it."""
+    argv = ["main", "--config=c.py", "--config.model.encoders.vit.taps=(0,)", "--config.train.num_steps", "5",
+            "--config.model.encoders.vit.taps=(1,)", "--config.train.num_steps=7", "--config.seed=1"]
+    assert cli.repeated_overrides(argv) == ["--config.model.encoders.vit.taps", "--config.train.num_steps"]
+    assert cli.repeated_overrides(argv[:3] + argv[-1:]) == []
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse_flags(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --config.model.encoders.vit.taps, --config.train.num_steps given more than once")
+    assert err.count("\n") == 1
+
+
 def test_flags_are_found_in_both_forms_before_parsing():
     """What aot reads before JAX starts (the simulated device count) and what error messages quote."""
     assert cli.flag_value(["aot", "--config=c.py", "--num_devices", "8"], "num_devices") == "8"
