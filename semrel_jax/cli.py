@@ -98,20 +98,21 @@ def user_error(e: BaseException) -> errors.UserError | None:
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> list[str]:
     """absl parsing; a flag or config-file mistake exits with one line and ConfigError's code (2)."""
-    repeated = repeated_overrides(argv)
-    if repeated:
-        print(f"error: {', '.join(repeated)} given more than once: give each override once (ml_collections joins "
-              f"repeated tuple values, --config.k=(0,) --config.k=(1,) making (0, 1), instead of keeping the last)",
-              file=sys.stderr)
-        sys.exit(errors.ConfigError.exit_code)
     try:
-        return flag_values(argv)
+        rest = flag_values(argv)
     except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
         message = flag_error_message(e, argv)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
         sys.exit(errors.ConfigError.exit_code)
+    joined = joined_overrides(argv, flag_values)
+    if joined:
+        print(f"error: {', '.join(joined)} given more than once: give a tuple key once (ml_collections joins its "
+              f"values, --config.k=(0,) --config.k=(1,) making (0, 1), where a scalar key keeps the last)",
+              file=sys.stderr)
+        sys.exit(errors.ConfigError.exit_code)
+    return rest
 
 
 def flag_error_message(e: BaseException, argv: list[str]) -> str | None:
@@ -151,10 +152,19 @@ def config_file_error(e: BaseException, argv: list[str]) -> errors.ConfigError |
     return None
 
 
-def repeated_overrides(argv: list[str]) -> list[str]:
-    """The ``--config.<key>`` overrides that ``argv`` gives more than once, in either form, sorted."""
-    keys = [arg.split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")]
-    return sorted({key for key in keys if keys.count(key) > 1})
+def joined_overrides(argv: list[str], flag_values: flags.FlagValues) -> list[str]:
+    """The ``--config.<key>`` overrides of a tuple or list key that ``argv`` gives more than once (either form),
+    sorted: ml_collections joins such values rather than keeping the last, as it (and absl) does for a scalar."""
+    flags_ = [arg.split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")]
+    config = flag_values["config"].value if "config" in flag_values else None
+    joined = []
+    for flag in sorted({f for f in flags_ if flags_.count(f) > 1}):
+        value = config
+        for part in flag.removeprefix("--config.").split("."):
+            value = getattr(value, part, None)
+        if isinstance(value, (tuple, list)):
+            joined.append(flag)
+    return joined
 
 
 def flag_value(argv: list[str], name: str) -> str | None:

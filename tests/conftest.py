@@ -61,6 +61,7 @@ SLOW = (
     "test_presets.py::test_lsrm_on_every_llm",
     "test_presets.py::test_cli_",
     "test_config.py::test_command_line",
+    "test_errors.py::test_a_tuple_override",
     "test_convert.py::test_convert_cli",
     "test_prepared.py::test_command_line",
     "test_prepared.py::test_grain_worker",

@@ -158,18 +158,20 @@ def test_a_bad_record_in_a_grain_worker_is_one_line(tmp_path, capsys):
     assert err.startswith("error: llava_json: bad record 'broken' [corrupt_image]") and err.count("\n") == 1, err
 
 
-def test_an_override_given_twice_is_one_line_not_a_silent_join(capsys):
-    """ml_collections joins a tuple key's repeated values ((0,) then (1,) parse as (0, 1)); one line names it."""
-    argv = ["main", "--config=c.py", "--config.model.encoders.vit.taps=(0,)", "--config.train.num_steps", "5",
-            "--config.model.encoders.vit.taps=(1,)", "--config.train.num_steps=7", "--config.seed=1"]
-    assert cli.repeated_overrides(argv) == ["--config.model.encoders.vit.taps", "--config.train.num_steps"]
-    assert cli.repeated_overrides(argv[:3] + argv[-1:]) == []
-    with pytest.raises(SystemExit) as exit_:
-        cli.parse_flags(argv)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --config.model.encoders.vit.taps, --config.train.num_steps given more than once")
-    assert err.count("\n") == 1
+def test_a_tuple_override_given_twice_is_one_line_not_a_silent_join(tmp_path):
+    """ml_collections joins a tuple key's repeated values ((0,) then (1,) parse as (0, 1)); a scalar keeps the last."""
+    import types
+    import vqa
+    parsed = {"config": types.SimpleNamespace(value=vqa.get_config("tiny"))}
+    taps, steps = "--config.model.encoders.vit.taps", "--config.train.num_steps"
+    argv = ["main", "--config=c.py", f"{taps}=(0,)", f"{steps}=5", f"{taps}", "(1,)", f"{steps}=7", "--config.seed=1"]
+    assert cli.joined_overrides(argv, parsed) == [taps]  # given twice, in both forms; the scalar is left alone
+    assert cli.joined_overrides(argv[:3] + argv[-2:], parsed) == []
+    cmd = [sys.executable, "-m", "semrel_jax.main", "--config=configs/vqa.py:tiny", f"--workdir={tmp_path}",
+           f"{taps}=(0,)", f"{taps}=(1,)"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {taps} given more than once"), proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "checkpoints").exists()
 
 
 def test_flags_are_found_in_both_forms_before_parsing():
