@@ -44,7 +44,8 @@ def main() -> None:
     depths = tuple(range(max(encoder.taps) + 1))
     variant = relational_sets.VARIANTS[args.variant]
     rng = np.random.default_rng(123)
-    question = {"question": "What", "conversations": [{"from": "human", "value": "What"}], "has_image": 1}
+    word = variant.wording["shape"].split()[0]  # a prompt the run's tokenizer covers; the tower never reads it
+    question = {"question": word, "conversations": [{"from": "human", "value": word}], "has_image": 1}
     tokens = {d: [] for d in depths}
     own, nearest, farthest = [], [], []
     for _ in range(max(args.scenes // 100, 1)):
