@@ -149,21 +149,28 @@ def test_object_tower_masks_empty_slots_and_biases_attention_by_object_distance(
     np.testing.assert_allclose(scanned(images, (1, 2))[1], vit(images, (1, 2))[1], atol=1e-5)
 
 
-def test_attend_others_reads_the_other_objects_and_a_near_head_the_nearest_other():
-    images = jnp.asarray(np.stack([_scene("white", 7), np.ones((64, 64, 3), np.float32)]))  # the second: no objects
-    vit = ViT(dataclasses.replace(OBJECTS, attend="others"), rngs=nnx.Rngs(0))
+def _copying_attention(vit, images):
+    """``vit``'s first block with only its attention branch, copying what each token reads (values and output the
+    identity, no MLP), and that block's inputs: ``(layer, x [B, 1 + slots, 24], centres, valid, slots)``."""
     objects, centres, valid = vit.tokenizer(images)
-    slots = jnp.concatenate([jnp.ones((2, 1), bool), valid], 1)
-    x = vit.pre_layrnorm(jnp.concatenate([jnp.broadcast_to(vit.class_embedding[...], (2, 1, 24)),
+    batch = images.shape[0]
+    slots = jnp.concatenate([jnp.ones((batch, 1), bool), valid], 1)
+    x = vit.pre_layrnorm(jnp.concatenate([jnp.broadcast_to(vit.class_embedding[...], (batch, 1, 24)),
                                           vit.patch_embedding(objects)], 1))
     layer = vit.layers[0]
-    # the attention branch alone, copying what each token reads: values and output the identity, no MLP
     for proj in (layer.q_proj, layer.k_proj, layer.fc2):
         proj.kernel[...] = jnp.zeros_like(proj.kernel[...])
         proj.bias[...] = jnp.zeros_like(proj.bias[...])
     for proj in (layer.v_proj, layer.out_proj):
         proj.kernel[...] = jnp.eye(24)
         proj.bias[...] = jnp.zeros_like(proj.bias[...])
+    return layer, x, centres, valid, slots
+
+
+def test_attend_others_reads_the_other_objects_and_a_near_head_the_nearest_other():
+    images = jnp.asarray(np.stack([_scene("white", 7), np.ones((64, 64, 3), np.float32)]))  # the second: no objects
+    layer, x, centres, valid, slots = _copying_attention(
+        ViT(dataclasses.replace(OBJECTS, attend="others"), rngs=nnx.Rngs(0)), images)
     normed = np.asarray(layer.layer_norm1(x))
     keys = np.asarray(slots)
     read = np.asarray(layer(x, None, centres, slots) - x)
@@ -201,15 +208,7 @@ def test_distance_bias_init_starts_the_first_head_on_the_nearest_other_and_the_l
     expected = np.zeros((4, 4), np.float32)
     expected[2] = np.array([-200.0, -200.0 / 3, 200.0 / 3, 200.0]) / 4.0
     np.testing.assert_allclose(np.asarray(layer.distance_bias[...]), expected, rtol=1e-6)
-    objects, centres, valid = vit.tokenizer(images)
-    slots = jnp.concatenate([jnp.ones((1, 1), bool), valid], 1)
-    x = vit.pre_layrnorm(jnp.concatenate([vit.class_embedding[...][None, None], vit.patch_embedding(objects)], 1))
-    for proj in (layer.q_proj, layer.k_proj, layer.fc2):  # the attention branch alone, copying what it reads
-        proj.kernel[...] = jnp.zeros_like(proj.kernel[...])
-        proj.bias[...] = jnp.zeros_like(proj.bias[...])
-    for proj in (layer.v_proj, layer.out_proj):
-        proj.kernel[...] = jnp.eye(24)
-        proj.bias[...] = jnp.zeros_like(proj.bias[...])
+    layer, x, centres, valid, slots = _copying_attention(vit, images)
     normed = np.asarray(layer.layer_norm1(x))
     read = np.asarray(layer(x, None, centres, slots) - x)  # head h writes channels 6h..6h+5
     c = np.asarray(centres[0])
