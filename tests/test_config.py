@@ -256,3 +256,38 @@ def test_every_preset_uses_only_schema_keys_and_defaults_agree_with_the_typed_co
                 assert field.default == (tuple(value) if isinstance(value, (list, tuple)) else value), (typed, key)
                 checked += 1
     assert checked >= 25
+
+
+# The session-26 command of experiments/LOG.md: `:scratch` plus README's $STRIP and $OPT and the row's changes.
+SESSION_26_OVERRIDES = (
+    "--config.train.reconstruction_weight=0", "--config.model.encoders.vit.tokens=objects",
+    "--config.model.encoders.vit.distance_bias=True", "--config.model.injection=prefix",
+    "--config.model.encoders.vit.taps=(1,)", "--config.model.projector.memory_scale=1.0",
+    "--config.model.projector.learnable_diagonal=False", "--config.model.llm.n_kv_heads=4",
+    "--config.model.modality_embedding=False", "--config.train.learning_rate=1e-3", "--config.train.b2=0.999",
+    "--config.train.grad_clip=0", "--config.train.weight_decay=0.01", "--config.train.warmup_steps=200",
+    "--config.train.batch_size=64", "--config.train.num_steps=14000", "--config.model.encoders.vit.posemb=sincos2d",
+    "--config.model.encoders.vit.layer_scale_init=0", "--config.model.encoders.vit.attend=others",
+    "--config.train.log_every=250", "--config.train.eval_every=2000",
+)
+
+
+def _parsed_config(spec: str, overrides) -> dict:
+    """The config the command line `--config=configs/vqa.py:<spec> <overrides>` gives, parsed as main parses it."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["main", f"--config={os.path.join(ROOT, 'configs', 'vqa.py')}:{spec}", *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)  # declares the --config.* flags
+    flag_values(argv)
+    config = flag_values.config.to_dict()
+    config.pop("preset")
+    return config
+
+
+def test_the_objects_preset_is_the_measured_command():
+    """README's set-A and set-B rows of that command stand for `:objects`: the same config, key by key."""
+    assert _parsed_config("objects", ()) == _parsed_config("scratch", SESSION_26_OVERRIDES)
+    # and it is not trivially so: one override fewer differs
+    assert _parsed_config("objects", ()) != _parsed_config("scratch", SESSION_26_OVERRIDES[:-1])
