@@ -258,8 +258,9 @@ def test_every_preset_uses_only_schema_keys_and_defaults_agree_with_the_typed_co
     assert checked >= 25
 
 
-# The session-26 command of experiments/LOG.md: `:scratch` plus README's $STRIP and $OPT and the row's changes.
-SESSION_26_OVERRIDES = (
+# The session-28 command of experiments/LOG.md (session 26's with a third LLM block): `:scratch` plus the
+# $STRIP and $OPT of docs/research.md section 8 and the rows' changes.
+MEASURED_OVERRIDES = (
     "--config.train.reconstruction_weight=0", "--config.model.encoders.vit.tokens=objects",
     "--config.model.encoders.vit.distance_bias=True", "--config.model.injection=prefix",
     "--config.model.encoders.vit.taps=(1,)", "--config.model.projector.memory_scale=1.0",
@@ -268,7 +269,7 @@ SESSION_26_OVERRIDES = (
     "--config.train.grad_clip=0", "--config.train.weight_decay=0.01", "--config.train.warmup_steps=200",
     "--config.train.batch_size=64", "--config.train.num_steps=14000", "--config.model.encoders.vit.posemb=sincos2d",
     "--config.model.encoders.vit.layer_scale_init=0", "--config.model.encoders.vit.attend=others",
-    "--config.train.log_every=250", "--config.train.eval_every=2000",
+    "--config.train.log_every=250", "--config.train.eval_every=2000", "--config.model.llm.n_layers=3",
 )
 
 
@@ -287,7 +288,7 @@ def _parsed_config(spec: str, overrides) -> dict:
 
 
 def test_the_objects_preset_is_the_measured_command():
-    """README's set-A and set-B rows of that command stand for `:objects`: the same config, key by key."""
-    assert _parsed_config("objects", ()) == _parsed_config("scratch", SESSION_26_OVERRIDES)
+    """README's rows of that command stand for `:objects`: the same config, key by key."""
+    assert _parsed_config("objects", ()) == _parsed_config("scratch", MEASURED_OVERRIDES)
     # and it is not trivially so: one override fewer differs
-    assert _parsed_config("objects", ()) != _parsed_config("scratch", SESSION_26_OVERRIDES[:-1])
+    assert _parsed_config("objects", ()) != _parsed_config("scratch", MEASURED_OVERRIDES[:-1])
