@@ -82,7 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # answer every evaluation question about another image too: whether the image is used at all is the
         # first question on a new dataset (results.json: image_control/...)
         c.eval.image_control = True
-    if preset == "objects":  # experiments/LOG.md, sessions 14-26: each setting below was measured on set A
+    if preset == "objects":  # experiments/LOG.md, sessions 14-28: each setting below was measured on set A
         c.train.reconstruction_weight = 0.0  # the slots are objects found in the pixels, not learnt patches
         # one token per object (background subtraction), read in the LLM's own sequence: count becomes exact
         c.model.injection = "prefix"
