@@ -163,9 +163,7 @@ class TrainSetup:
 
 
 def build_optimizer(c: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    peak = optimizer_lib.peak_learning_rate(c.train)
-    schedule = optimizer_lib.learning_rate_schedule(peak, c.train.warmup_steps, c.train.num_steps)
-    return optimizer_lib.make_optimizer(c.train), schedule
+    return optimizer_lib.make_optimizer(c.train), optimizer_lib.schedule_for(c.train)
 
 
 def build_train_state(

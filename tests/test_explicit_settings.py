@@ -33,9 +33,30 @@ def test_grad_clip_zero_means_no_clipping():
     assert float(jnp.abs(clipped["b"])[0]) < 0.5 * float(jnp.abs(unclipped["b"])[0])
 
 
+def test_decay_fraction_holds_the_peak_then_decays_over_the_last_fraction():
+    peak, warmup, total = 1e-3, 200, 14_000
+    release = optimizer.learning_rate_schedule(peak, warmup, total)
+    held = optimizer.learning_rate_schedule(peak, warmup, total, decay_fraction=0.25)
+    decay_start = total - round(0.25 * (total - warmup))  # 10,550
+    for step in (0, 100, 200):  # the same warm-up
+        assert float(held(step)) == pytest.approx(float(release(step)), abs=1e-12)
+    for step in (200, 5_000, decay_start):  # the peak, held
+        assert float(held(step)) == pytest.approx(peak, rel=1e-6)
+    for step in (decay_start + 1_000, total - 1):  # the half cosine over the last 3,450 steps
+        expected = peak * 0.5 * (1 + np.cos(np.pi * (step - decay_start) / (total - decay_start)))
+        assert float(held(step)) == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    assert float(held(total)) == pytest.approx(0.0, abs=1e-12)
+    assert float(release(10_000)) < 0.25 * peak  # what the release's cosine has left by then
+    c = vqa.get_config("tiny")
+    c.train.decay_fraction = 0.25
+    c.train.num_steps = total
+    c.train.warmup_steps = warmup
+    assert float(optimizer.schedule_for(c.train)(decay_start)) == pytest.approx(c.train.learning_rate, rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "key, value",
-    [("train.grad_clip", -1.0), ("train.weight_decay", -0.1), ("train.b2", 1.0),
+    [("train.grad_clip", -1.0), ("train.decay_fraction", 0.0), ("train.decay_fraction", 1.5), ("train.weight_decay", -0.1), ("train.b2", 1.0),
      ("model.encoders.vit.adapter_dropout", 1.0)],
 )
 def test_knobs_are_validated_naming_the_key(tiny_config, key, value):

@@ -195,6 +195,9 @@ def base_config() -> ml_collections.ConfigDict:
         num_steps=4_000,
         learning_rate=2e-3,
         warmup_steps=100,
+        # < 1: hold the peak rate after warm-up, then the half cosine over this last fraction of the steps after
+        # warm-up only (warmup-stable-decay); 1: the release's cosine over all of them (training/optimizer.py)
+        decay_fraction=1.0,
         # The release's units (training/optimizer.py derive_schedule; the run logs what it derived):
         epochs=0.0,  # > 0: num_steps = epochs x full batches of the training split per epoch (overrides num_steps)
         warmup_epochs=0.0,  # with epochs > 0: warmup_steps = warmup_epochs x steps per epoch (overrides warmup_steps)

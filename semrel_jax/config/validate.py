@@ -250,6 +250,8 @@ def _validate_train(c) -> None:
         f"must divide train.batch_size={t.batch_size}, got {t.grad_accum_steps}",
     )
     check(t.learning_rate > 0, "train.learning_rate", f"must be > 0, got {t.learning_rate}")
+    check(_number(t.decay_fraction) and 0 < t.decay_fraction <= 1, "train.decay_fraction",
+          f"expected a fraction in (0, 1] of the steps after warm-up, got {t.decay_fraction!r}")
     check(t.grad_clip >= 0, "train.grad_clip", f"expected a global norm > 0, or 0 for no clipping; got {t.grad_clip}")
     check(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
     for key in ("b1", "b2"):

@@ -1,5 +1,9 @@
 """AdamW with linear warm-up then cosine decay to zero; no weight decay on biases, norms or 1-D params.
 
+``train.decay_fraction < 1`` holds the peak rate after warm-up and decays over that last fraction of the
+steps only (warmup-stable-decay): on a from-scratch run whose later kinds are still rising, the release's
+cosine has already taken the rate to a few per cent of its peak (experiments/LOG.md, session 29).
+
 The schedule can be written in the release's units (``train.epochs``, ``train.warmup_epochs``,
 ``train.base_learning_rate``); ``derive_schedule`` turns them into steps and an absolute rate once the
 training split's size is known, and says what it derived.
@@ -19,14 +23,31 @@ from semrel_jax.errors import ConfigError
 REFERENCE_BATCH = 256
 
 
-def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int, decay_fraction: float = 1.0
+                           ) -> optax.Schedule:
     """0 -> ``peak`` linearly over ``warmup_steps``, then a half cosine to 0 at ``total_steps``.
 
     Per step, exactly the release's per-iteration ``util/lr_sched.py`` (epoch = step / steps_per_epoch).
+    ``decay_fraction < 1``: the rate stays at ``peak`` until the cosine's last ``decay_fraction`` of the
+    steps after warm-up, and the half cosine runs over those steps only.
     """
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=peak, warmup_steps=warmup_steps, decay_steps=total_steps, end_value=0.0
+    if decay_fraction == 1.0:
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=peak, warmup_steps=warmup_steps, decay_steps=total_steps, end_value=0.0
+        )
+    decay_steps = max(1, round(decay_fraction * (total_steps - warmup_steps)))
+    decay_start = total_steps - decay_steps
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup_steps), optax.constant_schedule(peak),
+         optax.cosine_decay_schedule(peak, decay_steps)],
+        boundaries=[warmup_steps, decay_start],
     )
+
+
+def schedule_for(train_config) -> optax.Schedule:
+    """The learning-rate schedule ``train_config`` asks for."""
+    t = train_config
+    return learning_rate_schedule(peak_learning_rate(t), t.warmup_steps, t.num_steps, t.decay_fraction)
 
 
 def peak_learning_rate(train_config) -> float:
@@ -72,8 +93,7 @@ def decay_mask(params):
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
     t = train_config
-    schedule = learning_rate_schedule(peak_learning_rate(t), t.warmup_steps, t.num_steps)
-    adamw = optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask)
+    adamw = optax.adamw(schedule_for(t), b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask)
     if t.grad_clip == 0:
         return adamw
     return optax.chain(optax.clip_by_global_norm(t.grad_clip), adamw)
