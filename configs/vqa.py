@@ -100,6 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.llm.update(n_kv_heads=4, n_layers=3)
         c.train.update(learning_rate=1e-3, b2=0.999, grad_clip=0.0, weight_decay=0.01, warmup_steps=200,
                        batch_size=64, num_steps=14_000,
+                       # the peak rate held until the last quarter: the distance kinds are learnt after the
+                       # stages, when the release's cosine has left a fifth of it or less (session 29)
+                       decay_fraction=0.25,
                        # a curriculum stage's held-out loss is read at logging steps: the measured runs read it
                        # every 250; an evaluation every 2,000 shows when each kind is learnt
                        log_every=250, eval_every=2_000)

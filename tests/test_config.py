@@ -270,6 +270,7 @@ MEASURED_OVERRIDES = (
     "--config.train.batch_size=64", "--config.train.num_steps=14000", "--config.model.encoders.vit.posemb=sincos2d",
     "--config.model.encoders.vit.layer_scale_init=0", "--config.model.encoders.vit.attend=others",
     "--config.train.log_every=250", "--config.train.eval_every=2000", "--config.model.llm.n_layers=3",
+    "--config.train.decay_fraction=0.25",
 )
 
 
