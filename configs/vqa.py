@@ -20,8 +20,9 @@ Presets:
         from the issue's goals at the budgets measured there). For llava_json add --config.data.prompt_format=raw.
   objects  scratch for scenes of flat objects on a background (Sort-of-CLEVR and the generated relational sets):
         one token per object read by the LLM in its own sequence, a block in which each object attends to the
-        others, a 3-block LLM, the probe's optimiser; 14,000 steps. Give the curriculum for your kinds and the
-        image size, e.g. "--config.data.curriculum=('shape+left_of:6000:5000','left_of+above:6000:2500:0.05',...)"
+        others, a 3-block LLM, the probe's optimiser at its peak rate until the last quarter; 14,000 steps.
+        Give the curriculum for your kinds and the image size,
+        e.g. "--config.data.curriculum=('shape+left_of:6000:5000','left_of+above:6000:2500:0.05',...)"
         (README, "Your own relational data"); the best figures so far.
   semrel_jax.presets.MODEL_PRESETS: the release's full-size models (lsrm_7b, lsrm_13b, memvp_7b,
         llava_7b), the ensemble lsrm_7b_ensemble (CLIP-L/14 + SigLIP + DINOv2) and the demo-size ablation
@@ -101,7 +102,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.update(learning_rate=1e-3, b2=0.999, grad_clip=0.0, weight_decay=0.01, warmup_steps=200,
                        batch_size=64, num_steps=14_000,
                        # the peak rate held until the last quarter: the distance kinds are learnt after the
-                       # stages, when the release's cosine has left a fifth of it or less (session 29)
+                       # stages, when the release's cosine has left a fifth of it or less: set A seeds 1 / 2
+                       # 0.897 / 0.913 against 0.833 / 0.788 (experiments/LOG.md, session 29)
                        decay_fraction=0.25,
                        # a curriculum stage's held-out loss is read at logging steps: the measured runs read it
                        # every 250; an evaluation every 2,000 shows when each kind is learnt
