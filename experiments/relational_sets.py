@@ -182,17 +182,22 @@ def questions(v: Variant, scene: Scene, rng: np.random.Generator) -> list[tuple[
     return out
 
 
+def draw_example(v: Variant, split: str, i: int, seed: int):
+    """Image ``i`` of ``split``: ``(rng, scene, questions)``, the rng left where rendering goes on from."""
+    rng = np.random.default_rng([seed, SPLITS[split], i])
+    while True:  # redraw the scene until every kind has an unambiguous question
+        scene = draw_scene(v, rng)
+        asked = questions(v, scene, rng)
+        if asked is not None:
+            return rng, scene, asked
+
+
 def write_split(out: str, v: Variant, split: str, num_images: int, seed: int) -> list[dict]:
     """Renders ``num_images`` scenes into ``out/images`` and returns their LLaVA records (not yet written)."""
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     records = []
     for i in range(num_images):
-        rng = np.random.default_rng([seed, SPLITS[split], i])
-        while True:  # redraw the scene until every kind has an unambiguous question
-            scene = draw_scene(v, rng)
-            asked = questions(v, scene, rng)
-            if asked is not None:
-                break
+        rng, scene, asked = draw_example(v, split, i, seed)
         image = f"images/{split}_{i:06d}.png"
         render(v, scene, rng).save(os.path.join(out, image))
         for kind, question, answer in asked:
