@@ -258,7 +258,8 @@ def test_every_preset_uses_only_schema_keys_and_defaults_agree_with_the_typed_co
     assert checked >= 25
 
 
-# The session-28 command of experiments/LOG.md (session 26's with a third LLM block): `:scratch` plus the
+# The session-31 command of experiments/LOG.md (session 26's with a third LLM block, the held rate, the objects
+# and the question read both ways with a distance bias): `:scratch` plus the
 # $STRIP and $OPT of docs/research.md section 8 and the rows' changes.
 MEASURED_OVERRIDES = (
     "--config.train.reconstruction_weight=0", "--config.model.encoders.vit.tokens=objects",
@@ -270,7 +271,8 @@ MEASURED_OVERRIDES = (
     "--config.train.batch_size=64", "--config.train.num_steps=14000", "--config.model.encoders.vit.posemb=sincos2d",
     "--config.model.encoders.vit.layer_scale_init=0", "--config.model.encoders.vit.attend=others",
     "--config.train.log_every=250", "--config.train.eval_every=2000", "--config.model.llm.n_layers=3",
-    "--config.train.decay_fraction=0.25",
+    "--config.train.decay_fraction=0.25", "--config.model.prompt_attention=bidirectional",
+    "--config.model.prefix_distance_bias=True",
 )
 
 
