@@ -48,7 +48,11 @@ def main() -> None:
     v = relational_sets.VARIANTS[args.variant]
     scenes = {}
     for workdir in args.workdirs:
-        predictions = json.load(open(os.path.join(workdir, "predictions.json")))
+        path = os.path.join(workdir, "predictions.json")
+        if not os.path.isfile(path):
+            raise SystemExit(f"{path} not found: give the workdir of a finished run (its final evaluation writes it).")
+        with open(path) as f:
+            predictions = json.load(f)
         for kind in ("nearest", "farthest"):
             ranks, gaps = collections.Counter(), {True: [], False: []}
             for row in predictions:
