@@ -11,7 +11,7 @@ Presets:
   long  the demo trained ~7x longer: about 30 minutes on a 2-core CPU.
   relational  the relational-accuracy target on Sort-of-CLEVR (Santoro et al.'s Relation Network: > 94 %):
         objects (below) with Sort-of-CLEVR's curriculum, from question-answer pairs alone; 14,000 steps × 64,
-        ~50-70 CPU-minutes on a 2-core CPU (README, "Results"). Before session 36 this name was the demo with a
+        ~50-72 CPU-minutes on a 2-core CPU (README, "Results"). Before session 36 this name was the demo with a
         3-block ViT and relations descriptions (0.851; docs/research.md).
   scratch  a from-scratch recipe for any dataset, learning from question-answer pairs alone (no scene
         descriptions): the demo with pixels normalised against each image's own background colour
