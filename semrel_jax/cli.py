@@ -2,6 +2,8 @@
 
 Every ``python -m semrel_jax.<command>`` ends with ``cli.run(main)``:
 
+* it restarts once with glibc's huge-page tunable for large host buffers (``semrel_jax/huge_pages.py``: ~20 %
+  less CPU time on CPU runs; ``GLIBC_TUNABLES=`` opts out);
 * flags are absl's, so both ``--flag=value`` and ``--flag value`` work (``--config.a.b value`` too);
 * a flag or config-file mistake (unknown key, with ml_collections' "did you mean" intact; a value of the
   wrong type; an unknown preset; a missing config file) is one line and exit code 2;
@@ -25,7 +27,7 @@ from typing import Any, NoReturn
 
 from absl import app, flags, logging
 
-from semrel_jax import errors
+from semrel_jax import errors, huge_pages
 
 FLAGS = flags.FLAGS
 INTERRUPTED_EXIT_CODE = 130  # the shell's code for Ctrl-C
@@ -35,6 +37,7 @@ _NOISY_LOGGERS = ("jax._src.xla_bridge", "jax._src.compiler", "orbax", "transfor
 
 def run(main: Callable[[list[str]], Any]) -> NoReturn:
     """Runs ``main(argv)`` as a command (see the module docstring); never returns."""
+    huge_pages.reexec_with_huge_pages()  # first: glibc reads its tunables when the process starts
     if not any(arg.startswith(("--verbosity", "-v")) for arg in sys.argv[1:]):
         quiet_environment()  # before the config file (which imports JAX) is loaded
     app.run(lambda argv: call(main, argv), flags_parser=parse_flags)
