@@ -2,8 +2,8 @@
 
 Every ``python -m semrel_jax.<command>`` ends with ``cli.run(main)``:
 
-* it restarts once with glibc's huge-page tunable for large host buffers (``semrel_jax/huge_pages.py``: ~20 %
-  less CPU time on CPU runs; ``GLIBC_TUNABLES=`` opts out);
+* it restarts once with glibc's huge-page tunable for large host buffers (``semrel_jax/huge_pages.py``: 18-26 %
+  less CPU time per step on CPU; ``GLIBC_TUNABLES=`` opts out);
 * flags are absl's, so both ``--flag=value`` and ``--flag value`` work (``--config.a.b value`` too);
 * a flag or config-file mistake (unknown key, with ml_collections' "did you mean" intact; a value of the
   wrong type; an unknown preset; a missing config file) is one line and exit code 2;
