@@ -58,7 +58,8 @@ def test_the_thp_mode_is_read_from_the_bracketed_word(tmp_path):
     assert huge_pages.huge_page_mode(str(tmp_path / "missing")) is None
 
 
-@pytest.mark.skipif(not huge_pages.wanted_here(), reason="this machine gets no restart (glibc < 2.35 or THP not madvise)")
+@pytest.mark.skipif(not huge_pages.wanted_here(),
+                    reason="this machine gets no restart (glibc < 2.35 or THP not madvise)")
 def test_a_command_restarts_with_the_tunable_and_faults_far_fewer_pages():
     tunable, faults = _child()
     assert tunable == huge_pages.TUNABLE
