@@ -118,7 +118,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.curriculum = ("shape+horizontal:6000:5000", "horizontal+vertical:6000:2500:0.05",
                              "horizontal+vertical+closest+furthest:10000:2500:0.05")
         # closest is learnt last, in the full stream: with 14,000 steps two seeds of three ended at 0.82 on it,
-        # still rising (relational 0.922 / 0.899); with 18,000 seeds 0 / 1 / 2 give 0.992 / 0.983 / 0.977 (sessions 36-37)
+        # still rising (relational 0.922 / 0.899); with 18,000 seeds 0 / 1 / 2 give 0.992 / 0.983 / 0.977
+        # (sessions 36-37)
         c.train.num_steps = 18_000
     if preset == "tiny":
         c.data.update(caption_mix=0.0, max_text_len=20)
