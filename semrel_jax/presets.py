@@ -258,12 +258,18 @@ def _llava_7b(c) -> None:
 
 
 def _ablation(c, *, levels: str, diagonal: bool, mask: bool, injection: str = "ica") -> None:
-    """Demo-size ablation: only the method knobs change (taps, Λ, mask, injection)."""
+    """Demo-size ablation: only the method knobs change (taps, Λ, mask, injection).
+
+    The levels are the base's deepest tap and the tap halfway to it: the demo's (2,) / (1, 2); ``:objects``'s
+    (1,) / (0, 1), the objects as found in the pixels and after the block in which they read each other.
+    """
     for name, enc in c.model.encoders.items():
-        depth = enc.depth
-        taps = (depth,) if levels == "last" else (depth // 2, depth)
+        deepest = max(enc.taps)
+        taps = (deepest,) if levels == "last" else (deepest // 2, deepest)
         _set(enc, f"model.encoders.{name}", taps=taps)
     _set(c.model, "model", injection=injection)
+    if injection != "prefix":  # a bias between image tokens in the LLM's sequence: memory slots are not in it
+        _set(c.model, "model", prefix_distance_bias=False)
     _set(c.model.projector, "model.projector", learnable_diagonal=diagonal)
     _set(c.model.ica, "model.ica", delta=0.3 if mask else 0.0, lam=0.85)
 
@@ -329,7 +335,8 @@ def apply(config: ml_collections.ConfigDict, name: str) -> ml_collections.Config
     """Applies the model preset ``name`` to ``config`` (in place) and returns it.
 
     Release presets set the whole model section (the result does not depend on the base model);
-    ablation presets change only the method knobs of the base (meant for configs/vqa.py:demo).
+    ablation presets change only the method knobs of the base (configs/vqa.py:demo, or :objects through
+    ``experiments/ablation.py --base=objects``).
     ``name`` may end in encoder changes (``change_encoders``): ``lsrm_7b+siglip+dinov2``.
     """
     preset, changes = split_encoder_changes(name)

@@ -197,6 +197,30 @@ def test_ablation_presets_differ_in_exactly_one_knob_each():
 
 
 
+def test_ablation_on_the_object_recipe_changes_the_same_knobs():
+    """experiments/ablation.py --base=objects: llava is :objects itself; the ICA presets read the objects as
+    memory (without the prefix-only distance bias); the second level is the objects before the tower's block."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation", os.path.join(ROOT, "experiments", "ablation.py"))
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    objects = flat(vqa.get_config("objects").model)
+    m = {n: flat(ablation._config(vqa, n, "objects").model) for n in presets.ABLATION_PRESETS}
+
+    def diff(a, b):
+        return {k: b[k] for k in a if a[k] != b[k]}
+
+    assert objects["injection"] == "prefix" and objects["encoders.vit.taps"] == (1,)
+    assert diff(objects, m["ablation_llava"]) == {"ica.delta": 0.0}  # the mask's knob, unread by a prefix
+    assert diff(m["ablation_llava"], m["ablation_memvp"]) == {"injection": "ica", "prefix_distance_bias": False}
+    assert diff(m["ablation_memvp"], m["ablation_multilevel"]) == {"encoders.vit.taps": (0, 1)}
+    assert diff(m["ablation_multilevel"], m["ablation_srproj"]) == {"projector.learnable_diagonal": True}
+    assert diff(m["ablation_srproj"], m["ablation_lsrm"]) == {"ica.delta": 0.3}
+    with pytest.raises(ValueError, match="Unknown model preset 'objects'"):
+        ablation._config(vqa, "objects", "objects")
+
+
 def test_ablation_entries_carry_config_overrides():
     """experiments/ablation.py: 'preset@key=value' is that preset with the override (the mask's shift epoch)."""
     import importlib.util
