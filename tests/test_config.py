@@ -304,6 +304,16 @@ SORT_OF_CLEVR_CURRICULUM = ("--config.data.curriculum=('shape+horizontal:6000:50
                             "'horizontal+vertical+closest+furthest:10000:2500:0.05')")
 
 
+def test_the_objects_lsrm_preset_is_the_measured_command():
+    """README's objects_lsrm row stands for that preset: :objects with LSRM's knobs, as measured in session 38."""
+    measured = ("--config.model.injection=ica", "--config.model.prefix_distance_bias=False",
+                "--config.model.encoders.vit.taps=(0,1)", "--config.model.projector.learnable_diagonal=True",
+                "--config.data.caption_mix=0.3", "--config.train.num_steps=2000")
+    objects_lsrm = _parsed_config("objects_lsrm", ())
+    assert objects_lsrm == _parsed_config("objects", measured)
+    assert objects_lsrm["model"]["ica"]["delta"] == 0.3 and objects_lsrm["model"]["ica"]["start"] == "always"
+
+
 def test_the_relational_preset_is_the_measured_sort_of_clevr_command():
     """README's Sort-of-CLEVR rows of that command stand for `:relational`: the same config, key by key."""
     relational = _parsed_config("relational", ())
