@@ -93,14 +93,25 @@ def test_the_figure_draws_each_panel_from_the_readouts_over_its_patches():
         assert axes[r * columns + 2].images[-1].get_clim() == shared  # one colour scale per readout
 
 
-def test_an_object_token_encoder_gets_no_panel_and_an_objects_only_model_the_image_alone():
+def test_an_object_token_encoder_is_drawn_on_its_objects_pixels_or_not_at_all_without_them():
     import dataclasses
 
     expl = _explanation()
     b = expl.layout[1]
-    expl.layout = (expl.layout[0], dataclasses.replace(b, grid=0))  # encoder b: object tokens
+    expl.layout = (expl.layout[0], dataclasses.replace(b, grid=0, objects=4))  # encoder b: 4 object tokens
     fig = explain_plot.explanation_figure(expl, blocks=(0,))
     assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) == 2 * 4  # the image, block 0 x encoder a
+    slots = np.full((20, 20), 4)  # slot 4: background
+    slots[2:6, 3:9], slots[12:18, 10:14] = 1, 3  # two objects in slots 1 and 3
+    expl.object_maps = {"b": slots}
+    fig = explain_plot.explanation_figure(expl, blocks=(0,))
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(axes) == 3 * 4  # the image, block 0 x encoders a and b
+    drawn = np.ma.filled(axes[2].images[-1].get_array(), np.nan)  # token 0, alpha, encoder b
+    alpha = expl.readouts["alpha"][0, 0]
+    assert drawn[3, 4] == alpha[b.start + 1] and drawn[15, 11] == alpha[b.start + 3]
+    assert np.isnan(drawn[0, 0]) and np.isnan(drawn[slots == 4]).all()
+    expl.object_maps = {}  # an objects-only model without its pixels' slots: the image alone
     expl.layout = (dataclasses.replace(expl.layout[0], grid=0), expl.layout[1])
     fig = explain_plot.explanation_figure(expl, blocks=(0,))
     assert len(fig.axes) == 4 and all(len(ax.images) == 1 for ax in fig.axes)  # one image per row, no colour bar

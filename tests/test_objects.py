@@ -98,6 +98,24 @@ def test_object_tokens_match_the_reference_definition(background):
     assert want_valid.sum() == 7  # 6 shapes + the joined rectangles, not the speck
 
 
+def test_the_slot_map_puts_each_token_on_its_objects_pixels():
+    """Each valid slot's pixels are its object's: their mean is the token's centre and their count matches the
+    reference area; the speck, the objects beyond max_objects and the background map to slot max_objects."""
+    images = np.stack([_scene("white", 0), _scene("grey_noise", 1)])
+    tokenizer = ObjectTokenizer(max_objects=6)
+    _, centres, valid = jax.jit(tokenizer)(jnp.asarray(images))
+    slots = np.asarray(jax.jit(tokenizer.slot_map)(jnp.asarray(images)))
+    assert slots.shape == (2, 64, 64) and slots.dtype == np.int32
+    for image_slots, image_centres, image_valid in zip(slots, np.asarray(centres), np.asarray(valid)):
+        assert set(np.unique(image_slots)) == set(np.flatnonzero(image_valid)) | {6}
+        for slot in np.flatnonzero(image_valid):
+            ys, xs = np.nonzero(image_slots == slot)
+            np.testing.assert_allclose([xs.mean() / 64 - 0.5, ys.mean() / 64 - 0.5], image_centres[slot], atol=1e-5)
+        assert image_slots[1, 1] == 6 and image_slots[0, 0] == 6  # the speck; the background
+    areas = [(slots[0] == slot).sum() for slot in range(6)]
+    assert areas == sorted(areas, reverse=True) and min(areas) >= tokenizer.min_pixels  # largest first
+
+
 def test_object_tokens_are_the_same_for_background_normalised_pixels():
     image = _scene("grey_noise", 4)
     shifted = image - np.median(image.reshape(-1, 3), 0)  # preprocess 'background' (all pixels)
@@ -281,3 +299,12 @@ def test_a_vlm_reads_object_tokens_beside_patches_and_learns_through_them():
     layout = slot_layout(vision)
     assert [(g.encoder, g.start, g.grid) for g in layout] == [("p", 0, 4), ("o", 16, 0)]
     assert list(explain.patch_grids(np.arange(24.0), layout)) == ["p"]  # objects: no grid to draw on
+    # ... but their pixels: each object's pixels carry its slot's value, the rest NaN (drawn transparent)
+    maps = explain.object_slot_maps(graphdef, (state,), images)
+    assert list(maps) == ["o"]
+    np.testing.assert_array_equal(maps["o"], ObjectTokenizer(8).slot_map(images["o"]))
+    drawn = explain.slot_maps(np.arange(24.0), layout, {"o": np.asarray(maps["o"][0])})
+    assert drawn["p"].shape == (4, 4) and drawn["o"].shape == (64, 64)
+    on_object = np.asarray(maps["o"][0]) < 8
+    np.testing.assert_array_equal(drawn["o"][on_object], 16 + np.asarray(maps["o"][0])[on_object])
+    assert np.isnan(drawn["o"][~on_object]).all() and on_object.any()

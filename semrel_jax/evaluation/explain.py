@@ -1,5 +1,6 @@
 """What the model looked at for each token it generated: ICA weights alpha and inherited masks M per block (or,
-for the prefix preset, attention over the image tokens), mapped back onto each encoder's patch grid.
+for the prefix preset, attention over the image tokens), mapped back onto each encoder's patch grid, or for an
+object-token encoder onto the pixels of each object.
 
 Generation runs as in evaluation (KV cache, greedy / sampling / beam search); the readouts come from one
 teacher-forced ``capture=True`` pass over ``prompt + generated`` with the inference semantics of decoding (mask
@@ -39,6 +40,8 @@ class Explanation:
     answer: str | None = None
     index: int | None = None
     token_ids: list[int] = dataclasses.field(default_factory=list)
+    # object-token encoder -> ``[H, W]`` the slot of each pixel's object in the model's input image (models/objects.py)
+    object_maps: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def num_blocks(self) -> int:
@@ -61,6 +64,14 @@ def captured_readouts(graphdef, states: tuple, inputs: dict, generated: jax.Arra
     return {"attention": captured.image_attention[:, :, -n:]}
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def object_slot_maps(graphdef, states: tuple, images: dict) -> dict[str, jax.Array]:
+    """Object-token encoder -> ``[B, H, W]`` each pixel's token slot among its objects (``max_objects``: none)."""
+    model = nnx.merge(graphdef, *states)
+    objects = {name: tower for name, tower in model.vision.encoders.items() if tower.config.tokens == "objects"}
+    return {name: tower.tokenizer.slot_map(images[name]) for name, tower in objects.items()}
+
+
 def explain_batch(graphdef, states, inputs: dict, generated: np.ndarray, tokenizer, layout, examples: list[dict]):
     """An ``Explanation`` per row of ``examples`` (raw dataset examples: ``image``, ``question``, ``answer``).
 
@@ -68,6 +79,9 @@ def explain_batch(graphdef, states, inputs: dict, generated: np.ndarray, tokeniz
     ``len(examples)`` are ignored).
     """
     readouts = jax.device_get(captured_readouts(graphdef, states, inputs, jnp.asarray(generated)))
+    maps = {}
+    if any(g.objects for g in layout):
+        maps = jax.device_get(object_slot_maps(graphdef, states, inputs["images"]))
     explanations = []
     for row, example in enumerate(examples):
         ids = np.asarray(generated[row]).tolist()
@@ -83,9 +97,23 @@ def explain_batch(graphdef, states, inputs: dict, generated: np.ndarray, tokeniz
                 answer=example.get("answer"),
                 index=example.get("index"),
                 token_ids=ids[:n],
+                object_maps={name: values[row] for name, values in maps.items()},
             )
         )
     return explanations
+
+
+def slot_maps(values: np.ndarray, layout: tuple[SlotGroup, ...], object_maps: dict) -> dict[str, np.ndarray]:
+    """One row of slot values ``[N]`` -> a map per encoder to draw: a patch encoder's ``[grid, grid]``
+    (``patch_grids``), an object-token encoder's ``[H, W]`` with each object's pixels at its slot's value and NaN
+    (drawn transparent) elsewhere, when ``object_maps`` holds its pixels' slots."""
+    values = np.asarray(values, np.float64)
+    maps = patch_grids(values, layout)
+    for g in layout:
+        if g.objects and g.encoder in object_maps:
+            per_slot = np.append(values[g.object_slots.start : g.object_slots.stop], np.nan)  # slot `objects`: none
+            maps[g.encoder] = per_slot[np.asarray(object_maps[g.encoder])]
+    return maps
 
 
 def patch_grids(values: np.ndarray, layout: tuple[SlotGroup, ...]) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """Figures of ``evaluation.explain.Explanation``: the image and, per generated token, alpha and M (or the prefix
-attention) of chosen blocks over each patch encoder's grid (an object-token encoder has none: the image alone);
-and a gallery (PNG per example + index.html).
+attention) of chosen blocks over each patch encoder's grid, or an object-token encoder's objects (each object's
+pixels coloured by its slot's value); and a gallery (PNG per example + index.html).
 
 Uses matplotlib's object API on the Agg canvas (no pyplot state, no display needed).
 """
@@ -32,7 +32,8 @@ def explanation_figure(explanation: explain_lib.Explanation, blocks: tuple[int, 
     Each readout shares one colour scale over its panels (M: [0, 1]), so blocks and tokens compare directly.
     """
     chosen = explain_lib.chosen_blocks(explanation.num_blocks, blocks)
-    encoders = [g.encoder for g in explanation.layout if g.grid]  # object-token encoders have no map to draw
+    # an object-token encoder is drawn on its objects' pixels, which an Explanation built by hand may lack
+    encoders = [g.encoder for g in explanation.layout if g.grid or g.encoder in explanation.object_maps]
     names = list(explanation.readouts)
     rows = [(t, name) for t in range(min(len(explanation.tokens), max_tokens)) for name in names]
     cols = [(b, e) for b in chosen for e in encoders]
@@ -53,7 +54,8 @@ def explanation_figure(explanation: explain_lib.Explanation, blocks: tuple[int, 
             image_axis.imshow(explanation.image)
         image_axis.set_title(f"token {t}: {explanation.tokens[t]!r}\n{label}", fontsize=8)
         for c, (b, encoder) in enumerate(cols):
-            grid = explain_lib.patch_grids(explanation.readouts[name][b, t], explanation.layout)[encoder]
+            maps = explain_lib.slot_maps(explanation.readouts[name][b, t], explanation.layout, explanation.object_maps)
+            grid = maps[encoder]
             ax = axes[r, c + 1]
             shown = _overlay(ax, explanation.image, grid, cmap, scales[name])
             ax.set_title(f"block {b}" + (f" · {encoder}" if len(encoders) > 1 else ""), fontsize=8)
@@ -72,7 +74,8 @@ def _scale(name: str, values: np.ndarray) -> tuple[float, float]:
 
 
 def _overlay(ax, image, grid: np.ndarray, cmap: str, scale: tuple[float, float]):
-    """The patch grid drawn over the image (each cell covers its patch), or alone for a text-only example."""
+    """The patch grid drawn over the image (each cell covers its patch; an object map's NaN background stays
+    transparent), or alone for a text-only example."""
     if image is None:
         return ax.imshow(grid, cmap=cmap, vmin=scale[0], vmax=scale[1])
     h, w = image.shape[:2]

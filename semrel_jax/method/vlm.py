@@ -97,14 +97,20 @@ class VLMConfig:
 @dataclasses.dataclass(frozen=True)
 class SlotGroup:
     """The visual slots of one encoder: ``start`` is its first slot; an optional class token comes first, then
-    its (pooled) patch grid ``grid × grid`` row-major (``grid`` 0: object tokens, no grid). All its taps are
-    fused into these same slots."""
+    its (pooled) patch grid ``grid × grid`` row-major, or (``grid`` 0) its ``objects`` object tokens, largest
+    object first (``models/objects.py``). All its taps are fused into these same slots."""
 
     encoder: str
     taps: tuple[int, ...]
     start: int
     grid: int
     class_token: bool
+    objects: int = 0
+
+    @property
+    def object_slots(self) -> range:
+        first = self.start + int(self.class_token)
+        return range(first, first + self.objects)
 
     @property
     def patch_slots(self) -> range:
@@ -118,8 +124,9 @@ def slot_layout(vision: EnsembleConfig) -> tuple[SlotGroup, ...]:
     groups, start = [], 0
     for spec in vision.encoders:
         class_token = bool(spec.vit.class_token and not spec.drop_cls)
-        grid = 0 if spec.vit.tokens == "objects" else spec.grid // spec.pool
-        groups.append(SlotGroup(spec.name, tuple(spec.taps), start, grid, class_token))
+        objects = spec.vit.max_objects if spec.vit.tokens == "objects" else 0
+        grid = 0 if objects else spec.grid // spec.pool
+        groups.append(SlotGroup(spec.name, tuple(spec.taps), start, grid, class_token, objects))
         start += spec.num_tokens
     return tuple(groups)
 

@@ -47,9 +47,18 @@ class ObjectTokenizer:
         0.5) and ``valid [B, K]`` (False: no object in that slot; its token and centre are zero)."""
         return jax.vmap(self._one)(jax.lax.stop_gradient(images.astype(jnp.float32)))
 
-    def _one(self, image: Array) -> tuple[Array, Array, Array]:
+    def slot_map(self, images: Array) -> Array:
+        """``images [B, H, W, C]`` -> ``[B, H, W]`` int32: the token slot each pixel's object went to, ``max_objects``
+        for the background and for objects left out (too small, or beyond the largest ``max_objects``)."""
+        h, w = images.shape[1:3]
+        segment = jax.vmap(self._segment)(jax.lax.stop_gradient(images.astype(jnp.float32)))
+        return segment[-1].reshape(-1, h, w).astype(jnp.int32)
+
+    def _segment(self, image: Array) -> tuple[Array, Array, Array, Array]:
+        """``image [H, W, C]`` -> its background colour ``[C]``, the object areas ``[K]`` and validity ``[K]`` of
+        the token slots, and each pixel's slot ``[H·W]`` (K: none)."""
         h, w, channels = image.shape
-        n, k, t = h * w, self.max_objects, self.thumb
+        n, k = h * w, self.max_objects
         background = jnp.median(image[::BACKGROUND_STRIDE, ::BACKGROUND_STRIDE].reshape(-1, channels), axis=0)
         foreground = (jnp.abs(image - background).max(-1) > self.threshold).reshape(n)
         labels = connected_components(foreground.reshape(h, w)).reshape(n)  # n: background
@@ -58,10 +67,15 @@ class ObjectTokenizer:
         chosen = _largest(areas, k)  # component labels, largest first, ties to the smaller label
         valid = areas[chosen] >= self.min_pixels
         slot_of_label = jnp.full(n + 1, k).at[chosen].set(jnp.where(valid, jnp.arange(k), k))
-        slot = slot_of_label[labels]  # [n], k: not an object token
+        return background, areas[chosen], valid, slot_of_label[labels]
+
+    def _one(self, image: Array) -> tuple[Array, Array, Array]:
+        h, w, channels = image.shape
+        n, k, t = h * w, self.max_objects, self.thumb
+        background, areas, valid, slot = self._segment(image)
 
         ys, xs = jnp.divmod(jnp.arange(n), w)
-        count = jnp.maximum(areas[chosen], 1).astype(jnp.float32)
+        count = jnp.maximum(areas, 1).astype(jnp.float32)
         sums = jax.ops.segment_sum(
             jnp.concatenate([image.reshape(n, channels), jnp.stack([xs, ys], -1).astype(jnp.float32)], -1),
             slot, num_segments=k + 1)[:k]
