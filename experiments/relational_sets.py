@@ -24,7 +24,7 @@ Output (``--out DIR``): ``DIR/images/<split>_<i>.png``, ``DIR/train.json``, ``DI
 of ``{"id", "image", "kind", "conversations": [{"from": "human", "value": "<image>\\n<question>"},
 {"from": "gpt", "value": <answer>}]}``. Read back with::
 
-    python -m semrel_jax.main --config=configs/vqa.py --config.data.name=llava_json \\
+    python -m semrel_jax.main --config=configs/vqa.py:objects --config.data.name=llava_json \\
         --config.data.train_file=DIR/train.json --config.data.eval_file=DIR/eval.json --config.data.image_root=DIR
 
 Usage: ``python experiments/relational_sets.py --out DIR --variant A --train 2000 --eval 200 --seed 0``

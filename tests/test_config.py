@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_presets_validate_and_unknown_preset_fails():
     for preset in vqa.PRESETS:
         config_lib.validate(vqa.get_config(preset))
-    assert vqa.get_config().preset == "demo"
+    assert vqa.get_config().preset == vqa.DEFAULT == "objects_lsrm"
     with pytest.raises(ValueError, match="Unknown preset 'huge'"):
         vqa.get_config("huge")
 

@@ -2,7 +2,8 @@
 
     python -m semrel_jax.data.prepare --config=configs/vqa.py --config.data.name=scienceqa \\
         --config.data.root=/data/ScienceQA --out=/data/prepared          # once (a no-op when already done)
-    python -m semrel_jax.main --config=configs/vqa.py --config.data.name=scienceqa --config.data.prompt_format=raw \\
+    python -m semrel_jax.main --config=configs/vqa.py:demo --config.data.name=scienceqa \\
+        --config.data.prompt_format=raw \\
         --config.data.prepared_dir=/data/prepared --workdir=/tmp/run     # reads the copy, not the raw files
 
 Any pair of sources (``semrel_jax.data.registry.build_sources``: both splits) is copied record by record:
