@@ -7,7 +7,7 @@
 Presets:
   demo  LSRM from random init on the built-in Sort-of-CLEVR, one memory slot per patch, with the
         slot-reconstruction loss (train.reconstruction_weight) that keeps the tower from forgetting shapes; a few
-        minutes on a 2-core CPU. The default until session 38; the base of the model presets and ablations.
+        minutes on a 2-core CPU. The default until 2026-12-06; the base of the model presets and ablations.
   tiny  the same structure at toy size, for tests and smoke runs (seconds).
   long  the demo trained ~7x longer: about 30 minutes on a 2-core CPU.
   relational  the relational-accuracy target on Sort-of-CLEVR (Santoro et al.'s Relation Network: > 94 %):
