@@ -51,8 +51,8 @@ class ObjectTokenizer:
         """``images [B, H, W, C]`` -> ``[B, H, W]`` int32: the token slot each pixel's object went to, ``max_objects``
         for the background and for objects left out (too small, or beyond the largest ``max_objects``)."""
         h, w = images.shape[1:3]
-        segment = jax.vmap(self._segment)(jax.lax.stop_gradient(images.astype(jnp.float32)))
-        return segment[-1].reshape(-1, h, w).astype(jnp.int32)
+        *_, slots = jax.vmap(self._segment)(jax.lax.stop_gradient(images.astype(jnp.float32)))
+        return slots.reshape(-1, h, w).astype(jnp.int32)
 
     def _segment(self, image: Array) -> tuple[Array, Array, Array, Array]:
         """``image [H, W, C]`` -> its background colour ``[C]``, the object areas ``[K]`` and validity ``[K]`` of
