@@ -2,6 +2,7 @@
 
     python benchmarks/step_throughput.py --presets=demo                                  # one preset
     python benchmarks/step_throughput.py --compare=ablation_lsrm,ablation_llava         # side by side, ratio
+    python benchmarks/step_throughput.py --compare=objects_lsrm@data.object_token_cache=0,objects_lsrm
     python benchmarks/step_throughput.py --presets=demo --config_overrides=train.batch_size=64
 
 Each preset is ``configs/vqa.py:<preset>`` built exactly as ``semrel_jax.main`` builds it
@@ -118,10 +119,12 @@ def machine_load() -> str:
 
 
 def get_config(preset: str, overrides=(), batch_size: int = 0):
+    """``preset`` may carry its own overrides after '@': ``objects_lsrm@data.object_token_cache=0``."""
     import vqa
 
+    preset, *own = preset.split("@")
     c = vqa.get_config(preset)
-    for item in overrides:
+    for item in [*own, *overrides]:
         key, value = item.split("=", 1)
         node = c
         *parents, leaf = key.split(".")

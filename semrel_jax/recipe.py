@@ -27,8 +27,10 @@ import optax
 from semrel_jax import config as config_lib
 from semrel_jax.data import pipeline, prompts, tokenizer as tokenizer_lib
 from semrel_jax.data import registry
+from semrel_jax.data.object_cache import ObjectTokenCache
 from semrel_jax.data.preprocess import ImagePreprocessor
 from semrel_jax.models import partitioning
+from semrel_jax.models.objects import ObjectTokenizer, ObjectTokens
 from semrel_jax.training import mesh as mesh_lib
 from semrel_jax.training import model_init
 from semrel_jax.training import optimizer as optimizer_lib
@@ -123,7 +125,17 @@ def build_featurizer(c: ml_collections.ConfigDict, tokenizer) -> pipeline.VQAFea
         name: ImagePreprocessor(e.image_size, e.normalization, e.resample, e.crop, e.resize)
         for name, e in c.model.encoders.items()
     }
-    return pipeline.VQAFeaturizer(tokenizer, preprocessors, c.data.max_text_len, c.data.prompt_format, c.eval.answer_prefix)
+    caches = {name: ObjectTokenCache(preprocessors[name], ObjectTokenizer(e.max_objects), c.data.object_token_cache)
+              for name, e in object_towers(c).items()}
+    return pipeline.VQAFeaturizer(tokenizer, preprocessors, c.data.max_text_len, c.data.prompt_format,
+                                  c.eval.answer_prefix, caches)
+
+
+def object_towers(c: ml_collections.ConfigDict) -> dict:
+    """The encoders whose training batches carry ``ObjectTokens`` in place of pixels (``data.object_token_cache``)."""
+    if not c.data.object_token_cache:
+        return {}
+    return {name: e for name, e in c.model.encoders.items() if e.tokens == "objects"}
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -267,8 +279,16 @@ def abstract_batch(c: ml_collections.ConfigDict, mesh) -> dict:
     def sds(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
+    objects = object_towers(c)
+
+    def vision_input(name, e):
+        if name not in objects:
+            return sds((b, e.image_size, e.image_size, 3), "float32")
+        k, f = e.max_objects, ObjectTokenizer(e.max_objects).feature_dim(3)
+        return ObjectTokens(sds((b, k, f), "float32"), sds((b, k, 2), "float32"), sds((b, k), "bool"))
+
     return {
-        "images": {n: sds((b, e.image_size, e.image_size, 3), "float32") for n, e in c.model.encoders.items()},
+        "images": {n: vision_input(n, e) for n, e in c.model.encoders.items()},
         "has_image": sds((b,), "int32"),
         "tokens": sds(text, "int32"),
         "targets": sds(text, "int32"),

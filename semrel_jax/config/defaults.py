@@ -42,6 +42,9 @@ _DATA = dict(
     # examples of its kinds is below it. On the command line a tuple: "--config.data.curriculum=('left_of:3000:2500','above:3000:6000:0.03')"
     curriculum=(),
     num_workers=0,  # grain worker processes (0: in the main process)
+    # images whose object tokens the training pipeline keeps, tokenized once on the host (data/object_cache.py);
+    # 0: every step tokenizes its images
+    object_token_cache=100_000,
     prefetch=2,
 )
 

@@ -12,10 +12,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 
 from semrel_jax.data import curriculum as curriculum_lib
 from semrel_jax.data import prompts
+from semrel_jax.data.object_cache import ObjectTokenCache
 from semrel_jax.data.preprocess import ImagePreprocessor
 from semrel_jax.data.source import Source
 
@@ -29,7 +31,8 @@ class VQAFeaturizer:
     Generation features: ``prompt`` / ``prompt_valid`` LEFT-padded to ``max_len`` so every row's
     next token is at the same slot; a non-empty ``answer_prefix`` follows the prompt, tokenized as the
     start of a training answer (``answer_prefix_ids``). Images: ``images[encoder]`` float32, per-encoder
-    preprocessed.
+    preprocessed; in training features, an encoder in ``object_caches`` gets its ``ObjectTokens`` instead
+    (``data/object_cache.py``).
     """
 
     tokenizer: Any
@@ -37,14 +40,17 @@ class VQAFeaturizer:
     max_len: int
     prompt_format: str = "qa"
     answer_prefix: str = ""
+    object_caches: Mapping[str, ObjectTokenCache] = dataclasses.field(default_factory=dict)
 
-    def _images(self, example) -> dict[str, Any]:
-        if example.get("image") is None:  # text-only example: a blank image the model masks out (has_image=0)
-            images = {name: np.zeros((prep.size, prep.size, 3), np.float32) for name, prep in self.preprocessors.items()}
-            has_image = 0
-        else:
-            images = {name: prep(example["image"]) for name, prep in self.preprocessors.items()}
-            has_image = int(example.get("has_image", 1))
+    def _images(self, example, training: bool = False) -> dict[str, Any]:
+        image = example.get("image")  # None: text-only example, a blank image the model masks out (has_image=0)
+        images = {}
+        for name, prep in self.preprocessors.items():
+            if training and name in self.object_caches:
+                images[name] = self.object_caches[name](image)
+            else:
+                images[name] = np.zeros((prep.size, prep.size, 3), np.float32) if image is None else prep(image)
+        has_image = 0 if image is None else int(example.get("has_image", 1))
         return {
             "images": images,
             "has_image": np.int32(has_image),
@@ -88,7 +94,7 @@ class VQAFeaturizer:
             )
 
     def train(self, example) -> dict[str, Any]:
-        return {**self._images(example), **self._train_text(example)}
+        return {**self._images(example, training=True), **self._train_text(example)}
 
     def train_group(self, examples: list) -> dict[str, Any]:
         """Examples that share one image -> its image features once, text features stacked ``[G, T]``."""
@@ -104,7 +110,7 @@ class VQAFeaturizer:
                     f"Examples {first.get('index', '?')} and {example.get('index', '?')} are grouped but do not share an image."
                 )
         texts = [self._train_text(example) for example in examples]
-        return {**self._images(first), **{key: np.stack([t[key] for t in texts]) for key in texts[0]}}
+        return {**self._images(first, training=True), **{key: np.stack([t[key] for t in texts]) for key in texts[0]}}
 
     def _train_text(self, example) -> dict[str, Any]:
         prompt = self._prompt_ids(example)
@@ -252,13 +258,8 @@ def evaluation_batches(source: Source, featurize, batch_size: int, num_examples:
 
 
 def stack(rows: list[dict]) -> dict:
-    """Featurized rows (nested dicts of arrays) -> one batch: every array stacked on a new leading axis."""
-    out = {}
-    for key, value in rows[0].items():
-        if isinstance(value, Mapping):
-            out[key] = stack([r[key] for r in rows])
-        else:
-            out[key] = np.stack([r[key] for r in rows])
-    return out
+    """Featurized rows (nested dicts of arrays, ``ObjectTokens``) -> one batch: every array stacked on a new leading
+    axis."""
+    return jax.tree.map(lambda *arrays: np.stack(arrays), *rows)
 
 

@@ -117,8 +117,9 @@ class EncoderEnsemble(nnx.Module):
         )
 
     def __call__(self, images: dict[str, Array], dropout_key: Array | None = None) -> Array:
-        """images: encoder name -> ``[B, H, W, C]`` (each preprocessed for its encoder); ``dropout_key``: the
-        towers' adapter dropout (None: deterministic), ``fold_in(dropout_key, e)`` for the e-th encoder.
+        """images: encoder name -> ``[B, H, W, C]`` (each preprocessed for its encoder; an object tower's may be its
+        ``ObjectTokens``, ``models/objects.py``); ``dropout_key``: the towers' adapter dropout (None:
+        deterministic), ``fold_in(dropout_key, e)`` for the e-th encoder.
 
         Returns ``[B, sum_e N_e, out_dim]`` fused visual tokens, already scaled.
         """
@@ -151,13 +152,13 @@ class EncoderEnsemble(nnx.Module):
         and ``valid [B, N_vis]`` (False for a class token and an empty object slot, whose position is 0).
 
         A patch token sits at its (pooled) patch's centre; an object token at its object's centre
-        (``models/objects.py``, recomputed from the image: the tokenizer has no parameters).
+        (``models/objects.py``: recomputed from the image, the tokenizer has no parameters, or the batch's own).
         """
         positions, valid = [], []
         for spec in self.config.encoders:
             image = images[spec.name]
             if spec.vit.tokens == "objects":
-                _, where, present = self.encoders[spec.name].tokenizer(image)
+                _, where, present = self.encoders[spec.name].objects(image)
                 where = jnp.where(present[..., None], where + 0.5, 0.0)  # the tokenizer's centres are minus 0.5
             else:
                 grid = spec.grid // spec.pool

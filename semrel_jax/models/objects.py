@@ -23,6 +23,7 @@ bilinear resize; the rest is the same definition).
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,16 @@ import numpy as np
 
 Array = jax.Array
 BACKGROUND_STRIDE = 4
+
+
+class ObjectTokens(NamedTuple):
+    """What the tokenizer finds in images: ``tokens [B, K, F]``, ``centres [B, K, 2]`` (x, y in image widths minus
+    0.5) and ``valid [B, K]`` (False: no object in that slot; its token and centre are zero). It has no parameters,
+    so a training batch may carry it in place of an object tower's pixels (``data/object_cache.py``)."""
+
+    tokens: Array
+    centres: Array
+    valid: Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +53,9 @@ class ObjectTokenizer:
     def feature_dim(self, channels: int) -> int:
         return channels + 4 + self.thumb**2
 
-    def __call__(self, images: Array) -> tuple[Array, Array, Array]:
-        """``images [B, H, W, C]`` -> ``tokens [B, K, F]``, ``centres [B, K, 2]`` (x, y in image widths minus
-        0.5) and ``valid [B, K]`` (False: no object in that slot; its token and centre are zero)."""
-        return jax.vmap(self._one)(jax.lax.stop_gradient(images.astype(jnp.float32)))
+    def __call__(self, images: Array) -> ObjectTokens:
+        """``images [B, H, W, C]`` -> their ``ObjectTokens``."""
+        return ObjectTokens(*jax.vmap(self._one)(jax.lax.stop_gradient(images.astype(jnp.float32))))
 
     def slot_map(self, images: Array) -> Array:
         """``images [B, H, W, C]`` -> ``[B, H, W]`` int32: the token slot each pixel's object went to, ``max_objects``

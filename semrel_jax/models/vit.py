@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from semrel_jax.models import layers, scan
-from semrel_jax.models.objects import ObjectTokenizer, pairwise_distance_features
+from semrel_jax.models.objects import ObjectTokenizer, ObjectTokens, pairwise_distance_features
 
 Array = jax.Array
 
@@ -314,22 +314,37 @@ class ViT(nnx.Module):
         x = x.transpose(0, 1, 3, 5, 2, 4)  # [B, gh, gw, C, p, p]
         return x.reshape(b, (h // p) * (w // p), ch * p * p)
 
-    def __call__(self, images: Array, taps: tuple[int, ...], dropout_key: Array | None = None) -> list[Array]:
-        """images: ``[B, H, W, C]`` float, already normalised; taps: HF ``hidden_states`` indices.
+    def objects(self, images: Array | ObjectTokens) -> ObjectTokens:
+        """An object tower's tokens: found in ``images [B, H, W, C]``, or ``images`` itself when a batch carries
+        them already (``data/object_cache.py``)."""
+        if isinstance(images, ObjectTokens):
+            expected = (self.config.max_objects, self.tokenizer.feature_dim(self.config.channels))
+            if images.tokens.shape[1:] != expected:
+                raise ValueError(f"ViT expects object tokens of shape [B, {expected[0]}, {expected[1]}], "
+                                 f"got {images.tokens.shape}.")
+            return images
+        return self.tokenizer(images)
+
+    def __call__(self, images: Array | ObjectTokens, taps: tuple[int, ...],
+                 dropout_key: Array | None = None) -> list[Array]:
+        """images: ``[B, H, W, C]`` float, already normalised (an object tower: or its ``ObjectTokens``); taps: HF
+        ``hidden_states`` indices.
 
         ``dropout_key``: block ``i``'s adapter gets ``fold_in(dropout_key, i)`` (None: deterministic).
         """
         c = self.config
-        if images.shape[1:] != (c.image_size, c.image_size, c.channels):
+        if not isinstance(images, ObjectTokens) and images.shape[1:] != (c.image_size, c.image_size, c.channels):
             raise ValueError(
                 f"ViT expects images of shape [B, {c.image_size}, {c.image_size}, {c.channels}], got {images.shape}."
             )
+        if isinstance(images, ObjectTokens) and c.tokens != "objects":
+            raise ValueError("Object tokens given to a tower that reads patches (tokens='patches').")
         bad = [t for t in taps if not 0 <= t <= c.depth]
         if bad:
             raise ValueError(f"Tap indices {bad} out of range 0..{c.depth} (hidden_states numbering).")
         positions = valid = None
         if c.tokens == "objects":
-            objects, positions, valid = self.tokenizer(images)
+            objects, positions, valid = self.objects(images)
             x = self.patch_embedding(objects.astype(jnp.dtype(c.dtype)))
             posemb = jnp.zeros((), x.dtype)
             if c.posemb == "sincos2d":  # what a patch grid's table gives at each centre, in patch_size units
