@@ -31,8 +31,11 @@ def test_each_image_is_tokenized_once_into_the_steps_own_tokens(objects_config, 
     got = pipeline.stack(rows)["images"]["vit"]
     assert isinstance(got, ObjectTokens) and expected.valid.sum() == 40 * 6  # Sort-of-CLEVR: six objects an image
     jax.tree.map(np.testing.assert_array_equal, got, jax.device_get(expected))
-    # evaluation keeps the pixels (the heatmaps draw them)
+    # prompts (generation) carry pixels unless asked for the tokens, as the run's evaluation asks
     np.testing.assert_array_equal(featurizer.prompt(examples[0])["images"]["vit"], pixels[0])
+    jax.tree.map(np.testing.assert_array_equal, featurizer.prompt(examples[0], object_tokens=True)["images"]["vit"],
+                 rows[0]["images"]["vit"])
+    assert cache.hits == 39
 
     full = recipe.build_featurizer(objects_config.copy_and_resolve_references(), tokenizer).object_caches["vit"]
     full.capacity = 1  # past its capacity, an image is tokenized again each time it comes, and still right

@@ -5,9 +5,9 @@ Inside the step it is about a third of a CPU step on Sort-of-CLEVR, and it runs 
 each of the 10,000 training images comes back ~13 times in 2,000 steps × 64 (~115 times in 18,000).
 ``ObjectTokenCache`` preprocesses and tokenizes an image the first time the training pipeline meets it, on
 the host's CPU with the same jitted tokenizer (one image at a time: bit-equal to the step's batched call on
-CPU, ``tests/test_object_cache.py``), and keeps the result under a digest of the image's bytes. The training
-batch then carries ``ObjectTokens`` in place of that tower's pixels. Evaluation batches keep their pixels (the
-heatmaps draw them).
+CPU, ``tests/test_object_cache.py``), and keeps the result under a digest of the image's bytes. Training batches
+and the run's evaluation batches then carry ``ObjectTokens`` in place of that tower's pixels (the heatmap
+gallery preprocesses its few examples' pixels again); ``VQAFeaturizer.prompt`` gives pixels unless asked.
 
 ``data.object_token_cache``: the number of images kept (0: tokenize in the step). Past it, further images are
 tokenized on the host each time they come.

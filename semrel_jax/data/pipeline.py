@@ -31,8 +31,8 @@ class VQAFeaturizer:
     Generation features: ``prompt`` / ``prompt_valid`` LEFT-padded to ``max_len`` so every row's
     next token is at the same slot; a non-empty ``answer_prefix`` follows the prompt, tokenized as the
     start of a training answer (``answer_prefix_ids``). Images: ``images[encoder]`` float32, per-encoder
-    preprocessed; in training features, an encoder in ``object_caches`` gets its ``ObjectTokens`` instead
-    (``data/object_cache.py``).
+    preprocessed; with ``object_tokens`` (training features: always), an encoder in ``object_caches`` gets its
+    ``ObjectTokens`` instead (``data/object_cache.py``).
     """
 
     tokenizer: Any
@@ -42,11 +42,11 @@ class VQAFeaturizer:
     answer_prefix: str = ""
     object_caches: Mapping[str, ObjectTokenCache] = dataclasses.field(default_factory=dict)
 
-    def _images(self, example, training: bool = False) -> dict[str, Any]:
+    def _images(self, example, object_tokens: bool = False) -> dict[str, Any]:
         image = example.get("image")  # None: text-only example, a blank image the model masks out (has_image=0)
         images = {}
         for name, prep in self.preprocessors.items():
-            if training and name in self.object_caches:
+            if object_tokens and name in self.object_caches:
                 images[name] = self.object_caches[name](image)
             else:
                 images[name] = np.zeros((prep.size, prep.size, 3), np.float32) if image is None else prep(image)
@@ -94,7 +94,7 @@ class VQAFeaturizer:
             )
 
     def train(self, example) -> dict[str, Any]:
-        return {**self._images(example, training=True), **self._train_text(example)}
+        return {**self._images(example, object_tokens=True), **self._train_text(example)}
 
     def train_group(self, examples: list) -> dict[str, Any]:
         """Examples that share one image -> its image features once, text features stacked ``[G, T]``."""
@@ -110,7 +110,7 @@ class VQAFeaturizer:
                     f"Examples {first.get('index', '?')} and {example.get('index', '?')} are grouped but do not share an image."
                 )
         texts = [self._train_text(example) for example in examples]
-        return {**self._images(first, training=True), **{key: np.stack([t[key] for t in texts]) for key in texts[0]}}
+        return {**self._images(first, object_tokens=True), **{key: np.stack([t[key] for t in texts]) for key in texts[0]}}
 
     def _train_text(self, example) -> dict[str, Any]:
         prompt = self._prompt_ids(example)
@@ -126,18 +126,22 @@ class VQAFeaturizer:
         valid = np.arange(self.max_len) < n
         return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask, "valid": valid}
 
+    def pixels(self, example) -> dict[str, Any]:
+        """The example's image preprocessed for each encoder (never object tokens)."""
+        return self._images(example)["images"]
+
     def answer_prefix_ids(self) -> list[int]:
         """``answer_prefix`` as the first tokens of an answer (the same text the training answers start with)."""
         if not self.answer_prefix:
             return []
         return list(self._encode(prompts.answer_text(self.answer_prefix, self.prompt_format), {"index": "answer_prefix"}))
 
-    def prompt(self, example) -> dict[str, Any]:
+    def prompt(self, example, object_tokens: bool = False) -> dict[str, Any]:
         ids = self._prompt_ids(example) + self.answer_prefix_ids()
         self._check_length(len(ids), example)
         pad = self.max_len - len(ids)
         return {
-            **self._images(example),
+            **self._images(example, object_tokens),
             "prompt": np.asarray([self.tokenizer.pad_token_id] * pad + ids, np.int32),
             "prompt_valid": np.arange(self.max_len) >= pad,
         }

@@ -72,16 +72,18 @@ def object_slot_maps(graphdef, states: tuple, images: dict) -> dict[str, jax.Arr
     return {name: tower.tokenizer.slot_map(images[name]) for name, tower in objects.items()}
 
 
-def explain_batch(graphdef, states, inputs: dict, generated: np.ndarray, tokenizer, layout, examples: list[dict]):
+def explain_batch(graphdef, states, inputs: dict, generated: np.ndarray, tokenizer, layout, examples: list[dict],
+                  pixels: dict | None = None):
     """An ``Explanation`` per row of ``examples`` (raw dataset examples: ``image``, ``question``, ``answer``).
 
     ``inputs``: the featurized batch the ids ``generated [B, max_new_tokens]`` came from (rows beyond
-    ``len(examples)`` are ignored).
+    ``len(examples)`` are ignored). ``pixels``: the examples' preprocessed images, where ``inputs`` carry an
+    object tower's ``ObjectTokens`` (its slot maps segment the pixels); None: ``inputs["images"]``.
     """
     readouts = jax.device_get(captured_readouts(graphdef, states, inputs, jnp.asarray(generated)))
     maps = {}
     if any(g.objects for g in layout):
-        maps = jax.device_get(object_slot_maps(graphdef, states, inputs["images"]))
+        maps = jax.device_get(object_slot_maps(graphdef, states, inputs["images"] if pixels is None else pixels))
     explanations = []
     for row, example in enumerate(examples):
         ids = np.asarray(generated[row]).tolist()

@@ -7,6 +7,7 @@ gathered back on every host.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -123,7 +124,8 @@ def _predict(source, *, c, graphdef, states, featurizer, tokenizer, data, mesh, 
     the first ``explain`` of them."""
     predictions, explained = [], []
     prefix_ids = featurizer.answer_prefix_ids()  # eval.answer_prefix, placed after every prompt by the featurizer
-    batches = pipeline.evaluation_batches(source, featurizer.prompt, batch_size, n)
+    # an object tower's tokens from the host's cache (data/object_cache.py); the explained rows' pixels below
+    batches = pipeline.evaluation_batches(source, functools.partial(featurizer.prompt, object_tokens=True), batch_size, n)
     for batch in tqdm(batches, total=-(-n // batch_size), desc="evaluation", unit="batch", disable=not is_main, leave=False):
         inputs = {k: batch[k] for k in ("images", "has_image", "prompt", "prompt_valid")}
         if mesh is not None:
@@ -137,7 +139,8 @@ def _predict(source, *, c, graphdef, states, featurizer, tokenizer, data, mesh, 
             rows = batch["index"][batch["example_valid"]][: explain - len(explained)]  # not the padding rows
             examples = [source[int(i)] for i in rows]
             layout = slot_layout(model_config.model_config(c, len(tokenizer)).vision)
-            new = explain_lib.explain_batch(graphdef, states, inputs, ids, tokenizer, layout, examples)
+            pixels = pipeline.stack([featurizer.pixels(example) for example in examples])
+            new = explain_lib.explain_batch(graphdef, states, inputs, ids, tokenizer, layout, examples, pixels)
             for text, explanation in zip(texts, new):
                 explanation.prediction = text  # as predictions.json has it (stop strings applied)
             explained += new
