@@ -61,7 +61,8 @@ def test_a_step_on_cached_tokens_equals_a_step_on_pixels(objects_config, tokeniz
         abstract = recipe.abstract_batch(objects_config, mesh)  # what AOT compilation and the FLOP count see
         inputs = {key: host[key] for key in abstract}  # the model's inputs (the batch also has example indices)
         assert jax.tree.structure(abstract) == jax.tree.structure(inputs)
-        assert all(jax.tree.leaves(jax.tree.map(lambda a, h: (a.shape, a.dtype) == (h.shape, h.dtype), abstract, inputs)))
+        same = jax.tree.map(lambda a, h: (a.shape, a.dtype) == (h.shape, h.dtype), abstract, inputs)
+        assert all(jax.tree.leaves(same))
         batches[kept] = train_step_lib.device_batch(host)
     assert isinstance(batches[100]["images"]["vit"], ObjectTokens)
     assert batches[0]["images"]["vit"].shape == (8, 75, 75, 3)

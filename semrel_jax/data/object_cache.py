@@ -36,8 +36,9 @@ def host_device() -> jax.Device:
 
 class ObjectTokenCache:
     """uint8 image ``[H, W, 3]`` (None: a text-only example's blank image) -> its ``ObjectTokens`` for one
-    image, NumPy: ``tokens [K, F]``, ``centres [K, 2]``, ``valid [K]``. Thread-safe (the prefetch threads share it);
-    a pickled copy (a grain worker) starts empty."""
+    image, NumPy: ``tokens [K, F]``, ``centres [K, 2]``, ``valid [K]``. The prefetch threads share it (two may
+    tokenize one image at once; ``hits`` / ``misses`` are for the log and may miss a concurrent count); a pickled
+    copy starts empty."""
 
     def __init__(self, preprocess: ImagePreprocessor, tokenizer: ObjectTokenizer, capacity: int):
         self.preprocess, self.tokenizer, self.capacity = preprocess, tokenizer, capacity

@@ -110,7 +110,8 @@ class VQAFeaturizer:
                     f"Examples {first.get('index', '?')} and {example.get('index', '?')} are grouped but do not share an image."
                 )
         texts = [self._train_text(example) for example in examples]
-        return {**self._images(first, object_tokens=True), **{key: np.stack([t[key] for t in texts]) for key in texts[0]}}
+        stacked = {key: np.stack([t[key] for t in texts]) for key in texts[0]}
+        return {**self._images(first, object_tokens=True), **stacked}
 
     def _train_text(self, example) -> dict[str, Any]:
         prompt = self._prompt_ids(example)

@@ -125,7 +125,8 @@ def _predict(source, *, c, graphdef, states, featurizer, tokenizer, data, mesh, 
     predictions, explained = [], []
     prefix_ids = featurizer.answer_prefix_ids()  # eval.answer_prefix, placed after every prompt by the featurizer
     # an object tower's tokens from the host's cache (data/object_cache.py); the explained rows' pixels below
-    batches = pipeline.evaluation_batches(source, functools.partial(featurizer.prompt, object_tokens=True), batch_size, n)
+    featurize = functools.partial(featurizer.prompt, object_tokens=True)
+    batches = pipeline.evaluation_batches(source, featurize, batch_size, n)
     for batch in tqdm(batches, total=-(-n // batch_size), desc="evaluation", unit="batch", disable=not is_main, leave=False):
         inputs = {k: batch[k] for k in ("images", "has_image", "prompt", "prompt_valid")}
         if mesh is not None:

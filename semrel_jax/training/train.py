@@ -137,6 +137,9 @@ def _run(c, workdir, mesh, is_main, t0, filled):
         return {"preempted_at_step": float(last_step)}
     train_seconds = time.time() - t0
     writer.log(f"training finished in {train_seconds:.1f}s")
+    for name, cache in featurizer.object_caches.items():  # data/object_cache.py
+        writer.log(f"object tokens of {name}: {len(cache):,} images kept, {cache.misses:,} tokenized on the host, "
+                   f"{cache.hits:,} read from the cache")
 
     results = _evaluate_and_log(c, run, (state.params, frozen), workdir, mesh, writer, c.train.num_steps)
     results["wall_seconds"] = time.time() - t0
