@@ -278,6 +278,7 @@ def _validate_train(c) -> None:
         check(c.model.method == "lsrm", "train.reconstruction_weight",
               f"decodes the VLM's visual tokens; model.method={c.model.method!r} has none (set 0)")
     one_of(c, "train.nonfinite", ("stop", "skip"))
+    positive_int(c, "train.xla_cpu_cores", allow_zero=True)
     one_of(c, "train.frozen_dtype", DTYPES)
     for key in ("trainable", "frozen"):
         for pattern in get(c, f"train.{key}"):

@@ -31,6 +31,7 @@ from semrel_jax.models import partitioning
 from semrel_jax.models.bert import BertConfig
 from semrel_jax.models.vit import ViTConfig
 from semrel_jax.training import checkpoint as checkpoint_lib
+from semrel_jax.training import cpu_cores
 from semrel_jax.training import mesh as mesh_lib
 from semrel_jax.training import metric_writers, partition
 from semrel_jax.training import sharding as sharding_lib
@@ -102,11 +103,12 @@ def _init_from(directory: str, state):
 def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     t0 = time.time()
     recipe.prepare_config(c)
+    cores = cpu_cores.confine(c.train.xla_cpu_cores)  # before anything starts JAX's backends
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     mesh = recipe.create_mesh(c)
     with jax.set_mesh(mesh), partitioning.axis_rules(c.mesh.rules):
-        return _run(c, workdir, mesh, t0)
+        return _run(c, workdir, mesh, t0, cores)
 
 
 class _Records:
@@ -137,7 +139,7 @@ class _Records:
         )
 
 
-def _run(c, workdir, mesh, t0):
+def _run(c, workdir, mesh, t0, cores_note=""):
     s, is_main = c.model.semvlp, jax.process_index() == 0
     records = _Records(c) if s.data == "records" else None
     tokenizer = build_tokenizer(c, workdir, records.train if records is not None else None)
@@ -176,6 +178,8 @@ def _run(c, workdir, mesh, t0):
                 f.write(config_json)
         writer = metric_writers.MetricWriter(workdir, total_steps=c.train.num_steps, start_step=start, enabled=is_main)
         writer.log(f"semvlp: {partition.count_params(state.params):,} params, schedule {pattern}, start step {start}")
+        if cores_note:
+            writer.log(cores_note)
         for note in notes[:10]:
             writer.log(f"sharding: {note}")
         state = _train_loop(c, state, steps, pattern, rows("train"), mesh, start, checkpointer, writer, config_json)

@@ -23,7 +23,7 @@ from semrel_jax.errors import UserError
 from semrel_jax.evaluation import loop as eval_loop
 from semrel_jax.models import partitioning
 from semrel_jax.training import checkpoint as checkpoint_lib
-from semrel_jax.training import curves
+from semrel_jax.training import cpu_cores, curves
 from semrel_jax.training import flops as flops_lib
 from semrel_jax.training import mesh as mesh_lib
 from semrel_jax.training import metric_writers, partition, preemption, semvlp_train
@@ -41,6 +41,7 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         return semvlp_train.train_and_evaluate(c, workdir)
     t0 = time.time()
     filled = recipe.prepare_config(c)  # config errors before anything touches the workdir
+    filled += [cpu_cores.confine(c.train.xla_cpu_cores)]  # before anything starts JAX's backends
     workdir = checkpoint_lib.prepare_workdir(workdir)  # made and writable (PathError / DiskError naming it)
     is_main = jax.process_index() == 0
     mesh = recipe.create_mesh(c)
@@ -94,7 +95,8 @@ def _run(c, workdir, mesh, is_main, t0, filled):
         f"{len(data.train):,} train examples, start step {start_step}"
     )
     for line in filled + run.derived:
-        writer.log(f"config: {line}")
+        if line:
+            writer.log(line if line.startswith("WARNING") else f"config: {line}")
     if c.data.curriculum:
         writer.log(f"data.curriculum: {', '.join(c.data.curriculum)} (kinds:examples:steps[:loss]), then the full split")
         for i, steps in sorted(progress.ended.items()):
