@@ -16,6 +16,9 @@ Reported per preset:
   * step time: median (and p10/p90) over the timed steps, each timed to ``block_until_ready``, after
     ``--warmup`` steps; examples/s = batch / median step; tokens/s counts the LLM's padded text positions
     (batch × data.max_text_len); the prefix preset's visual positions are not text tokens and are not counted;
+  * CPU time per step: the process's user + system time over the timed steps (every thread, so XLA threads
+    that spin on an idle core count), with XLA's CPU pool on ``--xla_cpu_cores`` cores (the preset's own
+    ``train.xla_cpu_cores`` by default);
   * model FLOPs per example from ``semrel_jax.training.flops`` (training: forward + backward with the
     preset's trainable set), model TFLOP/s = FLOPs × examples/s, and MFU = that / ``--peak_tflops``;
     XLA's own FLOP count of the compiled step (``cost_analysis``) beside it;
@@ -42,6 +45,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -80,6 +84,11 @@ def cpu_peak_tflops() -> tuple[float, str]:
     peak = cores * ghz * per_cycle / 1000
     return peak, (f"{cores} cores x {ghz:.3f} GHz x {per_cycle} fp32 FLOP/cycle ({why}; {vendor} family {family} "
                   f"model {model}) = {peak:.3f} TFLOP/s")
+
+
+def process_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss_bytes() -> dict[str, int]:
@@ -154,6 +163,7 @@ class Bench:
     memory: dict
     params: tuple[int, int]  # trainable, frozen
     times: list = dataclasses.field(default_factory=list)
+    cpu_seconds: float = 0.0  # the process's CPU time (user + system, every thread) over the timed steps
     rss_setup: dict = dataclasses.field(default_factory=dict)  # after build, compile and warm-up
     rss_after: dict = dataclasses.field(default_factory=dict)
     _i: int = 0
@@ -164,11 +174,12 @@ class Bench:
         for _ in range(n):
             batch = self.batches[self._i % len(self.batches)]
             self._i += 1
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), process_cpu_seconds()
             self.state, metrics = self.step(self.state, self.frozen, batch)
             jax.block_until_ready((self.state, metrics))
             if record:
                 self.times.append(time.perf_counter() - t0)
+                self.cpu_seconds += process_cpu_seconds() - cpu0
         self.last_loss = float(metrics["loss"])
 
 
@@ -243,6 +254,7 @@ def report(b: Bench, peak_tflops: float) -> dict:
         "step_ms_median": 1e3 * median,
         "step_ms_p10": 1e3 * pick(0.1),
         "step_ms_p90": 1e3 * pick(0.9),
+        "cpu_ms_per_step": 1e3 * b.cpu_seconds / len(times),  # all cores: a step that spins on two shows it here
         "examples_per_s": ex_s,
         "text_tokens_per_s": ex_s * c.data.max_text_len,
         "model_gflop_per_example_fwd": b.count.forward / 1e9,
@@ -280,6 +292,10 @@ def main(argv):
     else:
         peak, formula = accelerator_peak_tflops() or cpu_peak_tflops()
     names = FLAGS.compare or FLAGS.presets
+    from semrel_jax.training import cpu_cores
+
+    cores = FLAGS.xla_cpu_cores if FLAGS.xla_cpu_cores >= 0 else get_config(names[0]).train.xla_cpu_cores
+    print(cpu_cores.confine(cores) or "train.xla_cpu_cores=0: XLA's CPU pool on every core")  # before jax.devices()
     print(f"jax {jax.__version__}, devices {jax.devices()}; {machine_load()}")
     print(f"peak: {formula}")
     benches = []
@@ -324,6 +340,9 @@ def define_flags() -> None:
     flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s for MFU (0: a known GPU/TPU's dense bf16 peak, else this CPU's fp32 "
                        "estimate; see the docstring).")
     flags.DEFINE_list("config_overrides", [], "key=value pairs applied to every preset, e.g. train.batch_size=64.")
+    flags.DEFINE_integer("xla_cpu_cores", -1, "XLA's CPU pool on this many cores (training/cpu_cores.py; 0: all); "
+                         "-1: the first preset's train.xla_cpu_cores. One process, one pool: compare settings with "
+                         "benchmarks/xla_cpu_cores.py.")
 
 
 if __name__ == "__main__":

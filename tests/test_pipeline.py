@@ -49,6 +49,19 @@ def test_prompt_features_are_left_padded_and_too_long_fails(tokenizer):
         _featurizer(tokenizer, max_len=8).train(example)
 
 
+def test_the_featurizer_keeps_the_longest_row_across_threads_and_pickles(tokenizer):
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = sort_of_clevr.SortOfClevr("train", num_images=5, seed=0)
+    featurizer = _featurizer(tokenizer, max_len=34)
+    with ThreadPoolExecutor(4) as pool:
+        rows = list(pool.map(featurizer.train, [data[i] for i in range(len(data))]))
+    assert featurizer.longest == max(int(row["valid"].sum()) for row in rows) == 19  # Sort-of-CLEVR's longest
+    copy = pickle.loads(pickle.dumps(featurizer))  # as grain sends it to a worker: its own count, a working lock
+    assert copy.longest == 19 and copy.train(data[0])["tokens"].shape == (34,)
+
+
 def test_preprocessor_resizes_and_rejects_bad_images():
     out = ImagePreprocessor(32)(np.full((75, 100, 3), 255, np.uint8))
     assert out.shape == (32, 32, 3)

@@ -8,8 +8,10 @@ O(1), with no iterator state to save. Each host reads only its shard (``source[i
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
 import jax
@@ -20,6 +22,13 @@ from semrel_jax.data import prompts
 from semrel_jax.data.object_cache import ObjectTokenCache
 from semrel_jax.data.preprocess import ImagePreprocessor
 from semrel_jax.data.source import Source
+
+
+class SpecialIds(NamedTuple):
+    bos: int | None
+    eos: int
+    pad: int
+    unk: int | None
 
 
 @dataclasses.dataclass
@@ -61,9 +70,23 @@ class VQAFeaturizer:
     # tokenizer call is most of the featurisation time. Bounded, so unique texts (real data) cost nothing.
     _CACHE_SIZE = 4096
     _ids_cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+    # The longest row featurized in this process (grain workers keep their own): the run logs it against
+    # max_text_len, whose padding every step computes. Updated under a lock: the prefetch threads share it.
+    longest: int = dataclasses.field(default=0, init=False, compare=False)
+    _longest_lock: Any = dataclasses.field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_ids_cache": {}}  # grain workers start empty: small pickles
+        # grain workers start empty (small pickles); a lock does not pickle
+        return {**self.__dict__, "_ids_cache": {}, "_longest_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _longest_lock=threading.Lock())
+
+    @functools.cached_property
+    def special_ids(self) -> SpecialIds:
+        """The tokenizer's special token ids, read once: transformers looks each one up anew (~45 us an example)."""
+        t = self.tokenizer
+        return SpecialIds(bos=t.bos_token_id, eos=t.eos_token_id, pad=t.pad_token_id, unk=t.unk_token_id)
 
     def _encode(self, text: str, example) -> tuple[int, ...]:
         ids = self._ids_cache.get(text)
@@ -71,7 +94,8 @@ class VQAFeaturizer:
             ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             if len(self._ids_cache) < self._CACHE_SIZE:
                 self._ids_cache[text] = ids
-        if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids:
+        unk = self.special_ids.unk
+        if unk is not None and unk in ids:
             # An unknown token silently erases part of the question or answer: refuse it.
             raise ValueError(
                 f"Example {example.get('index', '?')}: the tokenizer maps part of {text!r} to "
@@ -81,12 +105,15 @@ class VQAFeaturizer:
 
     def _prompt_ids(self, example) -> list[int]:
         text = prompts.vqa_prompt(example["question"], self.prompt_format, self.tokenizer)
-        bos = self.tokenizer.bos_token_id
+        bos = self.special_ids.bos
         # chat templates write their own BOS; tokenizers without one (Qwen) start directly
         prefix = [bos] if bos is not None and self.prompt_format != "chat" else []
         return prefix + list(self._encode(text, example))
 
     def _check_length(self, n: int, example) -> None:
+        if n > self.longest:
+            with self._longest_lock:
+                self.longest = max(self.longest, n)
         if n > self.max_len:
             raise ValueError(
                 f"Example {example.get('index', '?')} needs {n} tokens but data.max_text_len={self.max_len}: "
@@ -116,12 +143,12 @@ class VQAFeaturizer:
     def _train_text(self, example) -> dict[str, Any]:
         prompt = self._prompt_ids(example)
         answer = list(self._encode(prompts.answer_text(example["answer"], self.prompt_format), example))
-        ids = prompt + answer + [self.tokenizer.eos_token_id]
+        ids = prompt + answer + [self.special_ids.eos]
         n = len(ids) - 1
         self._check_length(n, example)
         pad = self.max_len - n
-        tokens = np.asarray(ids[:-1] + [self.tokenizer.pad_token_id] * pad, np.int32)
-        targets = np.asarray(ids[1:] + [self.tokenizer.pad_token_id] * pad, np.int32)
+        tokens = np.asarray(ids[:-1] + [self.special_ids.pad] * pad, np.int32)
+        targets = np.asarray(ids[1:] + [self.special_ids.pad] * pad, np.int32)
         loss_mask = np.zeros(self.max_len, np.float32)
         loss_mask[len(prompt) - 1 : n] = 1.0  # positions whose NEXT token is an answer token or EOS
         valid = np.arange(self.max_len) < n
@@ -143,7 +170,7 @@ class VQAFeaturizer:
         pad = self.max_len - len(ids)
         return {
             **self._images(example, object_tokens),
-            "prompt": np.asarray([self.tokenizer.pad_token_id] * pad + ids, np.int32),
+            "prompt": np.asarray([self.special_ids.pad] * pad + ids, np.int32),
             "prompt_valid": np.arange(self.max_len) >= pad,
         }
 

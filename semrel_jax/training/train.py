@@ -142,6 +142,9 @@ def _run(c, workdir, mesh, is_main, t0, filled):
     for name, cache in featurizer.object_caches.items():  # data/object_cache.py
         writer.log(f"object tokens of {name}: {len(cache):,} images kept, {cache.misses:,} tokenized on the host, "
                    f"{cache.hits:,} read from the cache")
+    if 0 < featurizer.longest < c.data.max_text_len:  # every step computes the padding up to max_text_len
+        writer.log(f"text: the longest row was {featurizer.longest} tokens of data.max_text_len={c.data.max_text_len} "
+                   "(a smaller data.max_text_len makes every step cheaper)")
 
     results = _evaluate_and_log(c, run, (state.params, frozen), workdir, mesh, writer, c.train.num_steps)
     results["wall_seconds"] = time.time() - t0
