@@ -285,17 +285,19 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv):
     del argv
+    from semrel_jax.training import cpu_cores
+
+    names = FLAGS.compare or FLAGS.presets
+    cores = FLAGS.xla_cpu_cores if FLAGS.xla_cpu_cores >= 0 else get_config(names[0]).train.xla_cpu_cores
+    # first: anything that asks JAX for its devices starts the backends, and XLA sizes its CPU pool then
+    pool = cpu_cores.confine(cores) or "train.xla_cpu_cores=0: XLA's CPU pool on every core"
     import jax
 
     if FLAGS.peak_tflops:
         peak, formula = FLAGS.peak_tflops, f"--peak_tflops={FLAGS.peak_tflops}"
     else:
         peak, formula = accelerator_peak_tflops() or cpu_peak_tflops()
-    names = FLAGS.compare or FLAGS.presets
-    from semrel_jax.training import cpu_cores
-
-    cores = FLAGS.xla_cpu_cores if FLAGS.xla_cpu_cores >= 0 else get_config(names[0]).train.xla_cpu_cores
-    print(cpu_cores.confine(cores) or "train.xla_cpu_cores=0: XLA's CPU pool on every core")  # before jax.devices()
+    print(pool)
     print(f"jax {jax.__version__}, devices {jax.devices()}; {machine_load()}")
     print(f"peak: {formula}")
     benches = []

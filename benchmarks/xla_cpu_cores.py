@@ -26,6 +26,8 @@ def measure(preset: str, cores: int, steps: int, overrides: list[str]) -> dict[s
     command = [sys.executable, os.path.join(HERE, "step_throughput.py"), f"--presets={preset}", f"--steps={steps}",
                f"--xla_cpu_cores={cores}", *(["--config_overrides=" + ",".join(overrides)] if overrides else [])]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    if "not applied" in out:  # the setting under test must be the one measured
+        raise RuntimeError(out.splitlines()[0])
     rows = dict(line.split(None, 1) for line in out.splitlines() if line.strip() and len(line.split()) == 2)
     return {key: float(rows[key]) for key in ("step_ms_median", "cpu_ms_per_step", "final_loss")}
 

@@ -131,10 +131,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Sort-of-CLEVR's longest question with its answer is 19 tokens (its descriptions, 33, are not used here):
         # the LLM's rows are 8 objects + 19 rather than + 34, x0.68 the step time (benchmarks/RESULTS.md)
         c.data.max_text_len = 19
-    if preset in ("objects", "relational"):
-        # this step is too small for two XLA threads: on 2 cores the second only spins (the same step time, 0.63x
-        # the CPU time on one; training/cpu_cores.py), so XLA gets one core and the input pipeline the other
-        c.train.xla_cpu_cores = 1
     if preset == "objects_lsrm":
         model_presets.apply(c, "ablation_lsrm")  # the memory, two levels, Λ and the mask (semrel_jax/presets.py)
         c.preset = preset
