@@ -47,9 +47,10 @@ def main(argv):
     base = median[settings[0]]
     for n in settings:
         m = median[n]
+        step_ratio = m["step_ms_median"] / base["step_ms_median"]
+        cpu_ratio = m["cpu_ms_per_step"] / base["cpu_ms_per_step"]
         print(f"| {n or 'every core'} | {m['step_ms_median']:.1f} ms | {m['cpu_ms_per_step']:.1f} ms | "
-              f"x{m['step_ms_median'] / base['step_ms_median']:.2f} | x{m['cpu_ms_per_step'] / base['cpu_ms_per_step']:.2f} "
-              f"| {m['final_loss']:.4f} |")
+              f"x{step_ratio:.2f} | x{cpu_ratio:.2f} | {m['final_loss']:.4f} |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``train.xla_cpu_cores``: XLA's CPU pool on fewer cores, Python and the input pipeline on all (training/cpu_cores.py)."""
+"""``train.xla_cpu_cores``: XLA's CPU pool on fewer cores, the input pipeline on all (training/cpu_cores.py)."""
 
 import json
 import os

@@ -218,8 +218,8 @@ def base_config() -> ml_collections.ConfigDict:
         eval_examples=500,  # examples of each evaluation during training (0: eval.num_examples)
         eval_samples=4,  # examples shown with their heatmaps (TensorBoard, <workdir>/evals/) at every evaluation
         peak_tflops_per_device=0.0,  # > 0: log MFU against it (e.g. 989 for an H100's dense bf16)
-        # > 0: XLA's CPU thread pool on that many cores, the rest left to Python and the input pipeline; a small
-        # model's step spins more than it computes on a second core (training/cpu_cores.py). 0: every core
+        # > 0: XLA's CPU thread pool on that many cores, the rest left to Python and the input pipeline: less CPU
+        # time, longer steps for a small model, whose pool spins on a second core (training/cpu_cores.py). 0: all
         xla_cpu_cores=0,
         checkpoint_every=1_000,
         keep_checkpoints=2,  # the newest N checkpoints ...

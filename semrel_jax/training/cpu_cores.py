@@ -1,17 +1,18 @@
 """XLA's CPU thread pool on fewer cores than the process may use: ``train.xla_cpu_cores``.
 
 On CPU, XLA runs a step's operations on a pool of one thread per core of the process's affinity mask, and an
-idle pool thread spins before it sleeps. A small model's step has little to run in parallel, so the second
-core mostly spins: on the 2-vCPU development VM (AMD EPYC, family 25 model 1) ``configs/vqa.py:relational``'s
-compiled step took 59 ms with the pool on both cores (103 ms of CPU time) and 60 ms with it on one (65 ms of
-CPU time), the other core left to Python's dispatch and the input pipeline (benchmarks/RESULTS.md, "XLA's CPU
-pool"). The default's larger step does use both (75 ms against 100 ms on one), so the default is every core.
+idle pool thread spins before it sleeps. A small model's step has little to run in parallel, so much of a second
+core's time goes to spinning: on the 2-vCPU development VM (AMD EPYC, family 25 model 1)
+``configs/vqa.py:relational``'s compiled step took 40.5 ms and 77.6 ms of CPU time with the pool on both cores,
+55.1 ms and 59.1 ms of CPU time with it on one (benchmarks/RESULTS.md, "XLA's CPU pool"). One core is the
+choice for a CPU-time budget or for several runs at once (each given its own cores, e.g. with ``taskset``: the
+pool takes the *first* cores of the process's mask); for one run's wall time, every core (the default).
 
 XLA has no option for the pool's size: it sizes the pool from the affinity mask of the thread that starts
 JAX's backends. :func:`confine` narrows the calling thread's mask to the first ``cores`` cores, starts the
 backends, and widens it again, so threads started later (the input pipeline's prefetch threads) run anywhere.
-Numbers are unchanged: only where XLA's threads run. Where the backends were already started (a notebook that
-used JAX before ``train_and_evaluate``), the pool cannot be resized and the run says so.
+Only where XLA's threads run changes (the benchmark's losses are equal). Where the backends were already
+started (a notebook that used JAX before ``train_and_evaluate``), the pool cannot be resized and the run says so.
 """
 
 from __future__ import annotations
