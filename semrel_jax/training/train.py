@@ -41,15 +41,15 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         return semvlp_train.train_and_evaluate(c, workdir)
     t0 = time.time()
     filled = recipe.prepare_config(c)  # config errors before anything touches the workdir
-    filled += [cpu_cores.confine(c.train.xla_cpu_cores)]  # before anything starts JAX's backends
+    cores_note = cpu_cores.confine(c.train.xla_cpu_cores)  # before anything starts JAX's backends
     workdir = checkpoint_lib.prepare_workdir(workdir)  # made and writable (PathError / DiskError naming it)
     is_main = jax.process_index() == 0
     mesh = recipe.create_mesh(c)
     with jax.set_mesh(mesh), partitioning.axis_rules(c.mesh.rules):  # one table for parameters and activations
-        return _run(c, workdir, mesh, is_main, t0, filled)
+        return _run(c, workdir, mesh, is_main, t0, filled, cores_note)
 
 
-def _run(c, workdir, mesh, is_main, t0, filled):
+def _run(c, workdir, mesh, is_main, t0, filled, cores_note=""):
     replaced = checkpoint_lib.force_restart(c, workdir, is_main) if c.train.force_restart else None
     run = recipe.build(c, workdir, mesh)
     data, featurizer, model = run.data, run.featurizer, run.model
@@ -95,8 +95,9 @@ def _run(c, workdir, mesh, is_main, t0, filled):
         f"{len(data.train):,} train examples, start step {start_step}"
     )
     for line in filled + run.derived:
-        if line:
-            writer.log(line if line.startswith("WARNING") else f"config: {line}")
+        writer.log(f"config: {line}")
+    if cores_note:
+        writer.log(cores_note)
     if c.data.curriculum:
         writer.log(f"data.curriculum: {', '.join(c.data.curriculum)} (kinds:examples:steps[:loss]), then the full split")
         for i, steps in sorted(progress.ended.items()):
