@@ -71,7 +71,7 @@ def loop_rate(bench, dataset, workers: int, prefetch: int, skip: int, n: int, st
 
     def step():
         local = train_step_lib.device_batch(next(it))
-        batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+        batch = jax.make_array_from_process_local_data(sharding, local)
         bench.state, metrics = bench.step(bench.state, bench.frozen, batch)
         return metrics
 

@@ -109,6 +109,33 @@ def test_random_access_order_independent():
         assert e["answer"] == forward[i]["answer"]
 
 
+def test_each_image_is_rendered_once_within_the_cache_budget(monkeypatch):
+    rendered = collections.Counter()
+    real_render = soc.render
+
+    def counting_render(scene):
+        rendered[scene.centers.tobytes()] += 1
+        return real_render(scene)
+
+    monkeypatch.setattr(soc, "render", counting_render)
+    ds = soc.SortOfClevr("train", num_images=100, seed=0)
+    order = np.random.default_rng(0).permutation(len(ds))  # a shuffled stream: an image's questions far apart
+    first = {int(i): ds[int(i)]["image"] for i in order}
+    assert sum(rendered.values()) == 100 and max(rendered.values()) == 1
+    for i in order[:50]:  # the cached image is the image, and a fresh writable copy
+        again = ds[int(i)]["image"]
+        np.testing.assert_array_equal(again, first[int(i)])
+        again[0, 0] = 255 - again[0, 0]
+        np.testing.assert_array_equal(ds[int(i)]["image"], first[int(i)])
+    # past the budget (here 50 images), the oldest images are dropped and rendered again when met
+    monkeypatch.setattr(soc.SortOfClevr, "_IMAGE_CACHE_BYTES", 50 * first[0].nbytes)
+    small = soc.SortOfClevr("train", num_images=100, seed=0)
+    rendered.clear()
+    for i in order:
+        small[int(i)]
+    assert len(small._cache) == 50 and sum(rendered.values()) > 100
+
+
 def test_different_split_and_seed_differ():
     train = soc.SortOfClevr("train", num_images=5, seed=0)
     test = soc.SortOfClevr("test", num_images=5, seed=0)

@@ -30,7 +30,7 @@ def _global_batch(inputs: dict, mesh) -> dict:
     count, index = jax.process_count(), jax.process_index()
     local = jax.tree.map(lambda x: x[index * len(x) // count : (index + 1) * len(x) // count], inputs)
     sharding = mesh_lib.batch_sharding(mesh)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+    return jax.make_array_from_process_local_data(sharding, local)
 
 
 def _fetch(ids) -> np.ndarray:

@@ -65,15 +65,15 @@ def interval_summary(steps: list[dict]) -> dict[str, float]:
     A metric the step reports beyond ``TrainInterval``'s (an optional objective's term, e.g. ``alignment_loss``)
     is logged as its mean over the interval.
     """
-    collection = TrainInterval.empty()
-    for step in steps:
-        collection = collection.merge(TrainInterval.single_from_model_output(
-            **{k: np.asarray(v, np.float32) for k, v in step.items()}))
-    summary = {k: float(v) for k, v in collection.compute().items()}
+    # one collection from the interval's stacked values ([n] per metric; the learning rate: its last step's, [1]),
+    # not one merged per step: each merge is a few eager JAX operations, ~8 ms a step on a 2-core CPU
+    stacked = {k: np.asarray([step[k] for step in steps], np.float32) for k in steps[0]}
+    stacked["learning_rate"] = stacked["learning_rate"][-1:]
+    summary = {k: float(v) for k, v in TrainInterval.single_from_model_output(**stacked).compute().items()}
     summary["nonfinite_steps"] = float(round(summary["nonfinite_steps"] * len(steps)))
     known = set(TrainInterval.__annotations__) | {"nonfinite"}
     for name in sorted(set(steps[0]) - known):
-        summary[name] = float(np.mean([np.asarray(step[name], np.float32) for step in steps]))
+        summary[name] = float(stacked[name].mean())
     return summary
 
 

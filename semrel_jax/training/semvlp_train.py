@@ -211,7 +211,7 @@ def _train_loop(c, state, steps, pattern, scenes, mesh, start, checkpointer, wri
         # this host's contiguous share of the global batch (the batch axis is split over hosts in order)
         rows = np.arange(step * size, (step + 1) * size).reshape(jax.process_count(), -1)[jax.process_index()]
         local = scenes.batch(rows, seed=c.seed)
-        batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local)
+        batch = jax.make_array_from_process_local_data(batch_sharding, local)
         state, metrics = steps(state, batch, schedule.mode_at(step, pattern))
         pending.append(metrics)
         done = step + 1

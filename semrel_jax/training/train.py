@@ -187,7 +187,7 @@ def _train_loop(
     interval_start, interval_step = time.time(), start_step
     for step in range(start_step, c.train.num_steps):
         local = train_step_lib.device_batch(next(batches))
-        batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local)
+        batch = jax.make_array_from_process_local_data(batch_sharding, local)
         state, metrics = step_fn(state, frozen, batch)
         pending.append(metrics)
         done = step + 1
@@ -250,7 +250,7 @@ class _StageEnder:
                 subset = curriculum_lib.Subset(run.data.train, stage, held_out=c.train.batch_size)
                 rows = [run.featurizer.train(subset[j]) for j in range(jax.process_index(), len(subset), jax.process_count())]
                 local = train_step_lib.device_batch(pipeline.stack(rows))
-                self.held_out[i] = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local)
+                self.held_out[i] = jax.make_array_from_process_local_data(batch_sharding, local)
         self.loss_fn = run.held_out_loss_fn() if self.held_out else None
 
     def __call__(self, step: int, interval_start: int, state, writer) -> None:
