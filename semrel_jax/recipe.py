@@ -29,6 +29,7 @@ from semrel_jax.data import pipeline, prompts, tokenizer as tokenizer_lib
 from semrel_jax.data import registry
 from semrel_jax.data.object_cache import ObjectTokenCache
 from semrel_jax.data.preprocess import ImagePreprocessor
+from semrel_jax.data.records import RecordSource
 from semrel_jax.models import partitioning
 from semrel_jax.models.objects import ObjectTokenizer, ObjectTokens
 from semrel_jax.training import mesh as mesh_lib
@@ -79,6 +80,8 @@ class Data:
 
 def build_data(c: ml_collections.ConfigDict) -> Data:
     train, evaluation = registry.build_sources(c)
+    if isinstance(train, RecordSource):  # the on-disk readers decode files; generated sets keep their own images
+        train.cache_images(c.data.image_cache_mb << 20)
     return Data(train, evaluation, registry.mix_source(c))
 
 

@@ -45,6 +45,7 @@ def _validate_data(c) -> None:
     positive_int(c, "data.max_text_len")
     positive_int(c, "data.num_workers", allow_zero=True)
     positive_int(c, "data.object_token_cache", allow_zero=True)
+    positive_int(c, "data.image_cache_mb", allow_zero=True)
     towers = [name for name, enc in c.model.encoders.items() if enc.tokens == "objects"]
     check(not (towers and c.data.object_token_cache and c.data.num_workers), "data.object_token_cache",
           f"tokenizes {towers}'s images with JAX in the pipeline, which worker processes must not start; "

@@ -110,6 +110,20 @@ class RecordSource:
         self._record_ids: list[Any] = []  # per entry
         self._paths: list[str | None] = []  # per entry
         self._bad_records: set = set()  # corrupt records found at read time (this process)
+        self._images = _ImageCache(0)
+
+    def cache_images(self, max_bytes: int) -> None:
+        """Keep decoded images, up to ``max_bytes`` in all, so that an image met again is not decoded again
+        (``data.image_cache_mb``); the first images met are kept, later ones are decoded each time."""
+        self._images = _ImageCache(max_bytes)
+
+    @property
+    def image_cache(self) -> _ImageCache:
+        return self._images
+
+    def __getstate__(self) -> dict[str, Any]:
+        # grain workers start with an empty cache of the same size (small pickles)
+        return {**self.__dict__, "_images": _ImageCache(self._images.max_bytes)}
 
     # ------------------------------------------------------------------ construction
 
@@ -221,7 +235,7 @@ class RecordSource:
             if record_id in self._bad_records:
                 continue
             try:
-                image = read_image(path)
+                image = self._images.read(path)
             except UnreadableImage as e:
                 if self.on_bad_data == "error":
                     raise BadDataError(self.name, record_id, path, e.reason, e.detail) from e
@@ -238,3 +252,30 @@ class RecordSource:
                 raise
             return {**self._fields(j), "image": image, "has_image": 1}
         raise BadDataError(self.name, self._record_ids[i], self._paths[i], CORRUPT_IMAGE, "no example of the source has a readable image")
+
+
+class _ImageCache:
+    """Decoded images by path, up to ``max_bytes`` (0: none kept). ``read(path)`` is a fresh writable array either
+    way. The prefetch threads share it: ``hits`` / ``decoded`` are for the log and may miss a concurrent count."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = int(max_bytes), 0
+        self.hits = self.decoded = 0
+        self._kept: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def read(self, path: str) -> np.ndarray:
+        kept = self._kept.get(path)
+        if kept is not None:
+            self.hits += 1
+            return kept.copy()
+        image = read_image(path)
+        self.decoded += 1
+        if self.bytes + image.nbytes <= self.max_bytes:
+            kept = image.copy()
+            kept.setflags(write=False)
+            self._kept[path] = kept
+            self.bytes += kept.nbytes
+        return image

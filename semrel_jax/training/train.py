@@ -19,6 +19,7 @@ import ml_collections
 from semrel_jax import recipe
 from semrel_jax.data import curriculum as curriculum_lib
 from semrel_jax.data import pipeline
+from semrel_jax.data.records import RecordSource
 from semrel_jax.errors import UserError
 from semrel_jax.evaluation import loop as eval_loop
 from semrel_jax.models import partitioning
@@ -143,6 +144,11 @@ def _run(c, workdir, mesh, is_main, t0, filled, cores_note=""):
     for name, cache in featurizer.object_caches.items():  # data/object_cache.py
         writer.log(f"object tokens of {name}: {len(cache):,} images kept, {cache.misses:,} tokenized on the host, "
                    f"{cache.hits:,} read from the cache")
+    if isinstance(data.train, RecordSource):  # data.image_cache_mb
+        images = data.train.image_cache
+        writer.log(f"images of the training split: {len(images):,} kept ({images.bytes / 2**20:,.0f} MB of "
+                   f"data.image_cache_mb={c.data.image_cache_mb:,}), {images.decoded:,} decoded, {images.hits:,} read "
+                   "from the cache")
     if 0 < featurizer.longest < c.data.max_text_len:  # every step computes the padding up to max_text_len
         writer.log(f"text: the longest row was {featurizer.longest} tokens of data.max_text_len={c.data.max_text_len} "
                    "(a smaller data.max_text_len makes every step cheaper)")
