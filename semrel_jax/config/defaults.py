@@ -45,8 +45,9 @@ _DATA = dict(
     # images whose object tokens the training pipeline keeps, tokenized once on the host (data/object_cache.py);
     # 0: every step tokenizes its images
     object_token_cache=100_000,
-    # decoded images of an on-disk training split kept in memory, in MB (data/records.py): a PNG of 128 px decodes
-    # in ~0.9 ms, as long as a small model's step takes for ~15 examples; 0: every image decoded each time it comes
+    # decoded images of a training split read from its raw files kept in memory, in MB (data/records.py; not
+    # prepared copies; generated sets keep their own): a 128 px PNG decodes in ~0.9 ms, as long as a small model's
+    # step takes for ~15 examples. 0: every image is decoded each time it comes
     image_cache_mb=2048,
     prefetch=2,
 )
