@@ -53,7 +53,9 @@ class ObjectTokenCache:
         return len(self._entries)
 
     def __call__(self, image: np.ndarray | None) -> ObjectTokens:
-        key = None if image is None else (image.shape, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+        # SHA-1: a key against accidental collisions, computed by the CPU's SHA instructions where it has them
+        # (x86 since Zen / Ice Lake): half blake2b's time, ~31 us for a 128 px image, on every example
+        key = None if image is None else (image.shape, hashlib.sha1(np.ascontiguousarray(image)).digest())
         found = self._entries.get(key)
         if found is not None:
             self.hits += 1
