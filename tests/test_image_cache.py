@@ -82,3 +82,24 @@ def test_a_negative_size_is_refused(tmp_path):
     c.data.image_cache_mb = -1
     with pytest.raises(ConfigError, match="data.image_cache_mb"):
         recipe.prepare_config(c)
+
+
+def test_threads_that_meet_one_image_at_once_keep_it_once(tmp_path):
+    import threading
+
+    c = _llava_set(tmp_path, n_images=8)
+    train = recipe.build_data(c).train
+    barrier = threading.Barrier(4)
+
+    def read_all():
+        barrier.wait()
+        for i in range(len(train)):
+            train[i]
+
+    threads = [threading.Thread(target=read_all) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cache = train.image_cache
+    assert len(cache) == 8 and cache.bytes == 8 * 16 * 16 * 3

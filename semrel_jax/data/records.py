@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -120,10 +121,6 @@ class RecordSource:
     @property
     def image_cache(self) -> _ImageCache:
         return self._images
-
-    def __getstate__(self) -> dict[str, Any]:
-        # grain workers start with an empty cache of the same size (small pickles)
-        return {**self.__dict__, "_images": _ImageCache(self._images.max_bytes)}
 
     # ------------------------------------------------------------------ construction
 
@@ -262,9 +259,16 @@ class _ImageCache:
         self.max_bytes, self.bytes = int(max_bytes), 0
         self.hits = self.decoded = 0
         self._kept: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()  # two threads may decode one image at once: it is kept and counted once
 
     def __len__(self) -> int:
         return len(self._kept)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"max_bytes": self.max_bytes}  # a grain worker's copy starts empty (small pickles)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_bytes"])
 
     def read(self, path: str) -> np.ndarray:
         kept = self._kept.get(path)
@@ -276,6 +280,8 @@ class _ImageCache:
         if self.bytes + image.nbytes <= self.max_bytes:
             kept = image.copy()
             kept.setflags(write=False)
-            self._kept[path] = kept
-            self.bytes += kept.nbytes
+            with self._lock:
+                if path not in self._kept and self.bytes + kept.nbytes <= self.max_bytes:
+                    self._kept[path] = kept
+                    self.bytes += kept.nbytes
         return image
