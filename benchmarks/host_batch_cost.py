@@ -5,9 +5,9 @@
     data.eval_file=D/eval.json,data.image_root=D,model.encoders.vit.image_size=128,data.max_text_len=15
 
 Each variant (``configs/vqa.py:<preset>[@key=value...]``, then ``--config_overrides`` for all) builds its training
-source and featurizer as ``semrel_jax.main`` does (``recipe.build_data`` / ``build_featurizer``). A warm pass reads
-every ``--warm_stride``-th example (the caches fill as in a run's first epoch); then rounds alternate the variants, each reading
-``--batches`` batches of examples at random indices (a shuffled stream) and featurizing them: CPU seconds of this
+source and featurizer as ``semrel_jax.main`` does (``recipe.build_data`` / ``build_featurizer``). A warm pass
+reads every ``--warm_stride``-th example (the caches fill as in a run's first epoch); then rounds alternate the
+variants, each reading ``--batches`` batches of examples at random indices (a shuffled stream) and featurizing them: CPU seconds of this
 thread (``RUSAGE_THREAD``) per batch of ``train.batch_size``, median over rounds. The step, grain's own
 per-element work and the batch stacking are not counted (``benchmarks/input_pipeline.py``,
 ``benchmarks/step_throughput.py``).
