@@ -142,3 +142,31 @@ def test_config_turns_it_on_for_a_prefix_injection_only(tiny_config):
     tiny_config.model.update(injection="prefix", attention="splash")
     with pytest.raises(ConfigError, match="model.prefix_distance_bias.*splash"):
         config_lib.validate(tiny_config)
+
+
+def test_slopes_init_starts_the_last_head_on_the_farthest_image_token_and_the_first_on_the_nearest(tiny_config):
+    """``model.prefix_distance_bias_init=s``: every block's heads start with slopes on |d| spread from -s to +s."""
+    tiny_config.model.update(prefix_distance_bias=True, injection="prefix", prefix_distance_bias_init=200.0)
+    config_lib.validate(tiny_config)
+    heads = tiny_config.model.llm.n_heads
+    init = np.asarray(config_lib.model_config(tiny_config, vocab_size=64).llm.pair_bias_init)
+    expected = np.zeros((4, heads), np.float32)
+    expected[2] = np.linspace(-200.0, 200.0, heads)  # on |d| only; dx, dy and |d|^2 start at zero
+    np.testing.assert_allclose(init, expected, rtol=1e-6)
+    llm = Llama(dataclasses.replace(BIASED, pair_bias_init=tuple(map(tuple, expected[:, :4].tolist()))),
+                rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(np.asarray(llm.layers[2].self_attn.pair_bias[...]), expected[:, :4])
+    centres = np.array([[0.1, 0.1], [0.2, 0.15], [0.5, 0.6], [0.9, 0.8]])
+    features = jnp.asarray(_distance_features(centres)[None], jnp.float32)
+    bias = np.asarray(llm.layers[0].self_attn._pair_bias(features, 6, 6, jnp.float32))[0, :, :4, :4]  # [heads, 4, 4]
+    distance = np.hypot(*(centres[:, None] - centres[None]).transpose(2, 0, 1))
+    assert (bias[-1].argmax(-1) == distance.argmax(-1)).all()  # the last head: farthest first
+    off_self = np.where(np.eye(4, dtype=bool), -np.inf, bias[0])
+    nearest_other = np.where(np.eye(4, dtype=bool), np.inf, distance).argmin(-1)
+    assert (bias[0].argmax(-1) == np.arange(4)).all() and (off_self.argmax(-1) == nearest_other).all()
+    tiny_config.model.prefix_distance_bias = False
+    with pytest.raises(ConfigError, match="model.prefix_distance_bias_init"):
+        config_lib.validate(tiny_config)
+    tiny_config.model.update(prefix_distance_bias=True, prefix_distance_bias_init=-1.0)
+    with pytest.raises(ConfigError, match="model.prefix_distance_bias_init"):
+        config_lib.validate(tiny_config)

@@ -172,6 +172,7 @@ def base_config() -> ml_collections.ConfigDict:
         # prefix injection: every LLM block's attention between two image tokens gets a learned per-head bias of
         # their centres' offset (dx, dy, |d|, |d|^2; object centres or patch centres), zero-initialised
         prefix_distance_bias=False,
+        prefix_distance_bias_init=0.0,  # s > 0: its heads start with slopes on |d| spread from -s to +s (ALiBi-like)
         remat="none",  # activation rematerialisation per block: none | full | dots | dots_no_batch
         scan_layers=False,  # True: the LLM's and vision towers' blocks run as lax.scans (compile once)
         attention="xla",  # the LLM's attention kernel: xla (anywhere) | cudnn (NVIDIA GPU) | splash (TPU, Pallas)

@@ -12,7 +12,7 @@ from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
 from semrel_jax.method.ica import ICAConfig
 from semrel_jax.method.vlm import VLMConfig
 from semrel_jax.models.llama import LlamaConfig
-from semrel_jax.models.vit import DISTANCE_FEATURES, FAMILY_LAYOUTS, ViTConfig
+from semrel_jax.models.vit import DISTANCE_FEATURES, FAMILY_LAYOUTS, ViTConfig, distance_slopes
 
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
@@ -32,26 +32,31 @@ def _llm_config(m: ml_collections.ConfigDict, vocab_size: int) -> LlamaConfig:
         pair_bias_features=DISTANCE_FEATURES if m.prefix_distance_bias else 0,
     )
     if m.llm.hf_dir:  # the checkpoint's architecture (incl. what the config has no key for: biases, qk-norm, ...)
-        return dataclasses.replace(llm_family(m.llm.hf_dir, m.llm.dtype, m.llm.param_dtype), **ours)
-    return LlamaConfig(
-        vocab_size=m.llm.vocab_size or vocab_size,
-        dim=m.llm.dim,
-        n_layers=m.llm.n_layers,
-        n_heads=m.llm.n_heads,
-        n_kv_heads=m.llm.n_kv_heads,
-        mlp_dim=m.llm.mlp_dim,
-        rope_theta=m.llm.rope_theta,
-        rope_scaling=m.llm.rope_scaling,
-        rope_scaling_factor=m.llm.rope_scaling_factor,
-        rope_low_freq_factor=m.llm.rope_low_freq_factor,
-        rope_high_freq_factor=m.llm.rope_high_freq_factor,
-        rope_original_max_position=m.llm.rope_original_max_position,
-        norm_eps=m.llm.norm_eps,
-        tie_embeddings=m.llm.tie_embeddings,
-        dtype=m.llm.dtype,
-        param_dtype=m.llm.param_dtype,
-        **ours,
-    )
+        llm = dataclasses.replace(llm_family(m.llm.hf_dir, m.llm.dtype, m.llm.param_dtype), **ours)
+    else:
+        llm = LlamaConfig(
+            vocab_size=m.llm.vocab_size or vocab_size,
+            dim=m.llm.dim,
+            n_layers=m.llm.n_layers,
+            n_heads=m.llm.n_heads,
+            n_kv_heads=m.llm.n_kv_heads,
+            mlp_dim=m.llm.mlp_dim,
+            rope_theta=m.llm.rope_theta,
+            rope_scaling=m.llm.rope_scaling,
+            rope_scaling_factor=m.llm.rope_scaling_factor,
+            rope_low_freq_factor=m.llm.rope_low_freq_factor,
+            rope_high_freq_factor=m.llm.rope_high_freq_factor,
+            rope_original_max_position=m.llm.rope_original_max_position,
+            norm_eps=m.llm.norm_eps,
+            tie_embeddings=m.llm.tie_embeddings,
+            dtype=m.llm.dtype,
+            param_dtype=m.llm.param_dtype,
+            **ours,
+        )
+    if not m.prefix_distance_bias_init:
+        return llm
+    slopes = distance_slopes(m.prefix_distance_bias_init, llm.n_heads)  # [4, heads]
+    return dataclasses.replace(llm, pair_bias_init=tuple(map(tuple, slopes.tolist())))
 
 
 def _vit_config(name: str, e: ml_collections.ConfigDict, m: ml_collections.ConfigDict) -> ViTConfig:

@@ -96,6 +96,10 @@ def _validate_model(c) -> None:
               "biases the attention between the image tokens of a prefix injection; set model.injection='prefix'")
         check(c.model.attention != "splash", "model.prefix_distance_bias",
               "needs model.attention 'xla' or 'cudnn' (the splash kernel takes no attention bias)")
+    slope = c.model.prefix_distance_bias_init
+    check(isinstance(slope, (int, float)) and not isinstance(slope, bool) and slope >= 0
+          and (slope == 0 or c.model.prefix_distance_bias), "model.prefix_distance_bias_init",
+          f"expected a number >= 0, and 0 unless model.prefix_distance_bias=True (it initialises that bias); got {slope!r}")
     boolean(c, "model.scan_layers")
     positive_int(c, "model.num_memory_slots", allow_zero=True)
     for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):

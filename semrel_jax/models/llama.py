@@ -14,9 +14,8 @@ The decoder knows nothing of what the branch computes or what its state holds (t
 ``semrel_jax.method``, plugs in through it); without one the block is the plain Llama block. Decoding uses an
 explicit ``KVCache`` pytree that is passed in and returned, so generation loops stay pure functions.
 
-``capture=True`` (a static Python argument: with it False, the default, the traced computation is exactly the
-plain one) also returns a ``DecoderTrace``: the side branch's state after every block and every block's
-self-attention probabilities, averaged over heads, for inspection (e.g. heatmaps of what a token attends to).
+``capture=True`` (static; off, the traced computation is exactly the plain one) also returns a ``DecoderTrace``:
+the side branch's state and the self-attention probabilities (mean over heads) of every block, for inspection.
 """
 
 from __future__ import annotations
@@ -62,10 +61,11 @@ class LlamaConfig:
     remat: str = "none"  # rematerialisation policy per decoder layer (layers.REMAT_POLICIES)
     scan_layers: bool = False  # training/prefill run the blocks as one lax.scan (models/scan.py): compiles once
     attention: str = "xla"  # attention_lib.IMPLEMENTATIONS: xla | cudnn (GPU) | splash (TPU); decoding always uses xla
-    # > 0: every block's attention adds a learned per-head bias  features @ W  [F, heads] (zero-initialised) for
-    # the token pairs of the sequence's first P slots, from pair features [B, P, P, F] given at call time
-    # (``pair_features``; e.g. the image tokens' 2-D offsets, method/vlm.py); other pairs get none
+    # > 0: every block's attention adds a learned per-head bias  features @ W  [F, heads] for the token pairs of
+    # the first P slots, from pair features [B, P, P, F] given at call time (``pair_features``; e.g. the image
+    # tokens' 2-D offsets, method/vlm.py); other pairs get none. W starts at pair_bias_init ([F][heads]; (): 0)
     pair_bias_features: int = 0
+    pair_bias_init: tuple[tuple[float, ...], ...] = ()
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
 
@@ -148,7 +148,8 @@ class Attention(nnx.Module):
             self.q_norm = layers.RMSNorm(hd, eps=config.norm_eps, param_dtype=pd)
             self.k_norm = layers.RMSNorm(hd, eps=config.norm_eps, param_dtype=pd)
         if config.pair_bias_features:
-            self.pair_bias = nnx.Param(jnp.zeros((config.pair_bias_features, config.n_heads), pd))
+            init = config.pair_bias_init or [[0.0] * config.n_heads] * config.pair_bias_features
+            self.pair_bias = nnx.Param(jnp.asarray(init, pd))
 
     def __call__(
         self,
@@ -397,9 +398,8 @@ class Llama(nnx.Module):
             for i, layer in enumerate(self.layers):
                 kv = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
                 key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-                x, (k, v), side_state, attention = call(
-                    layer, x, positions, mask, kv, side, side_state, key, pair_features
-                )
+                x, (k, v), side_state, attention = call(layer, x, positions, mask, kv, side, side_state, key,
+                                                        pair_features)
                 x = layers.constrain(x, ("batch", None, None))
                 new_keys.append(k)
                 new_values.append(v)

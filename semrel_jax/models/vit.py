@@ -174,6 +174,14 @@ def distance_features(grid: int) -> np.ndarray:
     return pairwise_distance_features(np.stack([x / grid, y / grid], -1)).astype(np.float32)
 
 
+def distance_slopes(slope: float, heads: int) -> np.ndarray:
+    """``[4, heads]`` weights on (dx, dy, |d|, |d|²) whose heads' slopes on |d| are spread evenly from ``-slope``
+    (the first head reads nearest first) to ``+slope`` (the last: farthest first), as ALiBi's per-head slopes."""
+    weights = np.zeros((DISTANCE_FEATURES, heads), np.float32)
+    weights[DISTANCE] = slope * np.linspace(-1.0, 1.0, heads)
+    return weights
+
+
 def relative_offset_index(grid: int) -> np.ndarray:
     """``[grid², grid²]`` index of the offset (dy, dx) between patches i and j into a ``(2·grid - 1)²`` table."""
     y, x = np.divmod(np.arange(grid * grid), grid)
@@ -191,9 +199,7 @@ class EncoderLayer(nnx.Module):
             pd = jnp.dtype(config.param_dtype)
             self.relative_bias = nnx.Param(jnp.zeros(((2 * grid - 1) ** 2, config.heads), pd))
         if config.distance_bias:
-            weights = np.zeros((DISTANCE_FEATURES, config.heads), np.float32)
-            slopes = config.distance_bias_init * np.linspace(-1.0, 1.0, config.heads)  # bias per unit of the feature
-            weights[DISTANCE] = slopes / config.distance_bias_scale
+            weights = distance_slopes(config.distance_bias_init, config.heads) / config.distance_bias_scale
             self.distance_bias = nnx.Param(jnp.asarray(weights, jnp.dtype(config.param_dtype)))
         self.layer_norm1 = _layer_norm(config, rngs)
         self.q_proj = _linear(w, w, config, rngs)
