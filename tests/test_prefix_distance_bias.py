@@ -144,7 +144,7 @@ def test_config_turns_it_on_for_a_prefix_injection_only(tiny_config):
         config_lib.validate(tiny_config)
 
 
-def test_slopes_init_starts_the_last_head_on_the_farthest_image_token_and_the_first_on_the_nearest(tiny_config):
+def test_distance_slopes_start_the_last_head_farthest_first_and_the_first_on_itself_then_nearest(tiny_config):
     """``model.prefix_distance_bias_init=s``: every block's heads start with slopes on |d| spread from -s to +s."""
     tiny_config.model.update(prefix_distance_bias=True, injection="prefix", prefix_distance_bias_init=200.0)
     config_lib.validate(tiny_config)
