@@ -156,6 +156,8 @@ def test_distance_slopes_start_the_last_head_farthest_first_and_the_first_on_its
     llm = Llama(dataclasses.replace(BIASED, pair_bias_init=tuple(map(tuple, expected[:, :4].tolist()))),
                 rngs=nnx.Rngs(0))
     np.testing.assert_allclose(np.asarray(llm.layers[2].self_attn.pair_bias[...]), expected[:, :4])
+    with pytest.raises(ValueError, match="pair_bias_init must be"):  # one weight per feature and head
+        dataclasses.replace(BIASED, pair_bias_init=((0.0, 1.0),) * 4)
     centres = np.array([[0.1, 0.1], [0.2, 0.15], [0.5, 0.6], [0.9, 0.8]])
     features = jnp.asarray(_distance_features(centres)[None], jnp.float32)
     bias = np.asarray(llm.layers[0].self_attn._pair_bias(features, 6, 6, jnp.float32))[0, :, :4, :4]  # [heads, 4, 4]

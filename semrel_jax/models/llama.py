@@ -85,6 +85,9 @@ class LlamaConfig:
             raise ValueError(f"lora_targets {sorted(unknown)} unknown; choose from {LORA_TARGETS}.")
         if self.resolved_head_dim % 2:
             raise ValueError(f"head_dim={self.resolved_head_dim} must be even for rotary embeddings.")
+        init, features = self.pair_bias_init, self.pair_bias_features
+        if init and [len(row) for row in init] != [self.n_heads] * features:
+            raise ValueError(f"pair_bias_init must be [pair_bias_features={features}][n_heads={self.n_heads}].")
 
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -286,12 +289,9 @@ class DecoderLayer(nnx.Module):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DecoderTrace:
-    """What ``Llama(..., capture=True)`` records of one forward pass.
-
-    side_states: the side branch's state after each block (a tuple of ``n_layers`` pytrees; Nones without one).
-    attention: ``[L, B, T, S]`` each block's self-attention probabilities averaged over heads (``S`` keys:
-    the ``T`` positions, or the cache's slots when decoding).
-    """
+    """What ``Llama(..., capture=True)`` records of one forward pass: ``side_states``, the side branch's state after
+    each block (a tuple of ``n_layers`` pytrees; Nones without one), and ``attention [L, B, T, S]``, each block's
+    self-attention probabilities averaged over heads (``S`` keys: the positions, or the cache's slots decoding)."""
 
     side_states: tuple
     attention: Array
