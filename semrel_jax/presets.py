@@ -269,7 +269,7 @@ def _ablation(c, *, levels: str, diagonal: bool, mask: bool, injection: str = "i
         _set(enc, f"model.encoders.{name}", taps=taps)
     _set(c.model, "model", injection=injection)
     if injection != "prefix":  # a bias between image tokens in the LLM's sequence: memory slots are not in it
-        _set(c.model, "model", prefix_distance_bias=False)
+        _set(c.model, "model", prefix_distance_bias=False, prefix_distance_bias_init=0.0, prefix_distance_bias_self=False)
     _set(c.model.projector, "model.projector", learnable_diagonal=diagonal)
     _set(c.model.ica, "model.ica", delta=0.3 if mask else 0.0, lam=0.85)
 

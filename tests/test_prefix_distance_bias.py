@@ -172,3 +172,44 @@ def test_distance_slopes_start_the_last_head_farthest_first_and_the_first_on_its
     tiny_config.model.update(prefix_distance_bias=True, prefix_distance_bias_init=-1.0)
     with pytest.raises(ConfigError, match="model.prefix_distance_bias_init"):
         config_lib.validate(tiny_config)
+
+
+def test_the_self_feature_lets_the_nearest_first_head_read_the_nearest_other_object(tiny_config):
+    """``model.prefix_distance_bias_self``: a fifth pair feature, 1 for a token with itself; with the slopes its
+    weight starts scoring the token itself below the farthest one, so the first head reads the nearest other."""
+    tiny_config.model.update(prefix_distance_bias=True, injection="prefix", prefix_distance_bias_init=2.0,
+                             prefix_distance_bias_self=True)
+    config_lib.validate(tiny_config)
+    llm_config = config_lib.model_config(tiny_config, vocab_size=64).llm
+    heads = llm_config.n_heads
+    init = np.asarray(llm_config.pair_bias_init)
+    slopes = np.linspace(-2.0, 2.0, heads)
+    assert llm_config.pair_bias_features == 5 and init.shape == (5, heads)
+    np.testing.assert_allclose(init[2], slopes, rtol=1e-6)
+    np.testing.assert_allclose(init[4], -4 * np.sqrt(2) * np.abs(slopes), rtol=1e-6)
+    objects = ViTConfig(image_size=32, patch_size=32, width=16, depth=1, heads=2, mlp_dim=16, tokens="objects",
+                        max_objects=4, class_token=False)
+    image = np.ones((1, 32, 32, 3), np.float32)
+    corners = [(2, 2), (2, 26), (26, 26)]  # three 4 x 4 squares of other colours; the fourth slot is empty
+    for (y, x), colour in zip(corners, [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)]):
+        image[0, y:y + 4, x:x + 4] = colour
+    ens = EnsembleConfig(encoders=(EncoderSpec("vit", objects, (1,), drop_cls=False),), out_dim=LLM.dim,
+                         projector_hidden=8, memory_scale=1.0)
+    llm = dataclasses.replace(LLM, pair_bias_features=5, pair_bias_init=tuple(map(tuple, init[:, :LLM.n_heads])))
+    model = VisionLanguageModel(VLMConfig(llm=llm, vision=ens, injection="prefix", ica=ica.ICAConfig(scale=1.0),
+                                          prefix_distance_bias=True, prefix_distance_bias_self=True), rngs=nnx.Rngs(0))
+    features = np.asarray(model.prefix_pair_features({"vit": jnp.asarray(image)}, rows=1))
+    assert features.shape == (1, 4, 4, 5)
+    np.testing.assert_array_equal(features[0, :, :, 4], np.diag([1.0, 1.0, 1.0, 0.0]))  # not the empty slot
+    bias = np.asarray(model.llm.layers[0].self_attn._pair_bias(jnp.asarray(features), 6, 6, jnp.float32))[0, :, :3, :3]
+    distance = np.linalg.norm(features[0, :3, :3, :2], axis=-1)
+    nearest_other = np.where(np.eye(3, dtype=bool), np.inf, distance).argmin(-1)
+    assert (bias[0].argmax(-1) == nearest_other).all()  # the first head: the nearest other object, not itself
+    assert (bias[-1].argmin(-1) == np.arange(3)).all()  # the last head: itself last, below the nearest
+    with pytest.raises(ValueError, match="pair_bias_features=5"):
+        VLMConfig(llm=BIASED, vision=ens, injection="prefix", ica=ica.ICAConfig(scale=1.0), prefix_distance_bias=True,
+                  prefix_distance_bias_self=True)
+    tiny_config.model.prefix_distance_bias = False
+    tiny_config.model.prefix_distance_bias_init = 0.0
+    with pytest.raises(ConfigError, match="model.prefix_distance_bias_self"):
+        config_lib.validate(tiny_config)

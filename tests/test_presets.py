@@ -221,6 +221,23 @@ def test_ablation_on_the_object_recipe_changes_the_same_knobs():
         ablation._config(vqa, "objects", "objects")
 
 
+def test_ablation_on_the_relational_recipe_validates_and_drops_every_prefix_only_knob():
+    """--base=relational: its distance heads start with slopes (and may read themselves apart); a memory has none
+    of them, so the ICA presets turn all three off rather than leave a config the validator refuses."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation", os.path.join(ROOT, "experiments", "ablation.py"))
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    configs = {n: ablation._config(vqa, n, "relational") for n in presets.ABLATION_PRESETS}
+    for config in configs.values():
+        config_lib.validate(config)
+    llava, memvp = flat(configs["ablation_llava"].model), flat(configs["ablation_memvp"].model)
+    assert {k: memvp[k] for k in llava if llava[k] != memvp[k]} == {
+        "injection": "ica", "prefix_distance_bias": False, "prefix_distance_bias_init": 0.0}
+    assert llava["prefix_distance_bias_init"] == vqa.get_config("relational").model.prefix_distance_bias_init > 0
+
+
 def test_ablation_entries_carry_config_overrides():
     """experiments/ablation.py: 'preset@key=value' is that preset with the override (the mask's shift epoch)."""
     import importlib.util

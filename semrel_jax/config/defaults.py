@@ -173,6 +173,9 @@ def base_config() -> ml_collections.ConfigDict:
         # their centres' offset (dx, dy, |d|, |d|^2; object centres or patch centres), zero-initialised
         prefix_distance_bias=False,
         prefix_distance_bias_init=0.0,  # s > 0: its heads start with slopes on |d| spread from -s to +s (ALiBi-like)
+        # a fifth pair feature, 1 for an image token with itself, so that a head can read the other tokens only;
+        # with prefix_distance_bias_init it starts scoring itself below the farthest token in every head
+        prefix_distance_bias_self=False,
         remat="none",  # activation rematerialisation per block: none | full | dots | dots_no_batch
         scan_layers=False,  # True: the LLM's and vision towers' blocks run as lax.scans (compile once)
         attention="xla",  # the LLM's attention kernel: xla (anywhere) | cudnn (NVIDIA GPU) | splash (TPU, Pallas)

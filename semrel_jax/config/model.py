@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import ml_collections
+import numpy as np
 
 from semrel_jax.config.resolve import llm_family, vision_family
 from semrel_jax.errors import ConfigError
@@ -12,7 +13,10 @@ from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
 from semrel_jax.method.ica import ICAConfig
 from semrel_jax.method.vlm import VLMConfig
 from semrel_jax.models.llama import LlamaConfig
-from semrel_jax.models.vit import DISTANCE_FEATURES, FAMILY_LAYOUTS, ViTConfig, distance_slopes
+from semrel_jax.models.vit import DISTANCE, DISTANCE_FEATURES, FAMILY_LAYOUTS, ViTConfig, distance_slopes
+
+# the |d| feature of the image's diagonal (features are 4 x offsets in image widths): the farthest two objects can be
+SELF_AS_FAR = 4.0 * np.sqrt(2.0)
 
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
@@ -29,7 +33,7 @@ def _llm_config(m: ml_collections.ConfigDict, vocab_size: int) -> LlamaConfig:
     ours = dict(
         lora_rank=m.llm.lora_rank, lora_alpha=m.llm.lora_alpha, lora_targets=tuple(m.llm.lora_targets), remat=m.remat,
         attention=m.attention, scan_layers=m.scan_layers,
-        pair_bias_features=DISTANCE_FEATURES if m.prefix_distance_bias else 0,
+        pair_bias_features=(DISTANCE_FEATURES + m.prefix_distance_bias_self) if m.prefix_distance_bias else 0,
     )
     if m.llm.hf_dir:  # the checkpoint's architecture (incl. what the config has no key for: biases, qk-norm, ...)
         llm = dataclasses.replace(llm_family(m.llm.hf_dir, m.llm.dtype, m.llm.param_dtype), **ours)
@@ -56,6 +60,8 @@ def _llm_config(m: ml_collections.ConfigDict, vocab_size: int) -> LlamaConfig:
     if not m.prefix_distance_bias_init:
         return llm
     slopes = distance_slopes(m.prefix_distance_bias_init, llm.n_heads)  # [4, heads]
+    if m.prefix_distance_bias_self:  # itself scored as if at the image's diagonal, |d| = 4·√2: below every other
+        slopes = np.concatenate([slopes, -SELF_AS_FAR * np.abs(slopes[DISTANCE:DISTANCE + 1])])
     return dataclasses.replace(llm, pair_bias_init=tuple(map(tuple, slopes.tolist())))
 
 
@@ -134,6 +140,7 @@ def _model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
         slot_decoder=c.train.reconstruction_weight > 0,
         prompt_attention=m.prompt_attention,
         prefix_distance_bias=m.prefix_distance_bias,
+        prefix_distance_bias_self=m.prefix_distance_bias_self,
     )
 
 

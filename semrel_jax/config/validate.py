@@ -100,6 +100,9 @@ def _validate_model(c) -> None:
     check(isinstance(slope, (int, float)) and not isinstance(slope, bool) and slope >= 0
           and (slope == 0 or c.model.prefix_distance_bias), "model.prefix_distance_bias_init",
           f"expected a number >= 0, and 0 unless model.prefix_distance_bias=True (it initialises that bias); got {slope!r}")
+    boolean(c, "model.prefix_distance_bias_self")
+    check(not c.model.prefix_distance_bias_self or c.model.prefix_distance_bias, "model.prefix_distance_bias_self",
+          "is a feature of model.prefix_distance_bias; set model.prefix_distance_bias=True")
     boolean(c, "model.scan_layers")
     positive_int(c, "model.num_memory_slots", allow_zero=True)
     for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_dim"):

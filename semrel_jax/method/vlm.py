@@ -69,6 +69,8 @@ class VLMConfig:
     # centres' offset (dx, dy, |d|, |d|²: models/objects.pairwise_distance_features); needs
     # llm.pair_bias_features == 4. The object-token probe's --geometric (experiments/LOG.md, session 12).
     prefix_distance_bias: bool = False
+    # a fifth feature, 1 for a token with itself (llm.pair_bias_features == 5): a head can read the others only
+    prefix_distance_bias_self: bool = False
 
     @property
     def memory_slots(self) -> int:
@@ -83,8 +85,11 @@ class VLMConfig:
             raise ValueError(f"injection must be 'ica' or 'prefix', got {self.injection!r}.")
         if self.prompt_attention not in ("causal", "bidirectional"):
             raise ValueError(f"prompt_attention must be 'causal' or 'bidirectional', got {self.prompt_attention!r}.")
-        if self.prefix_distance_bias and (self.injection != "prefix" or self.llm.pair_bias_features != DISTANCE_FEATURES):
-            raise ValueError(f"prefix_distance_bias needs injection='prefix' and llm.pair_bias_features={DISTANCE_FEATURES}.")
+        features = DISTANCE_FEATURES + self.prefix_distance_bias_self
+        if self.prefix_distance_bias and (self.injection != "prefix" or self.llm.pair_bias_features != features):
+            raise ValueError(f"prefix_distance_bias needs injection='prefix' and llm.pair_bias_features={features}.")
+        if self.prefix_distance_bias_self and not self.prefix_distance_bias:
+            raise ValueError("prefix_distance_bias_self is a feature of prefix_distance_bias.")
         if self.vision.out_dim != self.llm.dim:
             raise ValueError(f"Projector output {self.vision.out_dim} must equal the LLM width {self.llm.dim}.")
         if self.injection == "ica" and self.memory_slots < self.vision.num_tokens:
@@ -220,12 +225,17 @@ class VisionLanguageModel(nnx.Module):
         )
 
     def prefix_pair_features(self, images: dict[str, Array], rows: int) -> Array | None:
-        """``[rows, N_vis, N_vis, 4]`` distance features of the image tokens' centres, zero for a pair with a class
-        token or an empty object slot; None without ``prefix_distance_bias``."""
+        """``[rows, N_vis, N_vis, 4]`` distance features of the image tokens' centres (+ 1 for a token with itself
+        with ``prefix_distance_bias_self``: ``[..., 5]``), zero for a pair with a class token or an empty object
+        slot; None without ``prefix_distance_bias``."""
         if not self.config.prefix_distance_bias:
             return None
         positions, valid = self.vision.token_positions(images)
-        features = pairwise_distance_features(positions) * (valid[:, :, None] & valid[:, None, :])[..., None]
+        features = pairwise_distance_features(positions)
+        if self.config.prefix_distance_bias_self:
+            itself = jnp.broadcast_to(jnp.eye(positions.shape[1], dtype=features.dtype), features.shape[:-1])
+            features = jnp.concatenate([features, itself[..., None]], -1)
+        features = features * (valid[:, :, None] & valid[:, None, :])[..., None]
         return share_images(features, rows)
 
     def _prefixed(self, visual: Array, tokens: Array, valid: Array):
