@@ -12,8 +12,9 @@ Presets:
   long  the demo trained ~7x longer: about 30 minutes on a 2-core CPU.
   relational  the relational-accuracy target on Sort-of-CLEVR (Santoro et al.'s Relation Network: > 94 %):
         objects (below) with Sort-of-CLEVR's curriculum and the LLM's distance heads started with slopes, from
-        question-answer pairs alone; 18,000 steps × 64, ~27 CPU-minutes on one core (README, "Results"). Before
-        session 36 this name was the demo with a 3-block ViT and relations descriptions (0.851; docs/research.md).
+        question-answer pairs alone, each object reading the others; 18,000 steps × 64, ~25 CPU-minutes on one
+        core (README, "Results"). Before session 36 this name was the demo with a 3-block ViT and relations
+        descriptions (0.851; docs/research.md).
   scratch  a from-scratch recipe for any dataset, learning from question-answer pairs alone (no scene
         descriptions): the demo with pixels normalised against each image's own background colour
         (normalization='background'), so empty patches carry only position whatever the background, and a
@@ -134,6 +135,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # the LLM's pair-bias heads start with slopes on |d| from -2 (nearest first) to +2 (farthest first): closest
         # was the seed-sensitive kind (0.822-0.992 learnt from zero), learnt by 10,000 steps with them (session 42)
         c.model.prefix_distance_bias_init = 2.0
+        # and each object starts reading the others, itself last: at distance 0 it was its own nearest, so the
+        # nearest-first head read mostly itself (seed 2: closest 0.850, 0.895 with this; session 43)
+        c.model.prefix_distance_bias_self = True
     if preset == "objects_lsrm":
         model_presets.apply(c, "ablation_lsrm")  # the memory, two levels, Λ and the mask (semrel_jax/presets.py)
         c.preset = preset

@@ -319,7 +319,8 @@ def test_the_relational_preset_is_the_measured_sort_of_clevr_command():
     relational = _parsed_config("relational", ())
     # since 2026-12-07 it pads to the longest question (rows before padded to 34: same forward, another numerical path)
     measured = (SORT_OF_CLEVR_CURRICULUM, "--config.train.num_steps=18000", "--config.data.max_text_len=19",
-                "--config.model.prefix_distance_bias_init=2.0")  # since 2026-12-07 (session 42)
+                "--config.model.prefix_distance_bias_init=2.0",  # since 2026-12-07 (session 42)
+                "--config.model.prefix_distance_bias_self=True")  # since 2026-12-07 (session 43)
     assert relational == _parsed_config("objects", measured)
     assert relational["data"]["name"] == "sort_of_clevr" and relational["data"]["caption_mix"] == 0.0
     assert relational != _parsed_config("objects", ())
