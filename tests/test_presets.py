@@ -234,8 +234,10 @@ def test_ablation_on_the_relational_recipe_validates_and_drops_every_prefix_only
         config_lib.validate(config)
     llava, memvp = flat(configs["ablation_llava"].model), flat(configs["ablation_memvp"].model)
     assert {k: memvp[k] for k in llava if llava[k] != memvp[k]} == {
-        "injection": "ica", "prefix_distance_bias": False, "prefix_distance_bias_init": 0.0}
+        "injection": "ica", "prefix_distance_bias": False, "prefix_distance_bias_init": 0.0,
+        "prefix_distance_bias_self": False}
     assert llava["prefix_distance_bias_init"] == vqa.get_config("relational").model.prefix_distance_bias_init > 0
+    assert llava["prefix_distance_bias_self"]
 
 
 def test_ablation_entries_carry_config_overrides():
