@@ -13,10 +13,11 @@ from semrel_jax.method.ensemble import EncoderSpec, EnsembleConfig
 from semrel_jax.method.ica import ICAConfig
 from semrel_jax.method.vlm import VLMConfig
 from semrel_jax.models.llama import LlamaConfig
+from semrel_jax.models.objects import pairwise_distance_features
 from semrel_jax.models.vit import DISTANCE, DISTANCE_FEATURES, FAMILY_LAYOUTS, ViTConfig, distance_slopes
 
-# the |d| feature of the image's diagonal (features are 4 x offsets in image widths): the farthest two objects can be
-SELF_AS_FAR = 4.0 * np.sqrt(2.0)
+# the |d| feature of the image's diagonal, corner to corner: the farthest two objects can be
+SELF_AS_FAR = float(pairwise_distance_features(np.array([[0.0, 0.0], [1.0, 1.0]]))[0, 1, DISTANCE])
 
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int) -> VLMConfig:
@@ -60,7 +61,7 @@ def _llm_config(m: ml_collections.ConfigDict, vocab_size: int) -> LlamaConfig:
     if not m.prefix_distance_bias_init:
         return llm
     slopes = distance_slopes(m.prefix_distance_bias_init, llm.n_heads)  # [4, heads]
-    if m.prefix_distance_bias_self:  # itself scored as if at the image's diagonal, |d| = 4·√2: below every other
+    if m.prefix_distance_bias_self:  # itself scored as if at the image's diagonal: below every other
         slopes = np.concatenate([slopes, -SELF_AS_FAR * np.abs(slopes[DISTANCE:DISTANCE + 1])])
     return dataclasses.replace(llm, pair_bias_init=tuple(map(tuple, slopes.tolist())))
 
